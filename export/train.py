@@ -1,0 +1,301 @@
+"""The trainer: wires the zoo, the data and an optimiser together, and writes everything export needs.
+
+Per-epoch metrics go to `metrics.jsonl`, the resolved configuration to `config.json`, the checkpoint
+(`checkpoint.pt`, resumable) holds the whole `Classifier` (input transform included), and the
+learning curves are plotted to `curves.png` at the end.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from export.data import ImageDataset, load_dataset, split_train_val
+from export.preprocess import Classifier, build_input_transform, empty_input_transform
+from export.zoo import DEFAULT_CFGS, create_model
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run; written to config.json beside the checkpoint."""
+
+    data: str
+    out: str
+    model: str = "elufast"
+    activation: str = "elu"
+    num_classes: int = 10
+    input_size: int = 32
+    normalization: str | None = None  # None: the model's default (mean_std or gcn_zca)
+    epochs: int = 30
+    batch_size: int = 512
+    lr: float = 0.2
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.2
+    schedule: str = "onecycle"  # onecycle | step (the paper's: lr ÷ 10 at each milestone)
+    milestones: tuple[int, ...] = ()
+    warmup_fraction: float = 0.2
+    val_per_class: int = 500
+    train_limit: int | None = None  # use only this many training images (smoke runs)
+    augment: bool = True
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    threads: int | None = None
+
+
+def resolve_device(name: str) -> torch.device:
+    """CUDA when present, else CPU; an explicit name wins."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def seed_everything(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def augment_batch(images: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
+    """The paper's augmentation on a uint8 NHWC batch: reflect-pad 4, random crop back, random h-flip."""
+    n, h, w, _ = images.shape
+    padded = F.pad(images.permute(0, 3, 1, 2).float(), (pad, pad, pad, pad), mode="reflect")
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
+    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None].expand(n, 3, h, w + 2 * pad)
+    cropped = padded.gather(2, rows.to(padded.device))
+    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :].expand(n, 3, h, w)
+    cropped = cropped.gather(3, cols.to(padded.device))
+    flip = torch.rand(n, generator=generator) < 0.5
+    cropped = torch.where(flip[:, None, None, None].to(padded.device), cropped.flip(3), cropped)
+    return cropped.permute(0, 2, 3, 1).to(torch.uint8)
+
+
+def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
+    """One-cycle (linear warm-up, linear decay to zero) or the paper's step schedule."""
+    if config.schedule == "onecycle":
+        warmup = max(1, int(config.warmup_fraction * total_steps))
+        if step < warmup:
+            return config.lr * step / warmup
+        return config.lr * max(0.0, (total_steps - step) / (total_steps - warmup))
+    if config.schedule == "step":
+        steps_per_epoch = total_steps / config.epochs
+        drops = sum(step >= m * steps_per_epoch for m in config.milestones)
+        return config.lr * 0.1**drops
+    raise ValueError(f"unknown schedule {config.schedule!r}; choose onecycle or step")
+
+
+def build_classifier(config: TrainConfig, train_images: np.ndarray | None) -> Classifier:
+    """The network plus its input transform: fitted on `train_images`, or empty for loading."""
+    normalization = config.normalization or DEFAULT_CFGS[config.model]["normalization"]
+    net = create_model(
+        config.model,
+        num_classes=config.num_classes,
+        input_size=config.input_size,
+        activation=config.activation,
+    )
+    if train_images is None:
+        transform = empty_input_transform(normalization, config.input_size)
+    else:
+        transform = build_input_transform(normalization, train_images, config.input_size)
+    return Classifier(transform, net)
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module, data: ImageDataset, device: torch.device, batch_size: int = 1000, amp: bool = False
+) -> dict[str, Any]:
+    """Single-crop accuracy, mean loss and the confusion matrix on `data`."""
+    model.eval()
+    num_classes = len(data.classes)
+    confusion = np.zeros((num_classes, num_classes), dtype=np.int64)
+    total_loss = 0.0
+    for start in range(0, len(data), batch_size):
+        images = torch.from_numpy(data.images[start : start + batch_size]).to(device)
+        labels = torch.from_numpy(data.labels[start : start + batch_size]).to(device)
+        with _autocast(device, amp):
+            logits = model(images).float()
+        total_loss += F.cross_entropy(logits, labels, reduction="sum").item()
+        predicted = logits.argmax(1).cpu().numpy()
+        np.add.at(confusion, (data.labels[start : start + batch_size], predicted), 1)
+    return {
+        "accuracy": float(np.trace(confusion) / max(1, confusion.sum())),
+        "loss": total_loss / max(1, len(data)),
+        "confusion": confusion.tolist(),
+    }
+
+
+def _autocast(device: torch.device, enabled: bool) -> torch.autocast:
+    """bf16 autocast: on CPUs with AVX-512 BF16 it more than doubles conv throughput."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
+
+
+def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on biases and norm scales: decaying them only hurts."""
+    decay, no_decay = [], []
+    for param in model.parameters():
+        if param.requires_grad:
+            (decay if param.ndim > 1 else no_decay).append(param)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def train(config: TrainConfig) -> dict[str, Any]:
+    """Train per `config`; resumes from `out/checkpoint.pt` when it exists. Returns the final metrics."""
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    seed_everything(config.seed)
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    device = resolve_device(config.device)
+
+    dataset = load_dataset(config.data, config.input_size, config.num_classes)
+    train_set, val_set = split_train_val(dataset, config.val_per_class)
+    if config.train_limit:
+        keep = np.random.default_rng(config.seed).permutation(len(train_set))[: config.train_limit]
+        train_set = train_set.subset(np.sort(keep))
+    log.info("train %d images, validation %d images, device %s", len(train_set), len(val_set), device)
+
+    checkpoint_path = out / "checkpoint.pt"
+    resume = torch.load(checkpoint_path, map_location="cpu") if checkpoint_path.exists() else None
+    model = build_classifier(config, None if resume else train_set.images)
+    if resume:
+        model.load_state_dict(resume["model"])
+    model.to(device)
+    if config.channels_last:
+        model.net.to(memory_format=torch.channels_last)
+    optimizer = torch.optim.SGD(
+        _param_groups(model, config.weight_decay), lr=config.lr, momentum=config.momentum, nesterov=True
+    )
+    start_epoch = 0
+    if resume:
+        optimizer.load_state_dict(resume["optimizer"])
+        start_epoch = resume["epoch"]
+        log.info("resumed from %s at epoch %d", checkpoint_path, start_epoch)
+
+    write_json(out / "config.json", {**dataclasses.asdict(config), "classes": dataset.classes})
+    steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    total_steps = steps_per_epoch * config.epochs
+    generator = torch.Generator().manual_seed(config.seed)
+    for _ in range(start_epoch):  # replay the shuffles so a resumed run sees the same batches
+        torch.randperm(len(train_set), generator=generator)
+    images_all = torch.from_numpy(train_set.images)
+    labels_all = torch.from_numpy(train_set.labels)
+    metrics: dict[str, Any] = {}
+    for epoch in range(start_epoch, config.epochs):
+        model.train()
+        started = time.perf_counter()
+        order = torch.randperm(len(train_set), generator=generator)
+        seen, loss_sum, correct = 0, 0.0, 0
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", unit="step")
+        for step in bar:
+            index = order[step * config.batch_size : (step + 1) * config.batch_size]
+            images = images_all[index]
+            if config.augment:
+                images = augment_batch(images, generator)
+            images, labels = images.to(device), labels_all[index].to(device)
+            lr = learning_rate(config, epoch * steps_per_epoch + step, total_steps)
+            for group in optimizer.param_groups:
+                group["lr"] = lr
+            with _autocast(device, config.amp):
+                logits = model(images)
+            loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            seen += len(labels)
+            loss_sum += loss.item() * len(labels)
+            correct += (logits.argmax(1) == labels).sum().item()
+            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", lr=f"{lr:.3f}")
+        val = evaluate(model, val_set, device, amp=config.amp)
+        metrics = {
+            "epoch": epoch + 1,
+            "train_loss": loss_sum / seen,
+            "train_accuracy": correct / seen,
+            "val_loss": val["loss"],
+            "val_accuracy": val["accuracy"],
+            "lr": lr,
+            "seconds": time.perf_counter() - started,
+        }
+        log.info("epoch %d: %s", epoch + 1, json.dumps({k: round(v, 4) for k, v in metrics.items()}))
+        with (out / "metrics.jsonl").open("a") as handle:
+            handle.write(json.dumps(metrics) + "\n")
+        torch.save(
+            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1},
+            checkpoint_path,
+        )
+    final = evaluate(model, val_set, device, amp=False)
+    summary = {
+        **metrics,
+        "val_accuracy_fp32": final["accuracy"],
+        "confusion": final["confusion"],
+        "classes": dataset.classes,
+        "train_images": len(train_set),
+        "val_images": len(val_set),
+        "skipped_images": len(dataset.skipped),
+        "device": str(device),
+    }
+    write_json(out / "summary.json", summary)
+    plot_curves(out / "metrics.jsonl", out / "curves.png", title=f"{config.model} ({config.activation})")
+    return summary
+
+
+def load_trained(out: str | Path) -> tuple[Classifier, TrainConfig, dict[str, Any]]:
+    """Rebuild the trained classifier from a run folder (config.json + checkpoint.pt + summary.json)."""
+    out = Path(out)
+    raw = json.loads((out / "config.json").read_text())
+    raw.pop("classes", None)
+    raw["milestones"] = tuple(raw.get("milestones", ()))
+    config = TrainConfig(**raw)
+    model = build_classifier(config, None)
+    state = torch.load(out / "checkpoint.pt", map_location="cpu")
+    model.load_state_dict(state["model"])
+    summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
+    return model.eval(), config, summary
+
+
+def write_json(path: Path, data: Any) -> None:
+    path.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def read_metrics(path: Path) -> list[dict[str, float]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def plot_curves(metrics_path: Path, png: Path, title: str) -> None:
+    """Training loss and validation error per epoch, the paper's two panels."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = read_metrics(metrics_path)
+    epochs = [r["epoch"] for r in rows]
+    fig, (left, right) = plt.subplots(1, 2, figsize=(10, 4))
+    left.plot(epochs, [r["train_loss"] for r in rows], label="train")
+    left.plot(epochs, [r["val_loss"] for r in rows], label="validation")
+    left.set(xlabel="epoch", ylabel="cross-entropy", title="loss")
+    left.legend()
+    right.plot(epochs, [100 * (1 - r["val_accuracy"]) for r in rows], color="C3")
+    right.set(xlabel="epoch", ylabel="validation error (%)", title="validation error")
+    right.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    fig.savefig(png, dpi=120)
+    plt.close(fig)

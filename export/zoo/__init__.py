@@ -1,0 +1,22 @@
+"""The ELU model zoo: importing this package registers every variant."""
+
+from export.zoo import fastnet, paper
+from export.zoo.activations import ACTIVATIONS, get_act_layer
+from export.zoo.registry import UnknownModelError, create_model, list_models, register_model
+
+DEFAULT_CFGS = {
+    "elufast": fastnet.DEFAULT_CFG,
+    "elufast_small": fastnet.DEFAULT_CFG,
+    "elu_paper18": paper.DEFAULT_CFG,
+    "elu_paper11": paper.DEFAULT_CFG,
+}
+
+__all__ = [
+    "ACTIVATIONS",
+    "DEFAULT_CFGS",
+    "UnknownModelError",
+    "create_model",
+    "get_act_layer",
+    "list_models",
+    "register_model",
+]

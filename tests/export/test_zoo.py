@@ -1,0 +1,74 @@
+"""Generated from the registry, as in timm: every registered model gets the same checks."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from export.zoo import UnknownModelError, create_model, list_models
+
+MODELS = list_models()
+
+
+def test_registry_lists_the_zoo() -> None:
+    assert {"elufast", "elufast_small", "elu_paper11", "elu_paper18"} <= set(MODELS)
+
+
+def test_unknown_model_names_the_choices() -> None:
+    with pytest.raises(UnknownModelError, match=r"registered models: .*elufast"):
+        create_model("resnet9000")
+
+
+@pytest.mark.parametrize("name", MODELS)
+@pytest.mark.parametrize("num_classes", [10, 100])
+def test_forward_shape_and_finite(name: str, num_classes: int) -> None:
+    torch.manual_seed(0)
+    model = create_model(name, num_classes=num_classes).eval()
+    with torch.no_grad():
+        out = model(torch.randn(2, 3, 32, 32))
+    assert out.shape == (2, num_classes)
+    assert torch.isfinite(out).all()
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_every_parameter_gets_a_gradient(name: str) -> None:
+    torch.manual_seed(0)
+    model = create_model(name).train()
+    loss = model(torch.randn(4, 3, 32, 32)).logsumexp(1).mean()
+    loss.backward()
+    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    assert not missing
+
+
+@pytest.mark.parametrize("activation", ["elu", "relu", "leaky_relu", "shifted_relu"])
+def test_activation_is_a_parameter(activation: str) -> None:
+    model = create_model("elufast_small", activation=activation)
+    kinds = {type(m).__name__ for m in model.modules()}
+    expected = {"elu": "ELU", "relu": "ReLU", "leaky_relu": "LeakyReLU", "shifted_relu": "ShiftedReLU"}
+    assert expected[activation] in kinds
+
+
+def test_shifted_relu_is_max_minus_one() -> None:
+    act = create_model("elufast_small", activation="shifted_relu").features[2]
+    x = torch.tensor([-3.0, -1.0, -0.5, 0.0, 2.0])
+    assert torch.equal(act(x), torch.tensor([-1.0, -1.0, -0.5, 0.0, 2.0]))
+
+
+def test_paper18_follows_the_stack_spec() -> None:
+    model = create_model("elu_paper18", num_classes=100)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    # The paper calls it 18-layer; its own stack list holds 19 convolutions counting the 1×1 classifier.
+    assert len(convs) == 19
+    assert [c.out_channels for c in convs][:6] == [384, 384, 384, 640, 640, 640]
+    assert convs[-1].out_channels == 100 and convs[-1].kernel_size == (1, 1)
+    pools = [m for m in model.modules() if isinstance(m, torch.nn.MaxPool2d)]
+    assert len(pools) == 5
+    drops = [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)]
+    assert drops == [0.1, 0.2, 0.3, 0.4, 0.5]
+    assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in model.modules())
+
+
+def test_paper11_has_eleven_layers() -> None:
+    convs = [m for m in create_model("elu_paper11").modules() if isinstance(m, torch.nn.Conv2d)]
+    assert len(convs) == 11
+    assert convs[0].kernel_size == (5, 5)
