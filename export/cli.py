@@ -1,0 +1,115 @@
+"""`eluserve train | export | elu-tax | models`: the training/export stage's commands.
+
+Registered into the single `eluserve` entry point by `service.cli`, imported only when one of these
+commands runs, so the serving install (no torch) still answers `eluserve --help`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+from export.train import TrainConfig
+
+
+def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field, so the config, the CLI and the model card's command agree."""
+    for field in dataclasses.fields(TrainConfig):
+        flag = "--" + field.name.replace("_", "-")
+        default = field.default
+        if field.name in ("data", "out"):
+            parser.add_argument(flag, required=True, help=f"{field.name} (required)")
+        elif isinstance(default, bool):
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        elif isinstance(default, tuple):
+            parser.add_argument(
+                flag,
+                type=lambda text: tuple(int(v) for v in text.split(",") if v),
+                default=default,
+                help="comma-separated epochs",
+            )
+        else:
+            kind = (
+                type(default)
+                if default is not None
+                else (int if field.name in ("train_limit", "threads") else str)
+            )
+            parser.add_argument(flag, type=kind, default=default, help=f"default: {default}")
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from export.train import train
+
+    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
+    summary = train(TrainConfig(**values))
+    print(f"validation accuracy {100 * summary['val_accuracy_fp32']:.2f} % → {args.out}")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from export.exporter import export_and_verify
+
+    out = Path(args.out or f"models/{args.name}")
+    card = export_and_verify(Path(args.run), out, args.name, args.version, sample=args.sample)
+    print(
+        f"exported {out / 'model.onnx'}: validation accuracy {100 * card['validation']['accuracy']:.2f} %, "
+        f"verification {'passed' if card['export']['verification_passed'] else 'FAILED'}"
+    )
+    return 0
+
+
+def cmd_elu_tax(args: argparse.Namespace) -> int:
+    from export.elu_tax import format_report, measure, plot_report
+
+    report = measure(args.model, args.batch_size, args.rounds, args.seconds)
+    print(format_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    if args.plot:
+        plot_report(report, Path(args.plot))
+    return 0
+
+
+def cmd_models(_: argparse.Namespace) -> int:
+    from export.zoo import DEFAULT_CFGS, list_models
+
+    for name in list_models():
+        print(f"{name:<16}{json.dumps(DEFAULT_CFGS[name])}")
+    return 0
+
+
+def register(subparsers: Any) -> None:
+    """Add this stage's subcommands to the `eluserve` parser."""
+    train = subparsers.add_parser("train", help="train a zoo model on an image dataset")
+    _add_config_arguments(train)
+    train.set_defaults(func=cmd_train)
+
+    export = subparsers.add_parser(
+        "export", help="export a run to fused-ELU ONNX, verify, write the model card"
+    )
+    export.add_argument("run", help="training run folder (config.json, checkpoint.pt)")
+    export.add_argument("--name", required=True, help="model name, e.g. elufast-cifar10")
+    export.add_argument("--out", help="output folder (default: models/NAME)")
+    export.add_argument("--version", default="1")
+    export.add_argument("--sample", type=int, default=2000, help="validation images for the agreement check")
+    export.set_defaults(func=cmd_export)
+
+    tax = subparsers.add_parser("elu-tax", help="benchmark: fused ELU vs ReLU twin vs plain ELU on ORT CPU")
+    tax.add_argument("--model", default="elufast")
+    tax.add_argument("--batch-size", type=int, default=64)
+    tax.add_argument("--rounds", type=int, default=7)
+    tax.add_argument("--seconds", type=float, default=1.0, help="per measurement")
+    tax.add_argument("--json", help="also write the report as JSON here")
+    tax.add_argument("--plot", help="also write a PNG bar chart here")
+    tax.set_defaults(func=cmd_elu_tax)
+
+    models = subparsers.add_parser("models", help="list the registered model variants")
+    models.set_defaults(func=cmd_models)
+
+
+def configure_logging() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")

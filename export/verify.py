@@ -1,0 +1,153 @@
+"""Verification written next to every export: does the ONNX file compute what the checkpoint computes?
+
+Checks (thresholds from the export contract):
+- max |logit difference| torch vs ONNX Runtime ≤ 1e-4 on a sample batch;
+- top-1 agreement torch vs ORT = 100 % on a validation sample;
+- fused export vs plain export: identical predictions;
+- onnx.reference.ReferenceEvaluator runs the fused model with nothing registered and agrees with ORT;
+plus the model size and ORT CPU throughput at a few batch sizes.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import onnx
+import torch
+from onnx.reference import ReferenceEvaluator
+
+from export.data import ImageDataset
+from export.fusion import DOMAIN
+from service.throughput import cpu_session, measure_session
+
+PARITY_TOLERANCE = 1e-4
+BATCH_SIZES = (1, 8, 32, 64, 128)
+
+
+def _ort_logits(session: Any, images: np.ndarray, batch: int = 256) -> np.ndarray:
+    return np.concatenate(
+        [session.run(["logits"], {"image": images[i : i + batch]})[0] for i in range(0, len(images), batch)]
+    )
+
+
+@torch.no_grad()
+def _torch_logits(model: torch.nn.Module, images: np.ndarray, batch: int = 256) -> np.ndarray:
+    model.eval()
+    return np.concatenate(
+        [model(torch.from_numpy(images[i : i + batch])).float().numpy() for i in range(0, len(images), batch)]
+    )
+
+
+def verify_export(
+    model: torch.nn.Module,
+    fused_path: Path,
+    plain_path: Path,
+    val: ImageDataset,
+    sample: int = 2000,
+    parity_batch: int = 64,
+    reference_images: int = 4,
+    throughput_seconds: float = 1.0,
+) -> dict[str, Any]:
+    """Run every check; returns the report (also what verification.json holds)."""
+    images = val.images[:sample]
+    labels = val.labels[:sample]
+    fused = cpu_session(str(fused_path))
+    plain = cpu_session(str(plain_path))
+
+    torch_logits = _torch_logits(model, images)
+    fused_logits = _ort_logits(fused, images)
+    plain_logits = _ort_logits(plain, images)
+    parity = float(np.abs(torch_logits[:parity_batch] - fused_logits[:parity_batch]).max())
+    agreement = float((torch_logits.argmax(1) == fused_logits.argmax(1)).mean())
+    fused_vs_plain_identical = bool((fused_logits.argmax(1) == plain_logits.argmax(1)).all())
+    fused_vs_plain_max_diff = float(np.abs(fused_logits - plain_logits).max())
+
+    proto = onnx.load(str(fused_path))
+    reference = ReferenceEvaluator(proto).run(["logits"], {"image": images[:reference_images]})[0]
+    reference_diff = float(np.abs(reference - fused_logits[:reference_images]).max())
+
+    throughput = {}
+    for batch_size in BATCH_SIZES:
+        batch = np.resize(images, (batch_size, *images.shape[1:]))
+        result = measure_session(fused, batch, seconds=throughput_seconds)
+        throughput[str(batch_size)] = {
+            "images_per_second": round(result.images_per_second, 1),
+            "batch_latency_ms": round(1000 * result.batch_latency_seconds, 3),
+        }
+    custom_nodes = [n.op_type for n in proto.graph.node if n.domain == DOMAIN]
+    report = {
+        "parity_max_abs_logit_diff": parity,
+        "parity_tolerance": PARITY_TOLERANCE,
+        "parity_batch": min(parity_batch, len(images)),
+        "top1_agreement_torch_vs_ort": agreement,
+        "sample_images": len(images),
+        "sample_accuracy_ort": float((fused_logits.argmax(1) == labels).mean()),
+        "fused_vs_plain_identical_predictions": fused_vs_plain_identical,
+        "fused_vs_plain_max_abs_logit_diff": fused_vs_plain_max_diff,
+        "reference_evaluator_max_abs_diff_vs_ort": reference_diff,
+        "custom_ops": {op: custom_nodes.count(op) for op in sorted(set(custom_nodes))},
+        "model_bytes": fused_path.stat().st_size,
+        "ort_cpu_throughput": throughput,
+        "onnxruntime_version": __import__("onnxruntime").__version__,
+    }
+    report["passed"] = bool(
+        parity <= PARITY_TOLERANCE
+        and agreement == 1.0
+        and fused_vs_plain_identical
+        and reference_diff <= PARITY_TOLERANCE
+    )
+    return report
+
+
+def write_report(report: dict[str, Any], out_dir: Path) -> None:
+    """verification.json for tools, verification.md for people."""
+    (out_dir / "verification.json").write_text(json.dumps(report, indent=2) + "\n")
+    tol = f"≤ {report['parity_tolerance']:.0e}"
+    checks = [
+        (
+            f"max abs logit diff, torch vs ORT ({report['parity_batch']} images)",
+            f"{report['parity_max_abs_logit_diff']:.2e}",
+            tol,
+        ),
+        (
+            f"top-1 agreement torch vs ORT ({report['sample_images']} validation images)",
+            f"{100 * report['top1_agreement_torch_vs_ort']:.2f} %",
+            "100 %",
+        ),
+        (
+            "fused vs plain export, identical predictions",
+            f"{report['fused_vs_plain_identical_predictions']} "
+            f"(max diff {report['fused_vs_plain_max_abs_logit_diff']:.2e})",
+            "True",
+        ),
+        (
+            "onnx.reference vs ORT, max abs diff",
+            f"{report['reference_evaluator_max_abs_diff_vs_ort']:.2e}",
+            tol,
+        ),
+    ]
+    lines = [
+        f"# Export verification: {'PASSED' if report['passed'] else 'FAILED'}",
+        "",
+        "| check | result | required |",
+        "| --- | --- | --- |",
+        *(f"| {a} | {b} | {c} |" for a, b, c in checks),
+        "",
+        "Custom ops: " + ", ".join(f"{k} × {v}" for k, v in report["custom_ops"].items()) + ".",
+        f"Model size: {report['model_bytes'] / 1e6:.2f} MB. "
+        f"Sample accuracy (ORT): {100 * report['sample_accuracy_ort']:.2f} %.",
+        "",
+        f"ONNX Runtime {report['onnxruntime_version']} CPU throughput (this machine, default threads):",
+        "",
+        "| batch | images/s | batch latency (ms) |",
+        "| --- | --- | --- |",
+        *(
+            f"| {bs} | {v['images_per_second']:.0f} | {v['batch_latency_ms']:.2f} |"
+            for bs, v in report["ort_cpu_throughput"].items()
+        ),
+    ]
+    text = "\n".join(lines) + "\n"
+    (out_dir / "verification.md").write_text(text)
