@@ -214,7 +214,12 @@ def storage_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
 
 
 def export_and_verify(
-    run_dir: Path, out_dir: Path, name: str, version: str = "1", sample: int = 2000
+    run_dir: Path,
+    out_dir: Path,
+    name: str,
+    version: str = "1",
+    sample: int = 2000,
+    throughput_seconds: float = 1.0,
 ) -> dict[str, Any]:
     """The whole export stage for a run folder: ONNX files, verification, model card. Returns the card."""
     from export.data import load_dataset, split_train_val
@@ -229,7 +234,14 @@ def export_and_verify(
     )
     dataset = load_dataset(config.data, config.input_size, config.num_classes)
     _, val = split_train_val(dataset, config.val_per_class)
-    report = verify_export(classifier, result.model_path, result.plain_path, val, sample=sample)
+    report = verify_export(
+        classifier,
+        result.model_path,
+        result.plain_path,
+        val,
+        sample=sample,
+        throughput_seconds=throughput_seconds,
+    )
     report["rewrites"] = result.rewrites
     write_report(report, out_dir)
     command = f"eluserve export {run_dir} --out {out_dir} --name {name} --version {version}"

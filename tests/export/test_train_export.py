@@ -1,0 +1,88 @@
+"""A tiny training run on real shared images, then the whole export stage, end to end."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx.reference import ReferenceEvaluator
+
+from export.exporter import export_and_verify
+from export.fusion import CONV_ELU, CONV_MAXPOOL_ELU, DOMAIN
+from export.train import TrainConfig, load_trained, train
+from service.cli import main
+
+
+@pytest.fixture(scope="module")
+def tiny_run(small_cifar_zip: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("run")
+    config = TrainConfig(
+        data=str(small_cifar_zip),
+        out=str(out),
+        model="elufast_small",
+        epochs=2,
+        batch_size=64,
+        val_per_class=10,
+    )
+    summary = train(config)
+    assert summary["train_images"] == 500 and summary["val_images"] == 100
+    assert summary["skipped_images"] == 1  # the corrupt file is reported and skipped
+    return out
+
+
+def test_training_writes_log_checkpoint_curves(tiny_run: Path) -> None:
+    rows = [json.loads(line) for line in (tiny_run / "metrics.jsonl").read_text().splitlines()]
+    assert [r["epoch"] for r in rows] == [1, 2]
+    assert all(np.isfinite(r["train_loss"]) and 0 <= r["val_accuracy"] <= 1 for r in rows)
+    assert (tiny_run / "checkpoint.pt").exists() and (tiny_run / "curves.png").stat().st_size > 1000
+    config = json.loads((tiny_run / "config.json").read_text())
+    assert config["model"] == "elufast_small" and len(config["classes"]) == 10
+
+
+def test_resume_continues_from_the_checkpoint(tiny_run: Path) -> None:
+    """Asking for one more epoch trains exactly one more and appends to the log."""
+    _, config, _ = load_trained(tiny_run)
+    config.epochs = 3
+    train(config)
+    rows = (tiny_run / "metrics.jsonl").read_text().splitlines()
+    assert [json.loads(r)["epoch"] for r in rows] == [1, 2, 3]
+
+
+def test_export_and_verify_round_trip(tiny_run: Path, tmp_path: Path) -> None:
+    card = export_and_verify(tiny_run, tmp_path, "tiny", sample=100, throughput_seconds=0.1)
+    model_path = tmp_path / "model.onnx"
+    report = json.loads((tmp_path / "verification.json").read_text())
+    assert report["passed"] and report["parity_max_abs_logit_diff"] <= 1e-4
+    assert report["top1_agreement_torch_vs_ort"] == 1.0 and report["fused_vs_plain_identical_predictions"]
+    assert report["custom_ops"] == {CONV_ELU: 4, CONV_MAXPOOL_ELU: 3}
+
+    proto = onnx.load(str(model_path))
+    onnx.checker.check_model(proto, full_check=True)
+    meta = {p.key: p.value for p in proto.metadata_props}
+    assert json.loads(meta["labels"])[0] == "airplane"
+    assert json.loads(meta["preprocessing"])["crop"] == [32, 32]
+    assert meta["custom_domain"] == DOMAIN and json.loads(meta["model_card"])["name"] == "tiny"
+    assert not any(n.op_type in ("Elu", "Dropout", "BatchNormalization") for n in proto.graph.node)
+
+    images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
+    logits, probs = ort.InferenceSession(str(model_path)).run(None, {"image": images})
+    np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(
+        ReferenceEvaluator(proto).run(["logits"], {"image": images})[0], logits, atol=1e-4
+    )
+    assert card["macs_per_image"] > 0 and (tmp_path / "MODEL_CARD.md").read_text().startswith(
+        "# Model card: tiny"
+    )
+    assert (tmp_path / "confusion.png").exists() and (tmp_path / "curves.png").exists()
+
+
+def test_cli_lists_models_and_rejects_unknown(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["models"]) == 0
+    assert "elufast" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--help"])
+    assert exit_info.value.code == 0
