@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # torch==2.13.0 (CPU build) lies in /opt/wheels on the project machines; elsewhere pip finds it on PyPI.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: setup serve test lint bench elu-tax clean
+.PHONY: setup serve test lint elu-tax prometheus clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -23,7 +23,11 @@ setup: $(VENV)/.installed
 serve: setup
 	$(BIN)/bentoml serve . --host $${HOST:-0.0.0.0} --port $${PORT:-3000}
 
-test: setup
+# Debian's prometheus package (promtool + a real server) for tests/deploy; needs root, as in CI.
+prometheus:
+	@sh deploy/install-prometheus.sh || echo "prometheus not installed (not root?): tests/deploy will skip"
+
+test: setup prometheus
 	$(BIN)/ruff check .
 	$(BIN)/pytest -q
 
