@@ -54,7 +54,9 @@ def cmd_export(args: argparse.Namespace) -> int:
     from export.exporter import export_and_verify
 
     out = Path(args.out or f"models/{args.name}")
-    card = export_and_verify(Path(args.run), out, args.name, args.version, sample=args.sample)
+    card = export_and_verify(
+        Path(args.run), out, args.name, args.version, sample=args.sample, fp16_storage=args.fp16_storage
+    )
     print(
         f"exported {out / 'model.onnx'}: validation accuracy {100 * card['validation']['accuracy']:.2f} %, "
         f"verification {'passed' if card['export']['verification_passed'] else 'FAILED'}"
@@ -71,6 +73,35 @@ def cmd_elu_tax(args: argparse.Namespace) -> int:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
     if args.plot:
         plot_report(report, Path(args.plot))
+    return 0
+
+
+def cmd_compare(args: argparse.Namespace) -> int:
+    from export.compare import plot, run_comparison, summarize, write_report
+
+    base = TrainConfig(
+        data=args.data,
+        out=args.out,
+        model=args.model,
+        epochs=args.epochs,
+        lr=args.lr,
+        train_limit=args.train_limit,
+        label_smoothing=args.label_smoothing,
+    )
+    seeds = tuple(range(args.seeds))
+    result = run_comparison(base, tuple(args.activations.split(",")), seeds)
+    report = Path(args.report)
+    report.parent.mkdir(parents=True, exist_ok=True)
+    png = report.with_suffix(".png")
+    plot(result, png)
+    command = (
+        f"eluserve compare-activations --data {args.data} --out {args.out} --model {args.model} "
+        f"--epochs {args.epochs} --lr {args.lr} --seeds {args.seeds} --train-limit {args.train_limit} "
+        f"--label-smoothing {args.label_smoothing} --report {args.report}"
+    )
+    write_report(result, report, png, command)
+    for row in summarize(result):
+        print(f"{row['activation']:<14} final validation error {row['final_val_error_mean']:.2f} %")
     return 0
 
 
@@ -96,6 +127,11 @@ def register(subparsers: Any) -> None:
     export.add_argument("--out", help="output folder (default: models/NAME)")
     export.add_argument("--version", default="1")
     export.add_argument("--sample", type=int, default=2000, help="validation images for the agreement check")
+    export.add_argument(
+        "--fp16-storage",
+        action="store_true",
+        help="store weights as fp16 (half the file; compute stays fp32): keeps the paper nets under 100 MB",
+    )
     export.set_defaults(func=cmd_export)
 
     tax = subparsers.add_parser("elu-tax", help="benchmark: fused ELU vs ReLU twin vs plain ELU on ORT CPU")
@@ -106,6 +142,21 @@ def register(subparsers: Any) -> None:
     tax.add_argument("--json", help="also write the report as JSON here")
     tax.add_argument("--plot", help="also write a PNG bar chart here")
     tax.set_defaults(func=cmd_elu_tax)
+
+    compare = subparsers.add_parser(
+        "compare-activations", help="train one recipe with ELU, ReLU, leaky ReLU, shifted ReLU; plot + table"
+    )
+    compare.add_argument("--data", required=True)
+    compare.add_argument("--out", default="runs/compare")
+    compare.add_argument("--model", default="elufast_small_nonorm")
+    compare.add_argument("--activations", default="elu,relu,leaky_relu,shifted_relu")
+    compare.add_argument("--epochs", type=int, default=10)
+    compare.add_argument("--lr", type=float, default=0.05)
+    compare.add_argument("--seeds", type=int, default=2, help="seeds 0..N-1 per activation")
+    compare.add_argument("--train-limit", type=int, default=None)
+    compare.add_argument("--label-smoothing", type=float, default=0.0, help="0: the loss is the paper's")
+    compare.add_argument("--report", default="docs/elu-vs-relu.md")
+    compare.set_defaults(func=cmd_compare)
 
     models = subparsers.add_parser("models", help="list the registered model variants")
     models.set_defaults(func=cmd_models)

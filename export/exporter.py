@@ -171,6 +171,7 @@ def export_run(
     name: str,
     version: str = "1",
     plain_dir: Path | None = None,
+    fp16_storage: bool = False,
 ) -> ExportResult:
     """Write `out_dir/model.onnx` (fused) and `plain_dir/plain.onnx` (unfused, for comparisons only)."""
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -184,11 +185,26 @@ def export_run(
     set_metadata(fused, metadata)
     fused.producer_name = "eluserve"
     fused.doc_string = f"{name}: {config['model']} ({config['activation']}), fused ELU ops in {DOMAIN}"
-    fused = finalize(fused)
+    fused = finalize(storage_fp16(fused) if fp16_storage else fused)
     model_path = out_dir / "model.onnx"
     onnx.save(fused, model_path)
     log.info("exported %s: rewrites %s, opset %d", model_path, dict(rewrites), default_opset(fused))
     return ExportResult(model_path, plain_path, dict(rewrites), metadata)
+
+
+@torch.no_grad()
+def round_to_fp16(classifier: nn.Module) -> None:
+    """Round the float weights to fp16 values in place, so torch computes with what the file stores.
+
+    Verification then compares like with like; the rounding's own effect on accuracy shows up in the
+    ORT sample accuracy that the report carries.
+    """
+    for tensor in [*classifier.parameters(), *classifier.buffers()]:
+        if tensor.dtype == torch.float32 and tensor.numel() >= FP16_MIN_ELEMENTS:
+            tensor.copy_(tensor.half().float())
+
+
+FP16_MIN_ELEMENTS = 1024  # small tensors (biases, BN) stay fp32: they cost nothing to store
 
 
 def storage_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -201,7 +217,7 @@ def storage_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
     graph = result.graph
     casts = []
     for tensor in graph.initializer:
-        if tensor.data_type != onnx.TensorProto.FLOAT or int(np.prod(tensor.dims)) < 1024:
+        if tensor.data_type != onnx.TensorProto.FLOAT or int(np.prod(tensor.dims)) < FP16_MIN_ELEMENTS:
             continue
         array = onnx.numpy_helper.to_array(tensor).astype(np.float16)
         stored = onnx.numpy_helper.from_array(array, f"{tensor.name}_fp16")
@@ -220,6 +236,7 @@ def export_and_verify(
     version: str = "1",
     sample: int = 2000,
     throughput_seconds: float = 1.0,
+    fp16_storage: bool = False,
 ) -> dict[str, Any]:
     """The whole export stage for a run folder: ONNX files, verification, model card. Returns the card."""
     from export.data import load_dataset, split_train_val
@@ -228,9 +245,19 @@ def export_and_verify(
     from export.verify import verify_export, write_report
 
     classifier, config, summary = load_trained(run_dir)
+    if fp16_storage:
+        round_to_fp16(classifier)
     config_dict = dataclasses.asdict(config)
     result = export_run(
-        classifier, config_dict, summary, run_dir / "checkpoint.pt", out_dir, name, version, plain_dir=run_dir
+        classifier,
+        config_dict,
+        summary,
+        run_dir / "checkpoint.pt",
+        out_dir,
+        name,
+        version,
+        plain_dir=run_dir,
+        fp16_storage=fp16_storage,
     )
     dataset = load_dataset(config.data, config.input_size, config.num_classes)
     _, val = split_train_val(dataset, config.val_per_class)
@@ -244,7 +271,9 @@ def export_and_verify(
     )
     report["rewrites"] = result.rewrites
     write_report(report, out_dir)
-    command = f"eluserve export {run_dir} --out {out_dir} --name {name} --version {version}"
+    command = f"eluserve export {run_dir} --out {out_dir} --name {name} --version {version}" + (
+        " --fp16-storage" if fp16_storage else ""
+    )
     card = build_card(name, classifier, config, summary, report, result.metadata, command)
     write_card(card, out_dir, run_dir)
     proto = onnx.load(str(result.model_path))

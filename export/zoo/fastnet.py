@@ -9,6 +9,8 @@ epoch of CIFAR-10 in well under a minute (bf16 autocast) and serves well over 1 
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 from torch import nn
 
@@ -30,9 +32,14 @@ WIDTHS: dict[str, tuple[int, int, int, int]] = {
 }
 
 
-def conv_bn_act(c_in: int, c_out: int, act_layer: ActLayer) -> list[nn.Module]:
-    """Conv (no bias: BN follows) + BN + activation; the exporter folds BN back into the conv."""
-    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), nn.BatchNorm2d(c_out), act_layer()]
+NormLayer = Callable[[int], nn.Module]
+
+
+def conv_bn_act(c_in: int, c_out: int, act_layer: ActLayer, norm_layer: NormLayer | None) -> list[nn.Module]:
+    """Conv + norm + activation; with a norm the conv has no bias (the exporter folds BN back in)."""
+    if norm_layer is None:
+        return [nn.Conv2d(c_in, c_out, 3, padding=1), act_layer()]
+    return [nn.Conv2d(c_in, c_out, 3, padding=1, bias=False), norm_layer(c_out), act_layer()]
 
 
 class FastNet(nn.Module):
@@ -43,15 +50,16 @@ class FastNet(nn.Module):
         widths: tuple[int, int, int, int],
         num_classes: int = 10,
         act_layer: ActLayer = nn.ELU,
+        norm_layer: NormLayer | None = nn.BatchNorm2d,
     ) -> None:
         super().__init__()
         stem, *stages = widths
-        layers = conv_bn_act(3, stem, act_layer)
+        layers = conv_bn_act(3, stem, act_layer, norm_layer)
         channels = stem
         for width in stages:
-            layers += conv_bn_act(channels, width, act_layer)
+            layers += conv_bn_act(channels, width, act_layer, norm_layer)
             layers.append(nn.MaxPool2d(2, 2))
-            layers += conv_bn_act(width, width, act_layer)
+            layers += conv_bn_act(width, width, act_layer, norm_layer)
             channels = width
         self.features = nn.Sequential(*layers)
         self.head = nn.Linear(channels, num_classes)
@@ -77,3 +85,10 @@ def elufast_small(num_classes: int = 10, input_size: int = 32, activation: str =
     """A quarter-cost twin for quick experiments (ELU vs ReLU sweeps, tests)."""
     del input_size
     return FastNet(WIDTHS["elufast_small"], num_classes, get_act_layer(activation))
+
+
+@register_model
+def elufast_small_nonorm(num_classes: int = 10, input_size: int = 32, activation: str = "elu") -> FastNet:
+    """The small twin without batch norm: the paper's setting for comparing activations."""
+    del input_size
+    return FastNet(WIDTHS["elufast_small"], num_classes, get_act_layer(activation), norm_layer=None)
