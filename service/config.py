@@ -1,0 +1,209 @@
+"""Service settings: defaults, overridden by a config file, overridden by environment variables.
+
+Every field of `Settings` can be set as ``ELUSERVE_<FIELD>`` (e.g. ``ELUSERVE_MAX_BATCH_SIZE=32``) or
+as a key of the file that ``ELUSERVE_CONFIG`` points to (YAML, JSON or TOML, by extension). Settings
+are read when `service.service` is imported, because BentoML takes workers, traffic limits and batching
+parameters from its decorators; each worker process imports it again with the same environment.
+
+``ELUSERVE_MODEL`` is an .onnx file, a model folder holding ``model.onnx``, or a BentoML model-store
+tag (``name:version``, ``name:latest``) whose folder holds ``model.onnx``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import re
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from service.errors import ConfigError
+from service.inference import MODEL_FILE, available_cores, resolve_model_file
+from service.preprocessing import Limits
+
+ENV_PREFIX = "ELUSERVE_"
+CONFIG_ENV = "ELUSERVE_CONFIG"
+#: The repository root: the folder holding the `service` package, in a checkout and in a built Bento.
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_MODEL = REPO_ROOT / "models" / "elufast-cifar10" / MODEL_FILE
+
+_TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*:[A-Za-z0-9_.-]+$")
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Everything an operator may tune; see the module docstring for how to set it."""
+
+    #: .onnx file, model folder, or BentoML model-store tag.
+    model: str = str(DEFAULT_MODEL)
+    #: Encoded bytes of one image.
+    max_image_bytes: int = 10 * 1024 * 1024
+    #: Declared width × height of one image, checked before decoding.
+    max_pixels: int = 40_000_000
+    #: Images in one /classify_batch request.
+    max_images: int = 64
+    #: Whole body of one /classify_batch request; /classify allows one image plus form overhead.
+    max_request_bytes: int = 100 * 1024 * 1024
+    #: Largest batch the adaptive batcher sends to ONNX Runtime.
+    max_batch_size: int = 64
+    #: The batcher refuses work (answered 429) it estimates cannot finish within this many ms.
+    max_latency_ms: int = 1000
+    #: HTTP worker processes (decode, crop, respond).
+    workers: int = 1
+    #: Inference worker processes, each with its own ONNX Runtime session.
+    model_workers: int = 1
+    #: Threads per inference; 0 means available cores ÷ model_workers.
+    intra_op_threads: int = 0
+    #: ONNX Runtime execution providers, comma-separated; empty means CUDA if it works, else CPU.
+    providers: str = ""
+    #: Requests in flight across all HTTP workers before BentoML answers 429.
+    max_concurrency: int = 64
+    #: Seconds before BentoML answers 504.
+    timeout_s: float = 30.0
+    #: Warm-up passes over the batch sizes 1 and max_batch_size before /readyz turns ready.
+    warmup_rounds: int = 2
+    #: Keep warming up until this many seconds have passed (GPU autotuning; observing readiness).
+    warmup_min_seconds: float = 0.0
+
+    def limits(self) -> Limits:
+        """The per-image limits for `service.preprocessing`."""
+        return Limits(
+            max_image_bytes=self.max_image_bytes, max_pixels=self.max_pixels, max_images=self.max_images
+        )
+
+    def provider_list(self) -> list[str] | None:
+        """`providers` as a list for `Classifier.from_path`; None lets it choose."""
+        names = [name.strip() for name in self.providers.split(",") if name.strip()]
+        return names or None
+
+    def threads_per_model_worker(self, workers: int | None = None) -> int:
+        """Intra-op threads so that all inference workers together use each core once.
+
+        `workers` is the inference worker count BentoML actually starts (its own config file may
+        override ours); None means `model_workers`.
+        """
+        if self.intra_op_threads > 0:
+            return self.intra_op_threads
+        return max(1, available_cores() // (workers or self.model_workers))
+
+    def model_file(self) -> Path:
+        """The .onnx file that `model` names."""
+        return resolve_model(self.model)
+
+
+_MINIMUM: Mapping[str, float] = {
+    "max_image_bytes": 1,
+    "max_pixels": 1,
+    "max_images": 1,
+    "max_request_bytes": 1,
+    "max_batch_size": 2,  # BentoML requires a batchable API's max_batch_size > 1
+    "max_latency_ms": 1,
+    "workers": 1,
+    "model_workers": 1,
+    "intra_op_threads": 0,
+    "max_concurrency": 1,
+    "timeout_s": 0.001,
+    "warmup_rounds": 0,
+    "warmup_min_seconds": 0.0,
+}
+
+
+def resolve_model(value: str) -> Path:
+    """Turn the `model` setting into the .onnx file to load.
+
+    A path that exists wins; otherwise a `name:version` value is looked up in the BentoML model store.
+    """
+    path = Path(value).expanduser()
+    if path.exists():
+        return resolve_model_file(path)
+    if _TAG.match(value):
+        import bentoml  # deferred: only tags need the model store
+
+        try:
+            stored = bentoml.models.get(value)
+        except bentoml.exceptions.NotFound as exc:
+            raise ConfigError(
+                f"model {value!r} is neither a file nor a tag in the BentoML model store "
+                f"({exc}); list the store with `bentoml models list`"
+            ) from exc
+        return resolve_model_file(stored.path)
+    raise ConfigError(
+        f"model {value!r} does not exist; set {ENV_PREFIX}MODEL to an .onnx file, a folder holding "
+        f"{MODEL_FILE}, or a BentoML model tag name:version"
+    )
+
+
+def _read_file(path: Path) -> dict[str, Any]:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path} named by {CONFIG_ENV}: {exc}") from exc
+    suffix = path.suffix.lower()
+    try:
+        if suffix == ".toml":
+            data: Any = tomllib.loads(text)
+        elif suffix == ".json":
+            data = json.loads(text)
+        elif suffix in (".yaml", ".yml"):
+            import yaml
+
+            data = yaml.safe_load(text)
+        else:
+            raise ConfigError(f"config file {path}: use a .yaml, .yml, .json or .toml extension")
+    except (ValueError, tomllib.TOMLDecodeError) as exc:
+        raise ConfigError(f"config file {path} is not valid {suffix[1:].upper()}: {exc}") from exc
+    except ImportError as exc:
+        raise ConfigError(f"config file {path}: reading YAML needs PyYAML ({exc})") from exc
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of setting names to values")
+    return data
+
+
+def _coerce(name: str, raw: Any, default: Any) -> Any:
+    kind = type(default)
+    try:
+        if kind is bool or isinstance(raw, bool):
+            raise TypeError("booleans are not accepted")
+        if kind is int:
+            if isinstance(raw, float) and not raw.is_integer():
+                raise ValueError("not a whole number")
+            value: Any = int(raw)
+        elif kind is float:
+            value = float(raw)
+        else:
+            value = str(raw)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"setting {name}={raw!r}: expected {kind.__name__} ({exc})") from exc
+    minimum = _MINIMUM.get(name)
+    if minimum is not None and value < minimum:
+        raise ConfigError(f"setting {name}={raw!r}: must be at least {minimum}")
+    return value
+
+
+def load_settings(environ: Mapping[str, str] | None = None) -> Settings:
+    """Defaults, then the `ELUSERVE_CONFIG` file, then `ELUSERVE_*` variables.
+
+    Raises:
+        ConfigError: naming the setting and what it accepts.
+    """
+    env = os.environ if environ is None else environ
+    defaults = Settings()
+    fields = {field.name: getattr(defaults, field.name) for field in dataclasses.fields(Settings)}
+    values: dict[str, Any] = {}
+    if config_path := env.get(CONFIG_ENV):
+        for key, raw in _read_file(Path(config_path)).items():
+            if key not in fields:
+                raise ConfigError(
+                    f"config file {config_path}: unknown setting {key!r}; known: {sorted(fields)}"
+                )
+            values[key] = raw
+    for name in fields:
+        if (raw := env.get(ENV_PREFIX + name.upper())) is not None and raw != "":
+            values[name] = raw
+    return Settings(**{name: _coerce(name, raw, fields[name]) for name, raw in values.items()})

@@ -1,0 +1,204 @@
+"""A streaming multipart/form-data reader that enforces the service's limits while bytes arrive.
+
+Starlette's `request.form()` spools every file to disk with no size cap and BentoML's typed file
+parameters additionally fetch URLs sent in place of files, so the service reads forms itself: a
+declared Content-Length over the limit is refused before the body is read, a body without one is
+counted as it streams, an oversized image stops being buffered at the limit (and becomes a per-image
+error), and the part count is bounded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
+from starlette.requests import Request
+
+from service.errors import (
+    ClientError,
+    ImageTooLarge,
+    InvalidRequest,
+    TooManyImages,
+    UnsupportedMediaType,
+)
+
+#: Bytes allowed beyond the image bytes for part headers, boundaries and small fields.
+FORM_OVERHEAD_BYTES = 64 * 1024
+#: Longest value of a text field such as top_k.
+MAX_TEXT_BYTES = 1024
+#: Parts other than images (top_k, unknown fields) one request may carry.
+MAX_OTHER_PARTS = 32
+
+
+@dataclass
+class Upload:
+    """One file part. `error` is set (and `data` empty) when it exceeded the per-image byte limit."""
+
+    filename: str | None
+    data: bytes
+    size: int
+    error: ClientError | None = None
+
+
+@dataclass
+class Form:
+    """The parts of one request: the image field's uploads in order, and the text fields."""
+
+    uploads: list[Upload] = field(default_factory=list)
+    fields: dict[str, list[str]] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class FormLimits:
+    """How much one endpoint accepts."""
+
+    #: The form field holding images ("image" or "images").
+    file_field: str
+    #: Image parts accepted; one more is refused with `too_many_images`.
+    max_files: int
+    max_file_bytes: int
+    max_body_bytes: int
+    #: Text fields kept (at most MAX_TEXT_BYTES each); other fields are read and discarded.
+    text_fields: frozenset[str] = frozenset({"top_k"})
+    #: The error for a body over `max_body_bytes`, given the byte count seen.
+    body_too_large: Callable[[int, int], ClientError] = field(
+        default=lambda size, limit: InvalidRequest(f"the request body is {size} bytes; the limit is {limit}")
+    )
+
+
+class _FormBuilder:
+    """Collects python-multipart callbacks into a `Form`, raising as soon as a limit is crossed."""
+
+    def __init__(self, limits: FormLimits) -> None:
+        self.limits = limits
+        self.form = Form()
+        self.finished = False
+        self._header_name = bytearray()
+        self._header_value = bytearray()
+        self._headers: dict[bytes, bytes] = {}
+        self._name = ""
+        self._filename: str | None = None
+        self._buffer = bytearray()
+        self._size = 0
+        self._error: ClientError | None = None
+        self._kind = "other"
+        self._other_parts = 0
+
+    def callbacks(self) -> dict[str, Callable[..., None]]:
+        return {
+            "on_part_begin": self.on_part_begin,
+            "on_header_field": self.on_header_field,
+            "on_header_value": self.on_header_value,
+            "on_header_end": self.on_header_end,
+            "on_headers_finished": self.on_headers_finished,
+            "on_part_data": self.on_part_data,
+            "on_part_end": self.on_part_end,
+            "on_end": self.on_end,
+        }
+
+    def on_part_begin(self) -> None:
+        self._headers = {}
+        self._buffer = bytearray()
+        self._size = 0
+        self._error = None
+
+    def on_header_field(self, data: bytes, start: int, end: int) -> None:
+        self._header_name += data[start:end]
+
+    def on_header_value(self, data: bytes, start: int, end: int) -> None:
+        self._header_value += data[start:end]
+
+    def on_header_end(self) -> None:
+        self._headers[bytes(self._header_name).lower()] = bytes(self._header_value)
+        self._header_name = bytearray()
+        self._header_value = bytearray()
+
+    def on_headers_finished(self) -> None:
+        disposition, options = parse_options_header(self._headers.get(b"content-disposition", b""))
+        if disposition != b"form-data" or b"name" not in options:
+            raise InvalidRequest("a multipart part lacks 'Content-Disposition: form-data; name=...'")
+        self._name = options[b"name"].decode("utf-8", "replace")
+        filename = options.get(b"filename")
+        self._filename = filename.decode("utf-8", "replace") if filename is not None else None
+        if self._name == self.limits.file_field:
+            self._kind = "file"
+            if len(self.form.uploads) >= self.limits.max_files:
+                hint = "; send several images to /classify_batch" if self.limits.max_files == 1 else ""
+                raise TooManyImages(
+                    f"at most {self.limits.max_files} image(s) in field '{self.limits.file_field}' per "
+                    f"request{hint}"
+                )
+            return
+        self._other_parts += 1
+        if self._other_parts > MAX_OTHER_PARTS:
+            raise InvalidRequest(f"more than {MAX_OTHER_PARTS} form fields besides the images")
+        self._kind = "text" if self._name in self.limits.text_fields else "other"
+
+    def on_part_data(self, data: bytes, start: int, end: int) -> None:
+        self._size += end - start
+        if self._kind == "file":
+            if self._error is not None:
+                return
+            if self._size > self.limits.max_file_bytes:
+                self._error = ImageTooLarge(
+                    f"an image is over {self.limits.max_file_bytes} bytes, the limit per image"
+                )
+                self._buffer = bytearray()
+                return
+            self._buffer += data[start:end]
+        elif self._kind == "text":
+            if self._size > MAX_TEXT_BYTES:
+                raise InvalidRequest(f"form field '{self._name}' is longer than {MAX_TEXT_BYTES} bytes")
+            self._buffer += data[start:end]
+
+    def on_part_end(self) -> None:
+        if self._kind == "file":
+            self.form.uploads.append(
+                Upload(filename=self._filename, data=bytes(self._buffer), size=self._size, error=self._error)
+            )
+        elif self._kind == "text":
+            text = self._buffer.decode("utf-8", "replace")
+            self.form.fields.setdefault(self._name, []).append(text)
+        self._buffer = bytearray()
+
+    def on_end(self) -> None:
+        self.finished = True
+
+
+async def read_form(request: Request, limits: FormLimits) -> Form:
+    """Read a multipart/form-data body within `limits`.
+
+    Raises:
+        ClientError: `unsupported_media_type`, `invalid_request`, `too_many_images`, or the
+            endpoint's body-too-large error. An image over the byte limit is not raised but returned
+            as an `Upload` with `error` set, so that a batch answers for it alone.
+    """
+    media_type, options = parse_options_header(request.headers.get("content-type"))
+    if media_type != b"multipart/form-data":
+        raise UnsupportedMediaType(
+            f"send multipart/form-data with the image(s) in field '{limits.file_field}', "
+            f"not {media_type.decode('latin-1') or 'a body without Content-Type'}"
+        )
+    boundary = options.get(b"boundary")
+    if not boundary:
+        raise InvalidRequest("the multipart/form-data Content-Type has no boundary")
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limits.max_body_bytes:
+        raise limits.body_too_large(int(declared), limits.max_body_bytes)
+    builder = _FormBuilder(limits)
+    try:
+        parser = MultipartParser(boundary, builder.callbacks())
+        received = 0
+        async for chunk in request.stream():
+            received += len(chunk)
+            if received > limits.max_body_bytes:
+                raise limits.body_too_large(received, limits.max_body_bytes)
+            parser.write(chunk)
+        parser.finalize()
+    except FormParserError as exc:
+        raise InvalidRequest(f"malformed multipart body: {exc}") from exc
+    if not builder.finished:
+        raise InvalidRequest("the multipart body ended before its closing boundary")
+    return builder.form

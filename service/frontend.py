@@ -1,0 +1,179 @@
+"""The public HTTP endpoints: multipart in, JSON out, errors as ``{"error": {"code", "message"}}``.
+
+    POST /classify        file field `image`, optional `top_k` (default 5, 1..num_classes)
+        → {"model": "name:version", "label", "probability", "top_k": [{"label", "index", "probability"}]}
+    POST /classify_batch  repeated file field `images` (1..max_images), optional `top_k`
+        → {"model": ..., "results": [per image, in order: the object above without "model",
+                                       or {"error": {"code", "message"}}]}
+    GET  /model           the model's metadata and execution provider
+
+One bad image in a batch is answered in its slot; the others are classified. Request-level problems
+(not multipart, no images, bad top_k, too many images, body too large) fail the whole request with a
+4xx. Overload is 429 (BentoML's concurrency limit, or the batcher refusing work it cannot finish in
+time), an unreachable model runtime is 503.
+
+Decoding runs in a worker thread so the event loop keeps accepting requests; inference goes through
+`infer`, which in the service is the adaptive batcher of the model runtime.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
+
+import anyio.to_thread
+import numpy as np
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+
+from service import metrics
+from service.config import Settings
+from service.errors import (
+    ClientError,
+    ImageTooLarge,
+    InvalidTopK,
+    MissingField,
+    RequestTooLarge,
+    ServiceError,
+)
+from service.forms import FORM_OVERHEAD_BYTES, Form, FormLimits, Upload, read_form
+from service.inference import ModelInfo, format_results, parse_top_k
+from service.preprocessing import Limits, load_image
+
+logger = logging.getLogger(__name__)
+
+Infer = Callable[[np.ndarray], Awaitable[np.ndarray]]
+Describe = Callable[[], Awaitable[dict[str, Any]]]
+
+
+def error_response(error: ClientError | ServiceError) -> JSONResponse:
+    """The contract's error body with the error's status."""
+    headers = {"Retry-After": "1"} if error.status in (429, 503) else None
+    return JSONResponse({"error": error.to_dict()}, status_code=error.status, headers=headers)
+
+
+class Frontend:
+    """Parses, validates and preprocesses requests for one model; `infer` does the rest."""
+
+    def __init__(self, info: ModelInfo, settings: Settings, infer: Infer, describe: Describe) -> None:
+        self.info = info
+        self.limits: Limits = settings.limits()
+        self._infer = infer
+        self._describe = describe
+        self._description: dict[str, Any] | None = None
+        self.single_form = FormLimits(
+            file_field="image",
+            max_files=1,
+            max_file_bytes=settings.max_image_bytes,
+            max_body_bytes=settings.max_image_bytes + FORM_OVERHEAD_BYTES,
+            body_too_large=lambda size, limit: ImageTooLarge(
+                f"the request is {size} bytes; one image may be at most {limit - FORM_OVERHEAD_BYTES} bytes"
+            ),
+        )
+        self.batch_form = FormLimits(
+            file_field="images",
+            max_files=settings.max_images,
+            max_file_bytes=settings.max_image_bytes,
+            max_body_bytes=settings.max_request_bytes,
+            body_too_large=lambda size, limit: RequestTooLarge(
+                f"the request is {size} bytes; a batch request may be at most {limit} bytes, "
+                "split it into several requests"
+            ),
+        )
+
+    async def classify(self, request: Request) -> Response:
+        """POST /classify."""
+        return await self._guarded(self._classify, request)
+
+    async def classify_batch(self, request: Request) -> Response:
+        """POST /classify_batch."""
+        return await self._guarded(self._classify_batch, request)
+
+    async def model(self, request: Request) -> Response:
+        """GET /model: the contract metadata, with the provider the model runtime reports."""
+        return await self._guarded(self._model, request)
+
+    async def _guarded(self, handler: Callable[[Request], Awaitable[Response]], request: Request) -> Response:
+        try:
+            return await handler(request)
+        except ClientError as exc:
+            metrics.CLIENT_ERRORS.labels(code=exc.code).inc()
+            return error_response(exc)
+        except ServiceError as exc:
+            return error_response(exc)
+        except ClientDisconnect:
+            return Response(status_code=400)
+        except Exception:
+            logger.exception("unhandled error in %s %s", request.method, request.url.path)
+            return error_response(
+                ServiceError("internal_error", "an unexpected error occurred; it has been logged", 500)
+            )
+
+    async def _classify(self, request: Request) -> Response:
+        form = await read_form(request, self.single_form)
+        if not form.uploads:
+            raise MissingField("send the image as multipart/form-data file field 'image'")
+        k = self._top_k(form)
+        (item,) = await self._prepare(form.uploads)
+        if isinstance(item, ClientError):
+            return error_response(item)
+        (result,) = self._results(await self._infer(item[np.newaxis]), k)
+        return JSONResponse({"model": self.info.tag, **result})
+
+    async def _classify_batch(self, request: Request) -> Response:
+        form = await read_form(request, self.batch_form)
+        if not form.uploads:
+            raise MissingField(
+                "send the images as multipart/form-data file fields named 'images' (repeat the field)"
+            )
+        k = self._top_k(form)
+        items = await self._prepare(form.uploads)
+        crops = [item for item in items if isinstance(item, np.ndarray)]
+        classified = iter(self._results(await self._infer(np.stack(crops)), k) if crops else [])
+        results = [
+            {"error": item.to_dict()} if isinstance(item, ClientError) else next(classified) for item in items
+        ]
+        return JSONResponse({"model": self.info.tag, "results": results})
+
+    async def _model(self, _: Request) -> Response:
+        if self._description is None:
+            try:
+                self._description = await self._describe()
+            except ServiceError:
+                # The runtime is not reachable yet: answer from the file, provider unknown.
+                return JSONResponse(self.info.to_dict())
+        return JSONResponse(self._description)
+
+    def _top_k(self, form: Form) -> int:
+        values = form.fields.get("top_k", [])
+        if len(values) > 1:
+            raise InvalidTopK("send top_k at most once")
+        return parse_top_k(values[0] if values else None, self.info.num_classes)
+
+    async def _prepare(self, uploads: Sequence[Upload]) -> list[np.ndarray | ClientError]:
+        """Decode and crop every upload off the event loop; failures stay in their slot."""
+        return await anyio.to_thread.run_sync(self._prepare_sync, uploads)
+
+    def _prepare_sync(self, uploads: Sequence[Upload]) -> list[np.ndarray | ClientError]:
+        items: list[np.ndarray | ClientError] = []
+        for upload in uploads:
+            try:
+                if upload.error is not None:
+                    raise upload.error
+                with metrics.PREPROCESS_DURATION.labels(model=self.info.name).time():
+                    items.append(load_image(upload.data, self.info.preprocessing, self.limits))
+            except ClientError as exc:
+                metrics.IMAGES.labels(model=self.info.name, outcome="error").inc()
+                metrics.CLIENT_ERRORS.labels(code=exc.code).inc()
+                items.append(exc)
+        return items
+
+    def _results(self, probs: np.ndarray, k: int) -> list[dict[str, Any]]:
+        results = format_results(probs, self.info.labels, k)
+        name = self.info.name
+        for result in results:
+            metrics.IMAGES.labels(model=name, outcome="ok").inc()
+            metrics.PREDICTIONS.labels(model=name, label=result["label"]).inc()
+            metrics.TOP1_PROBABILITY.labels(model=name).observe(result["probability"])
+        return results

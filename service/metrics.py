@@ -1,0 +1,106 @@
+"""Prometheus metrics of the service, exported by BentoML's `/metrics` next to its own.
+
+BentoML starts every worker with ``PROMETHEUS_MULTIPROC_DIR`` set and answers `/metrics` from all files
+in that folder, so plain `prometheus_client` metrics created at import time are multiprocess metrics in
+the workers: each process writes its own file and the scrape sums counters and histograms over every
+worker. The one gauge uses ``livemax`` so that N workers report one series, not N, and a stopped
+worker's value disappears.
+
+Label values are bounded (model name, provider, class label, error code, outcome) and pre-initialised
+by `init_http_metrics` / `init_model_metrics`, so every series exists at zero before the first request.
+Buckets come from measurements on the 2-core development machine (tiny and CIFAR models, 32×32 JPEGs
+to 12-megapixel photos): a 32×32 decode + crop takes about 0.1 ms, a photo 5-30 ms; one inference
+takes 0.05-2 ms for batch 1 and up to a few tens of ms for batch 64; a loaded machine adds a tail.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+from service.errors import CLIENT_ERROR_CODES
+from service.inference import ModelInfo
+
+NAMESPACE = "eluserve"
+
+#: Seconds, from 50 µs to 2.5 s.
+LATENCY_BUCKETS = (
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5,
+)  # fmt: skip
+BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
+PROBABILITY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
+OUTCOMES = ("ok", "error")
+
+INFERENCE_DURATION = Histogram(
+    "inference_duration_seconds",
+    "ONNX Runtime time for one batch.",
+    ["model", "provider"],
+    namespace=NAMESPACE,
+    buckets=LATENCY_BUCKETS,
+)
+PREPROCESS_DURATION = Histogram(
+    "preprocess_duration_seconds",
+    "Decode and single crop of one image, failures included.",
+    ["model"],
+    namespace=NAMESPACE,
+    buckets=LATENCY_BUCKETS,
+)
+BATCH_SIZE = Histogram(
+    "batch_size",
+    "Images per batch that reached ONNX Runtime after adaptive batching.",
+    ["model"],
+    namespace=NAMESPACE,
+    buckets=BATCH_SIZE_BUCKETS,
+)
+IMAGES = Counter(
+    "images",
+    "Images received, by outcome: ok = classified, error = refused with a client error.",
+    ["model", "outcome"],
+    namespace=NAMESPACE,
+)
+CLIENT_ERRORS = Counter(
+    "client_errors",
+    "Client errors by code, per request error and per image error in batches.",
+    ["code"],
+    namespace=NAMESPACE,
+)
+PREDICTIONS = Counter(
+    "predictions",
+    "Top-1 predictions by class label.",
+    ["model", "label"],
+    namespace=NAMESPACE,
+)
+TOP1_PROBABILITY = Histogram(
+    "top1_probability",
+    "Probability of the top-1 class; a shift in this distribution is a cheap drift signal.",
+    ["model"],
+    namespace=NAMESPACE,
+    buckets=PROBABILITY_BUCKETS,
+)
+MODEL_INFO = Gauge(
+    "model_info",
+    "Always 1; the labels say which model version runs on which execution provider.",
+    ["model", "version", "provider"],
+    namespace=NAMESPACE,
+    multiprocess_mode="livemax",
+)
+
+for _code in CLIENT_ERROR_CODES:
+    CLIENT_ERRORS.labels(code=_code)
+
+
+def init_http_metrics(info: ModelInfo) -> None:
+    """Create the series the HTTP workers write, at zero."""
+    PREPROCESS_DURATION.labels(model=info.name)
+    TOP1_PROBABILITY.labels(model=info.name)
+    for outcome in OUTCOMES:
+        IMAGES.labels(model=info.name, outcome=outcome)
+    for label in info.labels:
+        PREDICTIONS.labels(model=info.name, label=label)
+
+
+def init_model_metrics(info: ModelInfo) -> None:
+    """Create the series the inference workers write, and publish `eluserve_model_info`."""
+    provider = info.provider or "unknown"
+    INFERENCE_DURATION.labels(model=info.name, provider=provider)
+    BATCH_SIZE.labels(model=info.name)
+    MODEL_INFO.labels(model=info.name, version=info.version, provider=provider).set(1)

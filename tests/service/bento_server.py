@@ -1,0 +1,112 @@
+"""Start and stop real `bentoml serve` processes for the integration tests.
+
+BentoML's arbiter starts its worker processes in sessions of their own, so killing the arbiter's
+process group would orphan them: `stop` sends SIGTERM to the arbiter (which stops its workers
+gracefully), then kills by pid whatever of the recorded process tree is still alive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+BENTOML = str(Path(sys.executable).parent / "bentoml")
+SERVICE = "service.service:EluClassifier"
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@dataclass
+class BentoServer:
+    url: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    home: Path
+    _tree: dict[int, psutil.Process] = field(default_factory=dict)
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def remember_processes(self) -> None:
+        """Record the arbiter's process tree while it is alive, to clean up orphans later."""
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for child in psutil.Process(self.process.pid).children(recursive=True):
+                self._tree.setdefault(child.pid, child)
+
+    def wait_for(self, path: str, status: int = 200, timeout: float = 120.0) -> httpx.Response:
+        """Poll `path` until it answers `status`; fail with the server log if it does not in time."""
+        deadline = time.monotonic() + timeout
+        last: str = "no answer"
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(
+                    f"bentoml serve exited with {self.process.returncode}:\n{self.log()[-4000:]}"
+                )
+            try:
+                response = httpx.get(self.url + path, timeout=5.0)
+                if response.status_code == status:
+                    self.remember_processes()
+                    return response
+                last = f"{response.status_code} {response.text[:200]}"
+            except httpx.TransportError as exc:
+                last = repr(exc)
+            time.sleep(0.2)
+        raise TimeoutError(
+            f"{path} did not answer {status} within {timeout} s (last: {last}):\n{self.log()[-4000:]}"
+        )
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.remember_processes()
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        # psutil.Process objects remember their start time, so a recycled pid is never killed.
+        _, alive = psutil.wait_procs(list(self._tree.values()), timeout=10)
+        for proc in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+
+
+def start_server(tmp: Path, env: Mapping[str, str]) -> BentoServer:
+    """Start `bentoml serve` on a free port with its own BENTOML_HOME; does not wait for readiness."""
+    home = tmp / "bentoml-home"
+    home.mkdir(parents=True, exist_ok=True)
+    port = free_port()
+    full_env = {
+        **{k: v for k, v in os.environ.items() if not k.startswith(("ELUSERVE_", "PROMETHEUS_", "BENTOML_"))},
+        "BENTOML_HOME": str(home),
+        "BENTOML_DO_NOT_TRACK": "True",
+        "PYTHONUNBUFFERED": "1",
+        **env,
+    }
+    log_path = tmp / "server.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [BENTOML, "serve", SERVICE, "--host", "127.0.0.1", "--port", str(port)],
+            cwd=REPO_ROOT,
+            env=full_env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    return BentoServer(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path, home=home)

@@ -1,0 +1,132 @@
+"""Settings from defaults, a config file and ELUSERVE_* variables; model resolution."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from service.config import DEFAULT_MODEL, REPO_ROOT, Settings, load_settings, resolve_model
+from service.errors import ConfigError
+from service.inference import available_cores
+
+
+def test_defaults_are_the_documented_ones() -> None:
+    settings = load_settings({})
+    assert settings == Settings()
+    assert settings.model == str(REPO_ROOT / "models" / "elufast-cifar10" / "model.onnx")
+    assert DEFAULT_MODEL.parent.parent.parent == REPO_ROOT
+    limits = settings.limits()
+    assert (limits.max_image_bytes, limits.max_pixels, limits.max_images) == (
+        10 * 1024 * 1024,
+        40_000_000,
+        64,
+    )
+    assert settings.provider_list() is None
+
+
+def test_environment_variables_override_defaults() -> None:
+    settings = load_settings(
+        {
+            "ELUSERVE_MAX_BATCH_SIZE": "16",
+            "ELUSERVE_TIMEOUT_S": "2.5",
+            "ELUSERVE_PROVIDERS": "CPUExecutionProvider, CUDAExecutionProvider",
+            "ELUSERVE_WORKERS": "",  # empty means unset
+        }
+    )
+    assert settings.max_batch_size == 16 and settings.timeout_s == 2.5 and settings.workers == 1
+    assert settings.provider_list() == ["CPUExecutionProvider", "CUDAExecutionProvider"]
+
+
+@pytest.mark.parametrize(
+    ("name", "text"),
+    [
+        ("eluserve.yaml", "max_images: 8\nmax_latency_ms: 50\n"),
+        ("eluserve.json", json.dumps({"max_images": 8, "max_latency_ms": 50})),
+        ("eluserve.toml", "max_images = 8\nmax_latency_ms = 50\n"),
+    ],
+)
+def test_config_files_are_read_and_environment_wins(tmp_path: Path, name: str, text: str) -> None:
+    path = tmp_path / name
+    path.write_text(text)
+    settings = load_settings({"ELUSERVE_CONFIG": str(path), "ELUSERVE_MAX_LATENCY_MS": "75"})
+    assert settings.max_images == 8 and settings.max_latency_ms == 75
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        ({"ELUSERVE_MAX_IMAGES": "many"}, "max_images='many'"),
+        ({"ELUSERVE_MAX_IMAGES": "0"}, "at least 1"),
+        ({"ELUSERVE_MAX_BATCH_SIZE": "1"}, "at least 2"),
+        ({"ELUSERVE_TIMEOUT_S": "soon"}, "expected float"),
+    ],
+)
+def test_bad_values_name_the_setting(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(environ)
+
+
+def test_config_file_problems_are_explained(tmp_path: Path) -> None:
+    unknown = tmp_path / "unknown.json"
+    unknown.write_text('{"max_imagez": 3}')
+    with pytest.raises(ConfigError, match="unknown setting 'max_imagez'"):
+        load_settings({"ELUSERVE_CONFIG": str(unknown)})
+    broken = tmp_path / "broken.toml"
+    broken.write_text("max_images = [")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        load_settings({"ELUSERVE_CONFIG": str(broken)})
+    fractional = tmp_path / "fractional.yaml"
+    fractional.write_text("max_images: 2.5")
+    with pytest.raises(ConfigError, match="whole number"):
+        load_settings({"ELUSERVE_CONFIG": str(fractional)})
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_settings({"ELUSERVE_CONFIG": str(tmp_path / "absent.yaml")})
+    with pytest.raises(ConfigError, match="extension"):
+        load_settings({"ELUSERVE_CONFIG": str(unknown.rename(tmp_path / "settings.ini"))})
+
+
+def test_threads_are_cores_divided_by_inference_workers() -> None:
+    cores = available_cores()
+    assert Settings(model_workers=1).threads_per_model_worker() == cores
+    assert Settings(model_workers=cores * 2).threads_per_model_worker() == 1
+    assert Settings(intra_op_threads=3, model_workers=2).threads_per_model_worker() == 3
+    assert Settings(model_workers=1).threads_per_model_worker(workers=cores * 2) == 1
+
+
+def test_models_resolve_from_files_and_folders(tiny_model_path: Path) -> None:
+    assert resolve_model(str(tiny_model_path)) == tiny_model_path
+    assert resolve_model(str(tiny_model_path.parent)) == tiny_model_path
+
+
+def test_an_unknown_model_says_what_is_accepted(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="BentoML model tag"):
+        resolve_model(str(tmp_path / "nothing.onnx"))
+
+
+def test_models_resolve_from_the_bentoml_model_store(tmp_path: Path, tiny_model_path: Path) -> None:
+    """A tag resolves through the model store (run in a subprocess: BENTOML_HOME is read at import)."""
+    script = f"""
+import shutil, bentoml
+from service.config import resolve_model
+with bentoml.models.create("tiny-store") as model:
+    shutil.copy({str(tiny_model_path)!r}, model.path_of("model.onnx"))
+print(resolve_model("tiny-store:latest"))
+try:
+    resolve_model("absent-model:v1")
+except Exception as exc:
+    print(type(exc).__name__)
+"""
+    env = {**os.environ, "BENTOML_HOME": str(tmp_path / "home"), "BENTOML_DO_NOT_TRACK": "True"}
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    resolved, error = result.stdout.split()
+    assert resolved.startswith(str(tmp_path / "home" / "models" / "tiny-store"))
+    assert resolved.endswith("model.onnx") and Path(resolved).is_file()
+    assert error == "ConfigError"

@@ -1,0 +1,99 @@
+"""Two HTTP workers and two inference workers: readiness gated on warm-up, metrics summed over processes."""
+
+from __future__ import annotations
+
+import concurrent.futures
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import pytest
+
+from service.inference import read_model_info
+from tests.service.bento_server import BentoServer, start_server
+from tests.service.image_samples import encode, gradient
+from tests.service.metrics_scrape import MetricsDelta, Scrape
+
+pytestmark = pytest.mark.integration
+
+WARMUP_SECONDS = 6
+
+
+@dataclass
+class Started:
+    server: BentoServer
+    #: /readyz as soon as /livez answered: the workers are up, the warm-up is not done.
+    readyz_while_warming: int
+
+
+@pytest.fixture(scope="module")
+def started(tmp_path_factory: pytest.TempPathFactory, serving_model_path: Path) -> Iterator[Started]:
+    server = start_server(
+        tmp_path_factory.mktemp("workers-server"),
+        {
+            "ELUSERVE_MODEL": str(serving_model_path),
+            "ELUSERVE_WORKERS": "2",
+            "ELUSERVE_MODEL_WORKERS": "2",
+            "ELUSERVE_WARMUP_MIN_SECONDS": str(WARMUP_SECONDS),
+        },
+    )
+    try:
+        server.wait_for("/livez")
+        while_warming = httpx.get(server.url + "/readyz", timeout=10).status_code
+        server.wait_for("/readyz", timeout=120)
+        yield Started(server, while_warming)
+    finally:
+        server.stop()
+
+
+def test_readyz_turns_ready_only_after_warm_up(started: Started) -> None:
+    assert started.readyz_while_warming == 503
+    assert httpx.get(started.server.url + "/readyz", timeout=10).status_code == 200
+    assert httpx.get(started.server.url + "/livez", timeout=10).status_code == 200
+
+
+def test_metrics_are_summed_over_all_worker_processes(started: Started, serving_model_path: Path) -> None:
+    server = started.server
+    info = read_model_info(serving_model_path)
+    images = [encode(gradient(48, 40, seed=seed), "JPEG") for seed in range(4)]
+
+    def classify(index: int) -> int:
+        # A fresh connection per request lets the kernel hand requests to either HTTP worker.
+        with httpx.Client(base_url=server.url, timeout=30.0) as http:
+            files = {"image": ("image", images[index % len(images)])}
+            return http.post("/classify", files=files).status_code
+
+    def batch(_: int) -> int:
+        with httpx.Client(base_url=server.url, timeout=30.0) as http:
+            files = [("images", (str(i), data)) for i, data in enumerate([*images, b"broken"])]
+            return http.post("/classify_batch", files=files).status_code
+
+    with MetricsDelta(server.url) as delta, concurrent.futures.ThreadPoolExecutor(max_workers=6) as pool:
+        statuses = list(pool.map(classify, range(40))) + list(pool.map(batch, range(6)))
+    assert statuses == [200] * 46
+
+    assert delta("eluserve_images_total", model=info.name, outcome="ok") == 40 + 6 * 4
+    assert delta("eluserve_images_total", model=info.name, outcome="error") == 6
+    assert delta("eluserve_client_errors_total", code="invalid_image") == 6
+    assert delta.sum("eluserve_predictions_total", model=info.name) == 64
+    assert delta("eluserve_batch_size_sum", model=info.name) == 64
+    assert delta("eluserve_preprocess_duration_seconds_count", model=info.name) == 70
+
+    model_info = delta.after.series("eluserve_model_info")
+    assert model_info == [{"model": info.name, "version": info.version, "provider": "CPUExecutionProvider"}]
+    assert delta.after.value("eluserve_model_info") == 1
+
+    # Both HTTP workers and both inference workers really served (and wrote metrics of their own).
+    log = server.log()
+    assert set(re.findall(r"\[entry_service:EluClassifier:(\d)\][^\n]*path=/classify", log)) == {"1", "2"}
+    assert set(re.findall(r"\[service:EluModel:(\d)\][^\n]*path=/predict", log)) == {"1", "2"}
+    counter_files = {path.name for path in (server.home / "prometheus_multiproc_dir").glob("counter_*.db")}
+    assert len(counter_files) >= 4, counter_files
+
+
+def test_bentoml_metrics_are_there_too(started: Started) -> None:
+    scrape = Scrape.of(started.server.url)
+    assert scrape.value("bentoml_service_request_total", endpoint="/classify") is not None
+    assert scrape.value("bentoml_service_adaptive_batch_size_count") is not None
