@@ -1,7 +1,7 @@
 """`eluserve train | export | elu-tax | models`: the training/export stage's commands.
 
-Registered into the single `eluserve` entry point by `service.cli`, imported only when one of these
-commands runs, so the serving install (no torch) still answers `eluserve --help`.
+Registered into the single `eluserve` entry point by `service.cli`. This module imports no torch: each
+command imports its stage when it runs, so the serving install (no torch) still answers `--help`.
 """
 
 from __future__ import annotations
@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from export.train import TrainConfig
+from export.config import TrainConfig
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -44,6 +44,7 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
 def cmd_train(args: argparse.Namespace) -> int:
     from export.train import train
 
+    configure_logging()
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     summary = train(TrainConfig(**values))
     print(f"validation accuracy {100 * summary['val_accuracy_fp32']:.2f} % → {args.out}")
@@ -53,6 +54,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 def cmd_export(args: argparse.Namespace) -> int:
     from export.exporter import export_and_verify
 
+    configure_logging()
     out = Path(args.out or f"models/{args.name}")
     card = export_and_verify(
         Path(args.run), out, args.name, args.version, sample=args.sample, fp16_storage=args.fp16_storage
@@ -79,6 +81,7 @@ def cmd_elu_tax(args: argparse.Namespace) -> int:
 def cmd_compare(args: argparse.Namespace) -> int:
     from export.compare import plot, run_comparison, summarize, write_report
 
+    configure_logging()
     base = TrainConfig(
         data=args.data,
         out=args.out,

@@ -13,7 +13,6 @@ import logging
 import math
 import random
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,41 +22,12 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from export.config import TrainConfig
 from export.data import ImageDataset, load_dataset, split_train_val
 from export.preprocess import Classifier, build_input_transform, empty_input_transform
 from export.zoo import DEFAULT_CFGS, create_model
 
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class TrainConfig:
-    """Everything that determines a training run; written to config.json beside the checkpoint."""
-
-    data: str
-    out: str
-    model: str = "elufast"
-    activation: str = "elu"
-    num_classes: int = 10
-    input_size: int = 32
-    normalization: str | None = None  # None: the model's default (mean_std or gcn_zca)
-    epochs: int = 30
-    batch_size: int = 512
-    lr: float = 0.2
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    label_smoothing: float = 0.2
-    schedule: str = "onecycle"  # onecycle | step (the paper's: lr ÷ 10 at each milestone)
-    milestones: tuple[int, ...] = ()
-    warmup_fraction: float = 0.2
-    val_per_class: int = 500
-    train_limit: int | None = None  # use only this many training images (smoke runs)
-    augment: bool = True
-    seed: int = 0
-    device: str = "auto"
-    amp: bool = True
-    channels_last: bool = True
-    threads: int | None = None
 
 
 def resolve_device(name: str) -> torch.device:

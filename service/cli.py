@@ -1,29 +1,20 @@
 """`eluserve`: the single command-line entry point.
 
 Serving-side commands live beside the service; the training/export commands (`train`, `export`,
-`elu-tax`, `models`) are registered from `export.cli` when torch is installed (the `train` extra), so
-the lean serving install still runs everything else.
+`elu-tax`, `compare-activations`, `models`) come from `export.cli`, which imports torch only when one
+of them runs, so `eluserve classify` starts fast and the lean serving install (no torch) runs
+everything else and says what to install for the rest.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
 from collections.abc import Sequence
 
-TRAIN_COMMANDS = ("train", "export", "elu-tax", "models")
-
-
-def _missing_train_extra(args: argparse.Namespace) -> int:
-    print(
-        f"eluserve {args.command}: needs the training stage (torch); install it with "
-        "`pip install -e '.[cpu,train]'` (or `make setup`)",
-        file=sys.stderr,
-    )
-    return 2
+TRAIN_EXTRA_MODULES = ("torch", "onnxscript", "matplotlib")
 
 
 def cmd_info(args: argparse.Namespace) -> int:
@@ -40,15 +31,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     subparsers = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    if importlib.util.find_spec("torch") is not None:
-        from export.cli import configure_logging, register
+    from export.cli import register as register_export
 
-        configure_logging()
-        register(subparsers)
-    else:
-        for name in TRAIN_COMMANDS:
-            missing = subparsers.add_parser(name, help="(needs the train extra)")
-            missing.set_defaults(func=_missing_train_extra)
+    register_export(subparsers)
+
+    from service.classify import register as register_classify
+
+    register_classify(subparsers)
+
+    from load_tests.bench import register as register_bench
+
+    register_bench(subparsers)
 
     info = subparsers.add_parser("info", help="print a model's metadata (labels, preprocessing, accuracy)")
     info.add_argument("model", nargs="?", default="models/elufast-cifar10/model.onnx")
@@ -59,7 +52,17 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("BENTOML_DO_NOT_TRACK", "True")
     args = build_parser().parse_args(argv)
-    return int(args.func(args) or 0)
+    try:
+        return int(args.func(args) or 0)
+    except ModuleNotFoundError as exc:
+        if exc.name not in TRAIN_EXTRA_MODULES:
+            raise
+        print(
+            f"eluserve {args.command}: needs the training stage ({exc.name} is not installed); "
+            "install it with `pip install -e '.[cpu,train]'` (or `make setup`)",
+            file=sys.stderr,
+        )
+        return 2
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import math
 import os
 import time
 from collections.abc import Mapping, Sequence
@@ -20,6 +21,7 @@ from typing import Any
 import numpy as np
 import onnx
 import onnxruntime as ort
+from google.protobuf.message import DecodeError
 
 from service.errors import InvalidTopK, ModelFormatError
 from service.preprocessing import PreprocessingRule
@@ -161,10 +163,12 @@ def _json_metadata(meta: Mapping[str, str], key: str, where: str) -> Any:
 
 
 def _float_or_none(value: str | None) -> float | None:
+    """A finite float, else None: JSON has no NaN, and `GET /model` must stay valid JSON."""
     try:
-        return None if value is None else float(value)
+        number = None if value is None else float(value)
     except ValueError:
         return None
+    return number if number is not None and math.isfinite(number) else None
 
 
 def _check_graph(graph: onnx.GraphProto, input_size: tuple[int, int], num_classes: int, where: str) -> None:
@@ -211,7 +215,13 @@ def resolve_model_file(path: str | Path) -> Path:
 def read_model_info(path: str | Path) -> ModelInfo:
     """Read a model's contract metadata without creating an inference session."""
     model_file = resolve_model_file(path)
-    return ModelInfo.from_onnx(onnx.load(str(model_file), load_external_data=False), model_file)
+    try:
+        model = onnx.load(str(model_file), load_external_data=False)
+    except DecodeError as exc:
+        raise ModelFormatError(
+            f"{model_file} is not an ONNX model ({exc}); the file is corrupt or cut short, export it again"
+        ) from exc
+    return ModelInfo.from_onnx(model, model_file)
 
 
 def available_cores() -> int:

@@ -1,0 +1,35 @@
+"""The training configuration, kept free of torch so the CLI can build its flags without importing it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run; written to config.json beside the checkpoint."""
+
+    data: str
+    out: str
+    model: str = "elufast"
+    activation: str = "elu"
+    num_classes: int = 10
+    input_size: int = 32
+    normalization: str | None = None  # None: the model's default (mean_std or gcn_zca)
+    epochs: int = 30
+    batch_size: int = 512
+    lr: float = 0.2
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    label_smoothing: float = 0.2
+    schedule: str = "onecycle"  # onecycle | step (the paper's: lr ÷ 10 at each milestone)
+    milestones: tuple[int, ...] = ()
+    warmup_fraction: float = 0.2
+    val_per_class: int = 500
+    train_limit: int | None = None  # use only this many training images (smoke runs)
+    augment: bool = True
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    channels_last: bool = True
+    threads: int | None = None
