@@ -117,6 +117,13 @@ class RequestTooLarge(_CaseError):
     STATUS = 413
 
 
+class RequestTimeout(_CaseError):
+    """The request body did not arrive in time: a client too slow (or stalled) to upload."""
+
+    CODE = "request_timeout"
+    STATUS = 408
+
+
 #: Every client error case, so metrics can create their series at zero before the first error.
 CLIENT_ERROR_TYPES: tuple[type[_CaseError], ...] = (
     InvalidImage,
@@ -130,6 +137,7 @@ CLIENT_ERROR_TYPES: tuple[type[_CaseError], ...] = (
     InvalidRequest,
     UnsupportedMediaType,
     RequestTooLarge,
+    RequestTimeout,
 )
 CLIENT_ERROR_CODES: tuple[str, ...] = tuple(error.CODE for error in CLIENT_ERROR_TYPES)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import anyio
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
@@ -20,6 +21,7 @@ from service.errors import (
     ClientError,
     ImageTooLarge,
     InvalidRequest,
+    RequestTimeout,
     TooManyImages,
     UnsupportedMediaType,
 )
@@ -66,6 +68,8 @@ class FormLimits:
     body_too_large: Callable[[int, int], ClientError] = field(
         default=lambda size, limit: InvalidRequest(f"the request body is {size} bytes; the limit is {limit}")
     )
+    #: Seconds the whole body may take to arrive (None: no limit); a slower client gets `request_timeout`.
+    read_timeout_s: float | None = None
 
 
 class _FormBuilder:
@@ -171,8 +175,8 @@ async def read_form(request: Request, limits: FormLimits) -> Form:
     """Read a multipart/form-data body within `limits`.
 
     Raises:
-        ClientError: `unsupported_media_type`, `invalid_request`, `too_many_images`, or the
-            endpoint's body-too-large error. An image over the byte limit is not raised but returned
+        ClientError: `unsupported_media_type`, `invalid_request`, `too_many_images`, `request_timeout`,
+            or the endpoint's body-too-large error. An image over the byte limit is not raised but returned
             as an `Upload` with `error` set, so that a batch answers for it alone.
     """
     media_type, options = parse_options_header(request.headers.get("content-type"))
@@ -191,14 +195,20 @@ async def read_form(request: Request, limits: FormLimits) -> Form:
     try:
         parser = MultipartParser(boundary, builder.callbacks())
         received = 0
-        async for chunk in request.stream():
-            received += len(chunk)
-            if received > limits.max_body_bytes:
-                raise limits.body_too_large(received, limits.max_body_bytes)
-            parser.write(chunk)
+        with anyio.fail_after(limits.read_timeout_s):
+            async for chunk in request.stream():
+                received += len(chunk)
+                if received > limits.max_body_bytes:
+                    raise limits.body_too_large(received, limits.max_body_bytes)
+                parser.write(chunk)
         parser.finalize()
     except FormParserError as exc:
         raise InvalidRequest(f"malformed multipart body: {exc}") from exc
+    except TimeoutError as exc:
+        raise RequestTimeout(
+            f"the request body did not arrive within {limits.read_timeout_s:g} s ({received} bytes "
+            "received); send it faster or in smaller requests"
+        ) from exc
     if not builder.finished:
         raise InvalidRequest("the multipart body ended before its closing boundary")
     return builder.form

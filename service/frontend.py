@@ -8,9 +8,9 @@
     GET  /model           the model's metadata and execution provider
 
 One bad image in a batch is answered in its slot; the others are classified. Request-level problems
-(not multipart, no images, bad top_k, too many images, body too large) fail the whole request with a
-4xx. Overload is 429 (BentoML's concurrency limit, or the batcher refusing work it cannot finish in
-time), an unreachable model runtime is 503.
+(not multipart, no images, bad top_k, too many images, body too large or too slow) fail the whole
+request with a 4xx. Overload is 429 (BentoML's concurrency limit, or the batcher refusing work it
+cannot finish in time), an unreachable model runtime is 503.
 
 Decoding runs in a worker thread so the event loop keeps accepting requests; inference goes through
 `infer`, which in the service is the adaptive batcher of the model runtime.
@@ -43,6 +43,12 @@ from service.preprocessing import Limits, load_image
 
 logger = logging.getLogger(__name__)
 
+#: Share of BentoML's request timeout (`timeout_s`) that the body may take to arrive. A slow upload is
+#: then answered by us, 408 `request_timeout` with the error body and metric, before BentoML's timeout
+#: answers 504 (a server error, in alerts) with a body outside the contract; the rest of the budget is
+#: left for decoding and inference.
+BODY_TIMEOUT_SHARE = 0.8
+
 Infer = Callable[[np.ndarray], Awaitable[np.ndarray]]
 Describe = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -70,6 +76,7 @@ class Frontend:
             body_too_large=lambda size, limit: ImageTooLarge(
                 f"the request is {size} bytes; one image may be at most {limit - FORM_OVERHEAD_BYTES} bytes"
             ),
+            read_timeout_s=settings.timeout_s * BODY_TIMEOUT_SHARE,
         )
         self.batch_form = FormLimits(
             file_field="images",
@@ -80,6 +87,7 @@ class Frontend:
                 f"the request is {size} bytes; a batch request may be at most {limit} bytes, "
                 "split it into several requests"
             ),
+            read_timeout_s=settings.timeout_s * BODY_TIMEOUT_SHARE,
         )
 
     async def classify(self, request: Request) -> Response:

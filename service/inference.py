@@ -330,6 +330,11 @@ class Classifier:
         self.info = info
         self._height, self._width = info.input_size
 
+    @property
+    def session(self) -> ort.InferenceSession:
+        """The ONNX Runtime session, for raw-throughput measurements beside the serving path."""
+        return self._session
+
     @classmethod
     def from_path(
         cls,

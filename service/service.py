@@ -14,7 +14,9 @@ exposed, and its calls do not count against the public concurrency limit.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 import threading
 from collections.abc import Awaitable, Callable
 from http import HTTPStatus
@@ -40,6 +42,15 @@ logger = logging.getLogger(__name__)
 # which model, provider and thread count a worker runs) follow BentoML's level, quiet and debug included.
 logging.getLogger("service").setLevel(logging.getLogger("bentoml").getEffectiveLevel())
 settings = load_settings()
+
+# Nothing phones home, however the service is started (`bentoml serve` without the variable too): the
+# `bentoml serve` process imports this module before it starts usage tracking and its workers (which
+# inherit the environment), but BentoML caches its reading of the variable, so the cache is cleared.
+os.environ["BENTOML_DO_NOT_TRACK"] = "True"
+with contextlib.suppress(ImportError, AttributeError):
+    from bentoml._internal.utils.analytics.usage_stats import do_not_track
+
+    do_not_track.cache_clear()
 T = TypeVar("T")
 
 #: Connection-level failures of a call to `EluModel`. Inference is a pure function, so such a call is
@@ -133,6 +144,16 @@ class EluClassifier:
     """Public endpoints; see `service.frontend` for the HTTP contract."""
 
     runtime = bentoml.depends(EluModel)
+
+    @bentoml.on_deployment
+    def check_model() -> None:
+        """Read the model once in the `bentoml serve` process, before any worker starts.
+
+        A missing or unreadable model then stops the start-up with a message naming the file and a
+        non-zero exit, instead of workers that fail in `__init__` being restarted forever behind a port
+        that never answers.
+        """
+        read_model_info(settings.model_file())
 
     def __init__(self) -> None:
         info = read_model_info(settings.model_file())
