@@ -72,3 +72,29 @@ def test_paper11_has_eleven_layers() -> None:
     convs = [m for m in create_model("elu_paper11").modules() if isinstance(m, torch.nn.Conv2d)]
     assert len(convs) == 11
     assert convs[0].kernel_size == (5, 5)
+
+
+@pytest.mark.parametrize("name", MODELS)
+def test_export_parity(name: str) -> None:
+    """Every model exports with fused ELU ops and computes what torch computes."""
+    import numpy as np
+    import onnxruntime as ort
+
+    from export.exporter import finalize, to_onnx
+    from export.fusion import DOMAIN, fuse_elu
+    from export.preprocess import Classifier, MeanStdInput
+
+    torch.manual_seed(0)
+    classifier = Classifier(MeanStdInput(np.full(3, 0.5), np.full(3, 0.25)), create_model(name)).eval()
+    proto = to_onnx(classifier, 32)
+    counts = fuse_elu(proto)
+    proto = finalize(proto)
+    assert counts["fuse_conv_elu"] + counts["fuse_conv_maxpool_elu"] > 0
+    assert not any(n.op_type == "Elu" for n in proto.graph.node)
+    assert any(n.domain == DOMAIN for n in proto.graph.node)
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    session = ort.InferenceSession(proto.SerializeToString(), providers=["CPUExecutionProvider"])
+    logits = session.run(["logits"], {"image": images})[0]
+    with torch.no_grad():
+        expected = classifier(torch.from_numpy(images)).numpy()
+    np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
