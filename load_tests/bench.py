@@ -1,0 +1,452 @@
+"""`eluserve bench`: the service against a naive server, PyTriton and the raw ONNX Runtime limit.
+
+    .venv/bin/eluserve bench                      # ≈ 5 min on 2 cores: 4 levels × 18 s × 3 servers
+    .venv/bin/eluserve bench --quick              # smoke run: seconds per server
+    .venv/bin/eluserve bench --servers service --profile --service-env ELUSERVE_MAX_LATENCY_MS=50
+
+Everything runs on 127.0.0.1 on free ports and is stopped afterwards. Each server gets the same
+closed-loop load (`load_tests.loadgen`) at each concurrency (default 1, 8, 32, 64; 3 s warm-up, then
+15 s measured), every request one 32×32 CIFAR-10 JPEG from the shared zip, the same bytes for every
+server, decoded server-side by all of them with `service.preprocessing`:
+- service: `bentoml serve .` with the configured settings (plus `--service-env`), `POST /classify`;
+- naive: `load_tests.naive_server`, one inference per request, no batching, `POST /classify`;
+- triton: `load_tests.triton_server`, PyTriton with Triton's dynamic batcher; the JPEG travels as a
+  BYTES tensor and is decoded in the inference callable;
+- inprocess (only when named): a prototype of a proposed change, the service's own frontend with the
+  batching in its process (`load_tests.inprocess_server`), `POST /classify`;
+- the limit: a raw in-process ONNX Runtime session (`service.throughput`) at its best batch size, fed
+  already-decoded crops, measured while no server runs.
+
+Writes `bench.md` (the table, the goal ratios, cold starts, CPU by process), `bench.json` and
+`bench.png` to `--out` (default runs/bench/), and server logs under `logs/`. With `--profile`, py-spy
+samples the service during its highest concurrency level (`profile-service.svg` and a digest).
+The client shares the machine's cores with the server; the table reports the CPU both used.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:  # the heavy modules load only when the command runs, not for `eluserve --help`
+    import numpy as np
+
+    from load_tests.fixtures import Upload
+    from load_tests.loadgen import Workload
+    from load_tests.report import RawPoint, ServerRun
+    from load_tests.servers import ServerProcess
+
+SERVERS = ("service", "naive", "triton")
+#: Not run by default: a measured proposal for the service (see load_tests/inprocess_server.py).
+PROTOTYPES = ("inprocess",)
+DEFAULT_OUT = Path("runs/bench")
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    """What one benchmark run measures; the defaults are the full run (≈ 5 minutes on 2 cores)."""
+
+    #: .onnx file or model folder; None: the model the service's settings name.
+    model: Path | None = None
+    out: Path = DEFAULT_OUT
+    servers: tuple[str, ...] = SERVERS
+    concurrencies: tuple[int, ...] = (1, 8, 32, 64)
+    #: Measured seconds per level, after `warmup` unmeasured seconds at the same concurrency.
+    seconds: float = 15.0
+    warmup: float = 3.0
+    #: Distinct CIFAR JPEGs the clients cycle through.
+    images: int = 64
+    raw_batch_sizes: tuple[int, ...] = (1, 8, 16, 32, 64, 128)
+    raw_seconds: float = 2.0
+    p99_budget_ms: float = 250.0
+    #: Extra environment for the service (ELUSERVE_* settings), for experiments.
+    service_env: Mapping[str, str] = field(default_factory=dict)
+    triton_python: str | None = None
+    profile: bool = False
+    ready_timeout_s: float = 300.0
+    cifar_zip: Path | None = None
+
+    @classmethod
+    def quick(cls, **overrides: Any) -> BenchConfig:
+        """Seconds per server: a smoke run of the tooling, not a measurement."""
+        values: dict[str, Any] = {
+            "concurrencies": (1, 4),
+            "seconds": 1.0,
+            "warmup": 0.3,
+            "images": 8,
+            "raw_batch_sizes": (1, 16),
+            "raw_seconds": 0.2,
+        }
+        return cls(**{**values, **overrides})
+
+
+@dataclass
+class BenchResult:
+    config: BenchConfig
+    model_tag: str
+    runs: dict[str, ServerRun]
+    raw: list[RawPoint]
+    markdown: str
+
+    @property
+    def failed(self) -> bool:
+        return any(run.failed for run in self.runs.values())
+
+
+def measure_raw(
+    model_file: Path, crops: np.ndarray, batch_sizes: Sequence[int], seconds: float
+) -> list[RawPoint]:
+    """The in-process limit: one CPU session, every core, real crops tiled to each batch size."""
+    import numpy as np
+
+    from load_tests.report import RawPoint
+    from service.inference import available_cores
+    from service.throughput import cpu_session, measure_session
+
+    session = cpu_session(str(model_file), threads=available_cores())
+    points = []
+    for size in batch_sizes:
+        wall, cpu = time.perf_counter(), time.process_time()
+        throughput = measure_session(session, crops[np.arange(size) % len(crops)], seconds=seconds)
+        cores = (time.process_time() - cpu) / (time.perf_counter() - wall)
+        points.append(RawPoint(throughput, 1000 * cores / throughput.images_per_second))
+    return points
+
+
+def _classify_workload(url: str, uploads: Sequence[Upload]) -> Workload:
+    from load_tests.fixtures import multipart
+    from load_tests.loadgen import Request, Workload
+
+    requests = []
+    for upload in uploads:
+        body, content_type = multipart("image", [upload])
+        requests.append(Request(body, {"Content-Type": content_type}))
+    return Workload(url + "/classify", requests)
+
+
+def triton_request(data: bytes) -> tuple[bytes, dict[str, str]]:
+    """A KServe v2 inference request carrying `data` as a BYTES tensor [1, 1] (binary extension),
+    asking for the probabilities as JSON, the same text format the service answers in."""
+    blob = len(data).to_bytes(4, "little") + data
+    header = json.dumps(
+        {
+            "inputs": [
+                {
+                    "name": "image",
+                    "shape": [1, 1],
+                    "datatype": "BYTES",
+                    "parameters": {"binary_data_size": len(blob)},
+                }
+            ],
+            "outputs": [{"name": "probabilities", "parameters": {"binary_data": False}}],
+        }
+    ).encode()
+    headers = {
+        "Content-Type": "application/octet-stream",
+        "Inference-Header-Content-Length": str(len(header)),
+    }
+    return header + blob, headers
+
+
+def _triton_workload(url: str, uploads: Sequence[Upload]) -> Workload:
+    from load_tests.loadgen import Request, Workload
+    from load_tests.servers import TRITON_MODEL_PATH
+
+    return Workload(
+        url + TRITON_MODEL_PATH + "/infer", [Request(*triton_request(upload.data)) for upload in uploads]
+    )
+
+
+def _answered_label(key: str, workload: Workload, labels: Sequence[str]) -> str:
+    """Send the workload's first request once; the top-1 label the server answers."""
+    import httpx
+
+    request = workload.requests[0]
+    response = httpx.post(workload.url, content=request.body, headers=dict(request.headers), timeout=60.0)
+    if response.status_code != 200:
+        raise RuntimeError(f"{key} answered {response.status_code} to a valid image: {response.text[:300]}")
+    answer = response.json()
+    if key == "triton":
+        probabilities = answer["outputs"][0]["data"]
+        return labels[max(range(len(probabilities)), key=probabilities.__getitem__)]
+    return str(answer["label"])
+
+
+def _bench_server(
+    key: str,
+    config: BenchConfig,
+    model_file: Path,
+    uploads: Sequence[Upload],
+    expected_label: str,
+    labels: Sequence[str],
+    max_batch_size: int,
+) -> ServerRun:
+    from load_tests import profiling, servers
+    from load_tests.loadgen import run_level
+    from load_tests.report import ServerRun
+
+    run = ServerRun(key)
+    logs = config.out / "logs"
+    server: ServerProcess
+    try:
+        if key == "service":
+            server = servers.start_service(model_file, logs, config.service_env)
+        elif key == "naive":
+            server = servers.start_naive(model_file, logs)
+        elif key == "inprocess":
+            server = servers.start_inprocess(model_file, logs, max_batch_size)
+        else:
+            python = servers.triton_python(config.triton_python)
+            server = servers.start_triton(model_file, logs, python, max_batch_size)
+    except servers.ServerUnavailable as exc:
+        run.problem = str(exc)
+        _progress(f"{run.name}: unavailable: {exc}")
+        return run
+    try:
+        run.cold_start_s = server.wait_ready(config.ready_timeout_s)
+        _progress(f"{run.name}: ready after {run.cold_start_s:.1f} s")
+        if key == "triton":
+            workload = _triton_workload(server.url, uploads)
+        else:
+            workload = _classify_workload(server.url, uploads)
+        answered = _answered_label(key, workload, labels)
+        if answered != expected_label:
+            raise RuntimeError(
+                f"{key} classifies the first payload as {answered!r}, the in-process session as "
+                f"{expected_label!r}: the servers do not run the same model and preprocessing"
+            )
+        top = max(config.concurrencies)
+        for concurrency in config.concurrencies:
+            recording = None
+            if config.profile and key == "service" and concurrency == top:
+                recording = profiling.record(
+                    server.process.pid, config.warmup + config.seconds, config.out, key
+                )
+            level = run_level(workload, concurrency, config.seconds, config.warmup, server.processes())
+            if recording is not None:
+                recording.wait(timeout=config.warmup + config.seconds + 60)
+                run.profile = recording.raw
+            run.levels.append(level)
+            _progress(
+                f"{run.name}: c={concurrency}: {level.images_per_second:.1f} img/s, "
+                f"p99 {level.percentile_ms(99):.1f} ms, {level.error_count} errors"
+            )
+    except Exception as exc:  # one failing server is reported; the others are still measured
+        run.problem = f"{type(exc).__name__}: {exc}"
+        run.failed = True
+        _progress(f"{run.name}: failed: {run.problem}")
+    finally:
+        server.stop()
+    return run
+
+
+def _progress(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def run_bench(config: BenchConfig) -> BenchResult:
+    """Measure everything `config` names, one server at a time, and write the reports."""
+    import numpy as np
+
+    from load_tests import fixtures, profiling, report
+    from load_tests.loadgen import busy_seconds
+    from service.config import load_settings
+    from service.inference import CPU, Classifier, available_cores, read_model_info
+    from service.preprocessing import load_image
+
+    unknown = sorted(set(config.servers) - set(SERVERS + PROTOTYPES))
+    if unknown:
+        raise ValueError(f"unknown servers {unknown}; choose from {list(SERVERS + PROTOTYPES)}")
+    settings = load_settings({**os.environ, **config.service_env})
+    model_file = config.model or settings.model_file()
+    info = read_model_info(model_file)
+    uploads = fixtures.cifar_jpegs(config.images, config.cifar_zip or fixtures.CIFAR_ZIP)
+    crops = np.stack([load_image(u.data, info.preprocessing, settings.limits()) for u in uploads])
+    reference = Classifier.from_path(model_file, providers=[CPU], intra_op_threads=available_cores())
+    expected_label = reference.classify([crops[0]], top_k=1)[0]["label"]
+    del reference  # its threads would compete with the servers
+    config.out.mkdir(parents=True, exist_ok=True)
+
+    _progress(f"raw ONNX Runtime session on {info.tag}: batch sizes {list(config.raw_batch_sizes)}")
+    raw_started, raw_cpu, raw_machine = time.perf_counter(), time.process_time(), busy_seconds()
+    raw = measure_raw(model_file, crops, config.raw_batch_sizes, config.raw_seconds)
+    raw_wall = time.perf_counter() - raw_started
+    raw_other = max(0.0, busy_seconds() - raw_machine - (time.process_time() - raw_cpu)) / raw_wall
+    raw_best = max((point.throughput for point in raw), key=lambda t: t.images_per_second)
+    _progress(f"raw: best {raw_best.images_per_second:.1f} img/s at batch {raw_best.batch_size}")
+
+    runs = {
+        key: _bench_server(
+            key, config, model_file, uploads, expected_label, info.labels, settings.max_batch_size
+        )
+        for key in config.servers
+    }
+    ordered = [runs[key] for key in SERVERS + PROTOTYPES if key in runs]
+    top = max(config.concurrencies)
+    goal_ratios = report.ratios(runs, raw_best, top, config.p99_budget_ms)
+    plotted = report.plot(ordered, raw_best, config.p99_budget_ms, config.out / "bench.png")
+
+    sections = [
+        f"# eluserve bench: {info.tag} on {available_cores()} cores, {time.strftime('%Y-%m-%d %H:%M %Z')}",
+        f"Closed loop, {config.warmup:g} s warm-up + {config.seconds:g} s measured per level; each "
+        f"request one 32×32 CIFAR-10 JPEG ({len(uploads)} distinct, ≈ "
+        f"{sum(len(u.data) for u in uploads) / len(uploads):.0f} B), decoded server-side by every server. "
+        f"Latency is client-side. Server CPU ms/img: CPU time all server processes spent per image, "
+        "which other work on the machine disturbs least. CPU columns: cores busy, for the load "
+        "generator, all server processes, and everything else on the machine (other work shares the "
+        "cores and skews that level).",
+        report.table(ordered, raw),
+        "## Goals",
+        report.ratio_table(goal_ratios),
+        "## Cold start (process start → ready)",
+        "\n".join(
+            f"- {run.name}: {run.cold_start_s:.1f} s" if run.cold_start_s is not None else f"- {run.name}: —"
+            for run in ordered
+        ),
+        "## CPU by process",
+        report.cpu_table(ordered, top),
+        "## Raw ONNX Runtime session by batch size",
+        f"Other work on the machine used {raw_other:.2f} cores meanwhile.\n\n" + report.raw_table(raw),
+    ]
+    sections.insert(
+        2,
+        f"Service settings: {settings.workers} HTTP worker(s), {settings.model_workers} model worker(s) × "
+        f"{settings.threads_per_model_worker()} ONNX Runtime threads, batches ≤ {settings.max_batch_size}, "
+        f"max latency {settings.max_latency_ms} ms, max concurrency {settings.max_concurrency}"
+        + "".join(f"; `{k}={v}`" for k, v in config.service_env.items()),
+    )
+    for run in ordered:
+        if run.profile is not None and run.profile.is_file():
+            sections += [f"## Where {run.name}'s time goes (py-spy, c={top})", profiling.digest(run.profile)]
+    problems = [f"- {run.name}: {run.problem}" for run in ordered if run.problem]
+    if problems:
+        sections += ["## Problems", "\n".join(problems)]
+    if not plotted:
+        sections.append("(no plot: matplotlib is not installed; it comes with the train extra)")
+    markdown = "\n\n".join(sections) + "\n"
+    (config.out / "bench.md").write_text(markdown)
+    (config.out / "bench.json").write_text(
+        json.dumps(
+            {
+                "model": info.tag,
+                "config": {k: _jsonable(v) for k, v in dataclasses.asdict(config).items()},
+                "raw": [
+                    {**dataclasses.asdict(p.throughput), "cpu_ms_per_image": p.cpu_ms_per_image} for p in raw
+                ],
+                "servers": {
+                    key: {
+                        "cold_start_s": run.cold_start_s,
+                        "problem": run.problem,
+                        "levels": [level.to_dict() for level in run.levels],
+                    }
+                    for key, run in runs.items()
+                },
+                "ratios": [dataclasses.asdict(r) for r in goal_ratios],
+            },
+            indent=2,
+        )
+        + "\n"
+    )
+    return BenchResult(config, info.tag, runs, raw, markdown)
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, Mapping):
+        return dict(value)
+    return value
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    values = tuple(int(part) for part in text.split(",") if part.strip())
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
+    return values
+
+
+def _names(text: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = sorted(set(names) - set(SERVERS + PROTOTYPES))
+    if not names or unknown:
+        choices = ",".join(SERVERS + PROTOTYPES)
+        raise argparse.ArgumentTypeError(f"choose servers from {choices}, got {text!r}")
+    return names
+
+
+def _assignment(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise argparse.ArgumentTypeError(f"expected NAME=VALUE, got {text!r}")
+    return name, value
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """Run the benchmark; print the report. Exit 1 if a server failed (not merely unavailable)."""
+    overrides: dict[str, Any] = {
+        name: value
+        for name, value in {
+            "model": Path(args.model) if args.model else None,
+            "out": Path(args.out),
+            "servers": args.servers,
+            "concurrencies": args.concurrency,
+            "seconds": args.seconds,
+            "warmup": args.warmup,
+            "images": args.images,
+            "p99_budget_ms": args.p99_budget_ms,
+            "service_env": dict(args.service_env),
+            "triton_python": args.triton_python,
+            "profile": args.profile,
+            "cifar_zip": Path(args.cifar_zip) if args.cifar_zip else None,
+        }.items()
+        if value is not None
+    }
+    config = BenchConfig.quick(**overrides) if args.quick else BenchConfig(**overrides)
+    result = run_bench(config)
+    print(result.markdown)
+    print(f"wrote {config.out / 'bench.md'}, bench.json, bench.png", file=sys.stderr)
+    return 1 if result.failed else 0
+
+
+def register(subparsers: Any) -> None:
+    """Add `bench` to the `eluserve` parser (imports nothing heavy until it runs)."""
+    bench = subparsers.add_parser(
+        "bench",
+        help="benchmark the service vs a naive server, PyTriton and the raw ORT session",
+        description=__doc__.split("\n\n")[0] if __doc__ else None,
+    )
+    bench.add_argument("--model", help="an .onnx file or model folder (default: what the service serves)")
+    bench.add_argument("--out", default=str(DEFAULT_OUT), help="output folder (default: runs/bench)")
+    bench.add_argument("--quick", action="store_true", help="seconds-long smoke run (c=1,4, 1 s levels)")
+    bench.add_argument(
+        "--servers",
+        type=_names,
+        help=f"comma-separated, of {','.join(SERVERS)} (default) and the prototype {','.join(PROTOTYPES)}",
+    )
+    bench.add_argument("--concurrency", type=_ints, help="comma-separated levels (default 1,8,32,64)")
+    bench.add_argument("--seconds", type=float, help="measured seconds per level (default 15)")
+    bench.add_argument("--warmup", type=float, help="unmeasured seconds before each level (default 3)")
+    bench.add_argument("--images", type=int, help="distinct CIFAR JPEGs cycled (default 64)")
+    bench.add_argument("--p99-budget-ms", type=float, help="p99 goal and Triton comparison budget (250)")
+    bench.add_argument(
+        "--service-env",
+        type=_assignment,
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="extra environment for the service, e.g. ELUSERVE_MAX_LATENCY_MS=50 (repeatable)",
+    )
+    bench.add_argument(
+        "--triton-python", help="interpreter with nvidia-pytriton (default: .cache/triton-venv)"
+    )
+    bench.add_argument("--profile", action="store_true", help="py-spy the service at the top concurrency")
+    bench.add_argument("--cifar-zip", help="the CIFAR-10 JPEG zip (default: ../shared/data/cifar10-jpeg)")
+    bench.set_defaults(func=cmd_bench)

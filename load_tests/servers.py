@@ -1,0 +1,257 @@
+"""Start, watch and stop the servers that `eluserve bench` compares, all on 127.0.0.1 and free ports.
+
+Each server is a process tree: BentoML's arbiter starts its workers in sessions of their own and
+PyTriton starts `tritonserver` and the Python backend stubs the same way, so killing a process group
+would orphan them. `ServerProcess` therefore records the tree while it is alive, asks the parent to
+stop gracefully (PyTriton cleans its workspace only on SIGINT), then kills by pid what is left;
+psutil remembers each process's start time, so a recycled pid is never killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+import psutil
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+#: Where `load_tests/requirements-triton.txt` is installed by default (ignored by git).
+TRITON_VENV_PYTHON = REPO_ROOT / ".cache" / "triton-venv" / "bin" / "python"
+TRITON_MODEL_PATH = "/v2/models/eluserve"
+TRITON_SETUP_HINT = (
+    "python3.11 -m venv .cache/triton-venv && "
+    ".cache/triton-venv/bin/pip install -r load_tests/requirements-triton.txt"
+)
+
+
+class ServerUnavailable(RuntimeError):
+    """A baseline that cannot run on this machine; the message says why and how to fix it."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@dataclass
+class ServerProcess:
+    """One started server: its URL, its log, and the process tree to profile and stop."""
+
+    name: str
+    url: str
+    ready_path: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    #: What asks the parent to shut down cleanly.
+    stop_signal: int = signal.SIGTERM
+    #: time.monotonic() just before the process was started, for the cold-start figure.
+    started: float = field(default_factory=time.monotonic)
+    #: A folder the server works in, removed after it stops (even when it had to be killed).
+    scratch: Path | None = None
+    _tree: dict[int, psutil.Process] = field(default_factory=dict)
+
+    def log_tail(self, chars: int = 4000) -> str:
+        return self.log_path.read_text(errors="replace")[-chars:]
+
+    def processes(self) -> list[psutil.Process]:
+        """The live processes of the tree (the parent first), recorded for cleanup as a side effect."""
+        with contextlib.suppress(psutil.NoSuchProcess):
+            root = psutil.Process(self.process.pid)
+            self._tree.setdefault(root.pid, root)
+            for child in root.children(recursive=True):
+                self._tree.setdefault(child.pid, child)
+        return [proc for proc in self._tree.values() if proc.is_running()]
+
+    def wait_ready(self, timeout: float) -> float:
+        """Poll `ready_path` until it answers 200.
+
+        Returns:
+            seconds from process start to the first 200: the cold start.
+
+        Raises:
+            RuntimeError: the process exited, or was not ready within `timeout` (with its log tail).
+        """
+        deadline = self.started + timeout
+        last = "no answer"
+        with httpx.Client(timeout=2.0) as client:
+            while time.monotonic() < deadline:
+                if self.process.poll() is not None:
+                    raise RuntimeError(
+                        f"{self.name} exited with {self.process.returncode} before it was ready:\n"
+                        f"{self.log_tail()}"
+                    )
+                try:
+                    response = client.get(self.url + self.ready_path)
+                    if response.status_code == 200:
+                        elapsed = time.monotonic() - self.started
+                        self.processes()
+                        return elapsed
+                    last = f"{response.status_code} {response.text[:200]}"
+                except httpx.TransportError as exc:
+                    last = repr(exc)
+                time.sleep(0.1)
+        raise RuntimeError(
+            f"{self.name} was not ready at {self.ready_path} within {timeout:.0f} s (last: {last}):\n"
+            f"{self.log_tail()}"
+        )
+
+    def stop(self, timeout: float = 30.0) -> None:
+        """Graceful stop of the parent, then SIGKILL for whatever of the recorded tree survives."""
+        self.processes()
+        if self.process.poll() is None:
+            self.process.send_signal(self.stop_signal)
+            try:
+                self.process.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait(timeout=10)
+        _, alive = psutil.wait_procs(list(self._tree.values()), timeout=10)
+        for proc in alive:
+            with contextlib.suppress(psutil.NoSuchProcess):
+                proc.kill()
+        psutil.wait_procs(alive, timeout=10)
+        if self.scratch is not None:
+            shutil.rmtree(self.scratch, ignore_errors=True)
+
+
+def _spawn(
+    name: str,
+    command: Sequence[str],
+    env: Mapping[str, str],
+    log_dir: Path,
+    url: str,
+    ready_path: str,
+    stop_signal: int = signal.SIGTERM,
+) -> ServerProcess:
+    log_dir.mkdir(parents=True, exist_ok=True)
+    log_path = log_dir / f"{name}.log"
+    started = time.monotonic()
+    with log_path.open("wb") as log:
+        log.write(f"$ {shlex.join(command)}\n".encode())
+        log.flush()
+        process = subprocess.Popen(
+            list(command),
+            cwd=REPO_ROOT,
+            env={**os.environ, "BENTOML_DO_NOT_TRACK": "True", "PYTHONUNBUFFERED": "1", **env},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+    return ServerProcess(name, url, ready_path, process, log_path, stop_signal, started)
+
+
+def start_service(model: Path, log_dir: Path, env: Mapping[str, str] | None = None) -> ServerProcess:
+    """`bentoml serve .` (the bentofile's service), as README documents it, with ELUSERVE_MODEL=model.
+
+    `env` adds or overrides ELUSERVE_* settings (batching, workers, threads) for experiments.
+    """
+    port = free_port()
+    bentoml = str(Path(sys.executable).parent / "bentoml")
+    command = [bentoml, "serve", ".", "--host", "127.0.0.1", "--port", str(port)]
+    return _spawn(
+        "service",
+        command,
+        {"ELUSERVE_MODEL": str(model), **(env or {})},
+        log_dir,
+        f"http://127.0.0.1:{port}",
+        "/readyz",
+    )
+
+
+def start_naive(model: Path, log_dir: Path) -> ServerProcess:
+    """`load_tests.naive_server` under uvicorn, one worker."""
+    port = free_port()
+    command = [sys.executable, "-m", "load_tests.naive_server", "--model", str(model), "--port", str(port)]
+    return _spawn("naive", command, {}, log_dir, f"http://127.0.0.1:{port}", "/readyz")
+
+
+def start_inprocess(model: Path, log_dir: Path, max_batch_size: int = 64) -> ServerProcess:
+    """`load_tests.inprocess_server` (the service's frontend, batching in-process) under uvicorn."""
+    port = free_port()
+    command = [
+        sys.executable, "-m", "load_tests.inprocess_server", "--model", str(model), "--port", str(port),
+        "--max-batch-size", str(max_batch_size),
+    ]  # fmt: skip
+    return _spawn("inprocess", command, {}, log_dir, f"http://127.0.0.1:{port}", "/readyz")
+
+
+def triton_python(explicit: str | None = None) -> Path:
+    """The interpreter of an environment with nvidia-pytriton.
+
+    In order: `explicit`, $ELUSERVE_TRITON_PYTHON, `.cache/triton-venv`, this interpreter.
+
+    Raises:
+        ServerUnavailable: none has PyTriton; the message says how to make one.
+    """
+    candidates = [explicit, os.environ.get("ELUSERVE_TRITON_PYTHON"), str(TRITON_VENV_PYTHON), sys.executable]
+    for candidate in candidates:
+        if not candidate or not Path(candidate).is_file():
+            continue
+        probe = subprocess.run(
+            [candidate, "-c", "import pytriton.triton"], capture_output=True, check=False, timeout=60
+        )
+        if probe.returncode == 0:
+            return Path(candidate)
+    raise ServerUnavailable(
+        "no Python environment with nvidia-pytriton was found (PyTriton pins numpy<2, the project "
+        f"runs numpy 2, so it lives in an environment of its own); create it with: {TRITON_SETUP_HINT}"
+    )
+
+
+def start_triton(model: Path, log_dir: Path, python: Path, max_batch_size: int = 64) -> ServerProcess:
+    """`load_tests.triton_server` (PyTriton) under `python`, with its libpython on LD_LIBRARY_PATH."""
+    libdir = subprocess.run(
+        [str(python), "-c", "import sysconfig; print(sysconfig.get_config_var('LIBDIR') or '')"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    ).stdout.strip()
+    library_path = ":".join(p for p in (libdir, os.environ.get("LD_LIBRARY_PATH", "")) if p)
+    http_port, grpc_port, metrics_port = free_port(), free_port(), free_port()
+    command = [
+        str(python),
+        "-m",
+        "load_tests.triton_server",
+        "--model",
+        str(model),
+        "--http-port",
+        str(http_port),
+        "--grpc-port",
+        str(grpc_port),
+        "--metrics-port",
+        str(metrics_port),
+        "--max-batch-size",
+        str(max_batch_size),
+    ]
+    # A workspace of our own rather than one in ~/.cache/pytriton, so that a server that had to be
+    # killed leaves nothing behind; short, because it holds Unix sockets (paths of at most 107 bytes).
+    scratch = Path(tempfile.mkdtemp(prefix="eluserve-triton-"))
+    command += ["--workspace", str(scratch / "workspace")]
+    env = {"LD_LIBRARY_PATH": library_path, "PYTHONPATH": str(REPO_ROOT)}
+    server = _spawn(
+        "triton",
+        command,
+        env,
+        log_dir,
+        f"http://127.0.0.1:{http_port}",
+        TRITON_MODEL_PATH + "/ready",
+        stop_signal=signal.SIGINT,
+    )
+    server.scratch = scratch
+    return server
