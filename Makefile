@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # torch==2.13.0 (CPU build) lies in /opt/wheels on the project machines; elsewhere pip finds it on PyPI.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: setup serve test lint elu-tax prometheus clean
+.PHONY: setup serve test lint elu-tax bench triton prometheus clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -37,6 +37,14 @@ lint: setup
 
 elu-tax: setup
 	$(BIN)/eluserve elu-tax
+
+bench: setup
+	$(BIN)/eluserve bench
+
+# PyTriton pins numpy<2, so the Triton baseline of `eluserve bench` lives in its own virtualenv.
+triton:
+	$(PYTHON) -m venv .cache/triton-venv
+	.cache/triton-venv/bin/pip install --quiet -r load_tests/requirements-triton.txt
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache
