@@ -288,10 +288,6 @@ def _session_options(intra_op_threads: int) -> ort.SessionOptions:
     # Inference shares the cores with the HTTP workers' decoding: idle threads that spin between
     # batches would take CPU from them. Measured on 2 cores: same batch-1 latency, a shorter tail.
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    # ELU's exp of large negative inputs lands in the float denormal range, where x86 arithmetic is
-    # many times slower; flushing denormals to zero is worth a few % of throughput (`eluserve elu-tax`)
-    # and changes no prediction (denormals are below 1.2e-38).
-    options.add_session_config_entry("session.set_denormal_as_zero", "1")
     return options
 
 

@@ -36,12 +36,14 @@ def measure_session(
 
 
 def cpu_session(
-    path: str, threads: int | None = None, optimize: bool = True, denormal_as_zero: bool = True
+    path: str, threads: int | None = None, optimize: bool = True, denormal_as_zero: bool = False
 ) -> ort.InferenceSession:
     """A CPU session with `threads` intra-op threads (None: ORT's default, one per core).
 
-    Denormals are flushed to zero as in serving: ELU's exp of large negative inputs lands in the
-    denormal range, where x86 arithmetic is many times slower (measured: fused ELU net 835 → 871 img/s).
+    `denormal_as_zero` flushes denormals: ELU's exp of large negative inputs lands in the denormal
+    range, where x86 arithmetic is slower. It is off by default because ORT sets it in the calling
+    thread's FPU state, which then leaks into everything else the process computes (hypothesis, for
+    one, refuses to run); `eluserve elu-tax` measures it in a process of its own.
     """
     options = ort.SessionOptions()
     if denormal_as_zero:
