@@ -32,6 +32,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from service import metrics
+from service.coalesce import Coalescer
 from service.config import load_settings
 from service.errors import ServiceError
 from service.frontend import Frontend
@@ -158,7 +159,8 @@ class EluClassifier:
     def __init__(self) -> None:
         info = read_model_info(settings.model_file())
         metrics.init_http_metrics(info)
-        self.frontend = Frontend(info, settings, infer=self._infer, describe=self._describe)
+        self._coalesce = Coalescer(self._infer, settings.max_batch_size)
+        self.frontend = Frontend(info, settings, infer=self._coalesce, describe=self._describe)
 
     async def _infer(self, batch: np.ndarray) -> np.ndarray:
         probs = await _call_runtime(lambda: self.runtime.to_async.predict(batch))

@@ -85,12 +85,15 @@ def test_metrics_are_summed_over_all_worker_processes(started: Started, serving_
     assert model_info == [{"model": info.name, "version": info.version, "provider": "CPUExecutionProvider"}]
     assert delta.after.value("eluserve_model_info") == 1
 
-    # Both HTTP workers and both inference workers really served (and wrote metrics of their own).
+    # Both HTTP workers really served (and wrote metrics of their own). Each HTTP worker coalesces
+    # its crops into few model calls (service.coalesce), so which inference worker takes them is up
+    # to the kernel: at least one did, and the sums above hold whichever.
     log = server.log()
     assert set(re.findall(r"\[entry_service:EluClassifier:(\d)\][^\n]*path=/classify", log)) == {"1", "2"}
-    assert set(re.findall(r"\[service:EluModel:(\d)\][^\n]*path=/predict", log)) == {"1", "2"}
+    assert set(re.findall(r"\[service:EluModel:(\d)\][^\n]*path=/predict", log)) <= {"1", "2"}
+    assert re.search(r"\[service:EluModel:\d\][^\n]*path=/predict", log)
     counter_files = {path.name for path in (server.home / "prometheus_multiproc_dir").glob("counter_*.db")}
-    assert len(counter_files) >= 4, counter_files
+    assert len(counter_files) >= 3, counter_files
 
 
 def test_bentoml_metrics_are_there_too(started: Started) -> None:
