@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -45,6 +45,31 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def stop_tree(
+    process: subprocess.Popen[bytes],
+    tree: Iterable[psutil.Process],
+    stop_signal: int = signal.SIGTERM,
+    timeout: float = 30.0,
+) -> None:
+    """Ask `process` to stop with `stop_signal`, kill it after `timeout`, then kill what of `tree` lives.
+
+    The tree is recorded while the server runs: BentoML's and PyTriton's workers run in sessions of
+    their own, and psutil remembers each process's start time, so a recycled pid is never killed.
+    """
+    if process.poll() is None:
+        process.send_signal(stop_signal)
+        try:
+            process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=10)
+    _, alive = psutil.wait_procs(list(tree), timeout=10)
+    for proc in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            proc.kill()
+    psutil.wait_procs(alive, timeout=10)  # gone before the caller removes their files
 
 
 @dataclass
@@ -112,18 +137,7 @@ class ServerProcess:
     def stop(self, timeout: float = 30.0) -> None:
         """Graceful stop of the parent, then SIGKILL for whatever of the recorded tree survives."""
         self.processes()
-        if self.process.poll() is None:
-            self.process.send_signal(self.stop_signal)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        _, alive = psutil.wait_procs(list(self._tree.values()), timeout=10)
-        for proc in alive:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.kill()
-        psutil.wait_procs(alive, timeout=10)
+        stop_tree(self.process, self._tree.values(), self.stop_signal, timeout)
         if self.scratch is not None:
             shutil.rmtree(self.scratch, ignore_errors=True)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -20,6 +19,8 @@ from pathlib import Path
 
 import httpx
 import psutil
+
+from load_tests.servers import stop_tree
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BENTOML = str(Path(sys.executable).parent / "bentoml")
@@ -73,18 +74,7 @@ class BentoServer:
 
     def stop(self, timeout: float = 30.0) -> None:
         self.remember_processes()
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGTERM)
-            try:
-                self.process.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait(timeout=10)
-        # psutil.Process objects remember their start time, so a recycled pid is never killed.
-        _, alive = psutil.wait_procs(list(self._tree.values()), timeout=10)
-        for proc in alive:
-            with contextlib.suppress(psutil.NoSuchProcess):
-                proc.kill()
+        stop_tree(self.process, self._tree.values(), timeout=timeout)
 
 
 def start_server(tmp: Path, env: Mapping[str, str]) -> BentoServer:
