@@ -187,6 +187,23 @@ def _set_attrs(target: NodeProto, values: dict[str, object], prefix: str = "") -
         target.attribute.append(helper.make_attribute(prefix + name, value))
 
 
+def _fuse(
+    op_type: str, conv: NodeProto, elu: NodeProto, index: GraphIndex, pool: NodeProto | None = None
+) -> Match | None:
+    """The fused node replacing conv (→ pool) → elu, or None where the attributes cannot be spelt out."""
+    inputs, extra = _conv_inputs(conv, index)
+    conv_attrs = explicit_attrs(conv, _weight_kernel(conv, index))
+    pool_attrs = explicit_attrs(pool) if pool is not None else {}
+    if not inputs or conv_attrs is None or pool_attrs is None:
+        return None
+    fused = helper.make_node(op_type, inputs, [elu.output[0]], name=f"{conv.name}_{op_type}", domain=DOMAIN)
+    fused.attribute.append(helper.make_attribute("alpha", float(attr(elu, "alpha", 1.0))))
+    _set_attrs(fused, conv_attrs)
+    _set_attrs(fused, pool_attrs, POOL_PREFIX)
+    removed = [conv, elu] if pool is None else [conv, pool, elu]
+    return Match(remove=removed, add=[fused], new_initializers=extra)
+
+
 class FuseConvMaxPoolElu(Rule):
     """Elu(MaxPool(Conv(x, W, B))) -> ConvMaxPoolElu(x, W, B).
 
@@ -208,18 +225,7 @@ class FuseConvMaxPoolElu(Rule):
         conv = index.produced_by(pool.input[0], "Conv")
         if conv is None or not index.only_consumer(conv.output[0], pool):
             return None
-        inputs, extra = _conv_inputs(conv, index)
-        conv_attrs = explicit_attrs(conv, _weight_kernel(conv, index))
-        pool_attrs = explicit_attrs(pool)
-        if not inputs or conv_attrs is None or pool_attrs is None:
-            return None
-        fused = helper.make_node(
-            CONV_MAXPOOL_ELU, inputs, [node.output[0]], name=f"{conv.name}_pool_elu", domain=DOMAIN
-        )
-        fused.attribute.append(helper.make_attribute("alpha", float(attr(node, "alpha", 1.0))))
-        _set_attrs(fused, conv_attrs)
-        _set_attrs(fused, pool_attrs, POOL_PREFIX)
-        return Match(remove=[conv, pool, node], add=[fused], new_initializers=extra)
+        return _fuse(CONV_MAXPOOL_ELU, conv, node, index, pool)
 
 
 class FuseConvElu(Rule):
@@ -236,14 +242,7 @@ class FuseConvElu(Rule):
         conv = index.produced_by(node.input[0], "Conv")
         if conv is None or not index.only_consumer(conv.output[0], node):
             return None
-        inputs, extra = _conv_inputs(conv, index)
-        conv_attrs = explicit_attrs(conv, _weight_kernel(conv, index))
-        if not inputs or conv_attrs is None:
-            return None
-        fused = helper.make_node(CONV_ELU, inputs, [node.output[0]], name=f"{conv.name}_elu", domain=DOMAIN)
-        fused.attribute.append(helper.make_attribute("alpha", float(attr(node, "alpha", 1.0))))
-        _set_attrs(fused, conv_attrs)
-        return Match(remove=[conv, node], add=[fused], new_initializers=extra)
+        return _fuse(CONV_ELU, conv, node, index)
 
 
 RULES: tuple[Rule, ...] = (StripDropout(), PoolBeforeElu(), FuseConvMaxPoolElu(), FuseConvElu())
