@@ -27,6 +27,7 @@ DEFAULT_CFG = {
     "augment": "pad 4 + random crop + horizontal flip",
 }
 
+
 @dataclass(frozen=True)
 class FastNetSpec:
     """Channel widths (stem, stage 1, 2, 3) and which stages end in a residual block."""
