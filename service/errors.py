@@ -12,14 +12,10 @@ from __future__ import annotations
 from typing import ClassVar
 
 
-class ClientError(Exception):
-    """A request the service refuses because of what the client sent.
+class HttpError(Exception):
+    """An error with the contract's shape: a stable code, an HTTP status and a message."""
 
-    The subclasses below fix `code` and `status` per case (`InvalidImage("...")`); the base class takes
-    all three for cases that have no subclass.
-    """
-
-    def __init__(self, code: str, message: str, status: int = 400) -> None:
+    def __init__(self, code: str, message: str, status: int) -> None:
         super().__init__(message)
         self.code = code
         self.message = message
@@ -28,6 +24,17 @@ class ClientError(Exception):
     def to_dict(self) -> dict[str, str]:
         """The JSON error object of the HTTP contract."""
         return {"code": self.code, "message": self.message}
+
+
+class ClientError(HttpError):
+    """A request the service refuses because of what the client sent.
+
+    The subclasses below fix `code` and `status` per case (`InvalidImage("...")`); the base class takes
+    all three for cases that have no subclass.
+    """
+
+    def __init__(self, code: str, message: str, status: int = 400) -> None:
+        super().__init__(code, message, status)
 
 
 class _CaseError(ClientError):
@@ -142,22 +149,12 @@ CLIENT_ERROR_TYPES: tuple[type[_CaseError], ...] = (
 CLIENT_ERROR_CODES: tuple[str, ...] = tuple(error.CODE for error in CLIENT_ERROR_TYPES)
 
 
-class ServiceError(Exception):
+class ServiceError(HttpError):
     """A request the service cannot serve through no fault of the client.
 
     `overloaded` (429: retry later), `unavailable` (503: the model runtime is not reachable yet) or
     `internal_error` (500: a bug, logged with its traceback). Same JSON shape as `ClientError`.
     """
-
-    def __init__(self, code: str, message: str, status: int) -> None:
-        super().__init__(message)
-        self.code = code
-        self.message = message
-        self.status = status
-
-    def to_dict(self) -> dict[str, str]:
-        """The JSON error object of the HTTP contract."""
-        return {"code": self.code, "message": self.message}
 
 
 class ModelFormatError(ValueError):
