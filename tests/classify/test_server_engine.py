@@ -15,7 +15,7 @@ import pytest
 from service.classify import ServerEngine
 from tests.classify.conftest import Result, Tree
 from tests.classify.trees import read_jsonl, relative_rows
-from tests.service.bento_server import BentoServer, start_server
+from tests.service.bento_server import BentoServer, running_server
 
 pytestmark = pytest.mark.integration
 
@@ -24,15 +24,11 @@ Classify = Callable[..., Result]
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, serving_model_path: Path) -> Iterator[BentoServer]:
-    running = start_server(
+    with running_server(
         tmp_path_factory.mktemp("classify-server"),
         {"ELUSERVE_MODEL": str(serving_model_path), "ELUSERVE_MAX_IMAGES": "8"},
-    )
-    try:
-        running.wait_for("/readyz")
+    ) as running:
         yield running
-    finally:
-        running.stop()
 
 
 def test_both_engines_agree_file_by_file(

@@ -17,7 +17,7 @@ import pytest
 from service.inference import Classifier
 from service.preprocessing import Limits, load_image
 from tests.deploy.prometheus_server import PrometheusServer
-from tests.service.bento_server import BentoServer, start_server
+from tests.service.bento_server import BentoServer, running_server
 from tests.service.image_samples import encode, gradient
 
 pytestmark = pytest.mark.integration
@@ -28,15 +28,11 @@ BATCH_IMAGES = 4
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, serving_model_path: Path) -> Iterator[BentoServer]:
-    started = start_server(
+    with running_server(
         tmp_path_factory.mktemp("prom-e2e"),
         {"ELUSERVE_MODEL": str(serving_model_path), "ELUSERVE_WORKERS": "2", "ELUSERVE_MODEL_WORKERS": "2"},
-    )
-    try:
-        started.wait_for("/readyz", timeout=120)
+    ) as started:
         yield started
-    finally:
-        started.stop()
 
 
 def _value(result: list[dict]) -> float:

@@ -21,7 +21,7 @@ from load_tests.faults import (
 )
 from load_tests.fixtures import Upload, multipart
 from load_tests.soak import Shot
-from tests.service.bento_server import BentoServer, start_server
+from tests.service.bento_server import BentoServer, running_server, start_server
 from tests.service.image_samples import encode, gradient
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -43,14 +43,10 @@ def classify_shots() -> list[Shot]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, serving_model_path: Path) -> Iterator[BentoServer]:
-    running = start_server(
+    with running_server(
         tmp_path_factory.mktemp("faults-server"), {"ELUSERVE_MODEL": str(serving_model_path)}
-    )
-    try:
-        running.wait_for("/readyz")
+    ) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.mark.parametrize("service", ["EluModel", "EluClassifier"])

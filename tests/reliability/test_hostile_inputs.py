@@ -39,7 +39,7 @@ from tests.reliability.hostile_samples import (
     polyglots,
     truncated,
 )
-from tests.service.bento_server import BentoServer, start_server
+from tests.service.bento_server import BentoServer, running_server
 from tests.service.image_samples import encode, gradient
 from tests.service.metrics_scrape import MetricsDelta
 
@@ -56,15 +56,11 @@ ERRORS = "eluserve_client_errors_total"
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, serving_model_path: Path) -> Iterator[BentoServer]:
-    running = start_server(
+    with running_server(
         tmp_path_factory.mktemp("hostile-server"),
         {"ELUSERVE_MODEL": str(serving_model_path), "ELUSERVE_TIMEOUT_S": str(TIMEOUT_S)},
-    )
-    try:
-        running.wait_for("/readyz")
+    ) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(scope="module")

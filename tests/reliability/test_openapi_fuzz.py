@@ -26,7 +26,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 
 from service.inference import ModelInfo, read_model_info
-from tests.service.bento_server import BentoServer, start_server
+from tests.service.bento_server import BentoServer, running_server
 
 schemathesis = pytest.importorskip("schemathesis")
 from schemathesis import GenerationMode  # noqa: E402
@@ -114,15 +114,11 @@ def contract_paths(info: ModelInfo) -> dict[str, Any]:
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, serving_model_path: Path) -> Iterator[BentoServer]:
-    running = start_server(
+    with running_server(
         tmp_path_factory.mktemp("openapi-server"),
         {"ELUSERVE_MODEL": str(serving_model_path), "ELUSERVE_MAX_IMAGES": str(MAX_IMAGES)},
-    )
-    try:
-        running.wait_for("/readyz")
+    ) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(scope="module")

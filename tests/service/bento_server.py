@@ -13,7 +13,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,3 +100,14 @@ def start_server(tmp: Path, env: Mapping[str, str]) -> BentoServer:
             start_new_session=True,
         )
     return BentoServer(url=f"http://127.0.0.1:{port}", process=process, log_path=log_path, home=home)
+
+
+@contextlib.contextmanager
+def running_server(tmp: Path, env: Mapping[str, str], timeout: float = 120.0) -> Iterator[BentoServer]:
+    """A started server that answered /readyz, stopped (with its whole process tree) afterwards."""
+    server = start_server(tmp, env)
+    try:
+        server.wait_for("/readyz", timeout=timeout)
+        yield server
+    finally:
+        server.stop()

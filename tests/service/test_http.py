@@ -21,7 +21,7 @@ from PIL import Image
 
 from service.inference import Classifier
 from service.preprocessing import Limits, load_image
-from tests.service.bento_server import BentoServer, start_server
+from tests.service.bento_server import BentoServer, running_server
 from tests.service.image_samples import cifar_samples, encode, gradient, png_declaring, solid
 from tests.service.metrics_scrape import MetricsDelta
 
@@ -34,7 +34,7 @@ MAX_REQUEST_BYTES = 3_000_000
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory, serving_model_path: Path) -> Iterator[BentoServer]:
-    running = start_server(
+    with running_server(
         tmp_path_factory.mktemp("http-server"),
         {
             "ELUSERVE_MODEL": str(serving_model_path),
@@ -45,12 +45,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, serving_model_path: Path) -
             "ELUSERVE_MAX_CONCURRENCY": "4",
             "ELUSERVE_MAX_BATCH_SIZE": "16",
         },
-    )
-    try:
-        running.wait_for("/readyz")
+    ) as running:
         yield running
-    finally:
-        running.stop()
 
 
 @pytest.fixture(scope="module")
