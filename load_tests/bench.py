@@ -12,8 +12,6 @@ server, decoded server-side by all of them with `service.preprocessing`:
 - naive: `load_tests.naive_server`, one inference per request, no batching, `POST /classify`;
 - triton: `load_tests.triton_server`, PyTriton with Triton's dynamic batcher; the JPEG travels as a
   BYTES tensor and is decoded in the inference callable;
-- inprocess (only when named): a prototype of a proposed change, the service's own frontend with the
-  batching in its process (`load_tests.inprocess_server`), `POST /classify`;
 - the limit: a raw in-process ONNX Runtime session (`service.throughput`) at its best batch size, fed
   already-decoded crops, measured while no server runs.
 
@@ -45,8 +43,6 @@ if TYPE_CHECKING:  # the heavy modules load only when the command runs, not for 
     from load_tests.servers import ServerProcess
 
 SERVERS = ("service", "naive", "triton")
-#: Not run by default: a measured proposal for the service (see load_tests/inprocess_server.py).
-PROTOTYPES = ("inprocess",)
 DEFAULT_OUT = Path("runs/bench")
 
 
@@ -201,8 +197,6 @@ def _bench_server(
             server = servers.start_service(model_file, logs, config.service_env)
         elif key == "naive":
             server = servers.start_naive(model_file, logs)
-        elif key == "inprocess":
-            server = servers.start_inprocess(model_file, logs, max_batch_size)
         else:
             python = servers.triton_python(config.triton_python)
             server = servers.start_triton(model_file, logs, python, max_batch_size)
@@ -262,9 +256,9 @@ def run_bench(config: BenchConfig) -> BenchResult:
     from service.inference import CPU, Classifier, available_cores, read_model_info
     from service.preprocessing import load_image
 
-    unknown = sorted(set(config.servers) - set(SERVERS + PROTOTYPES))
+    unknown = sorted(set(config.servers) - set(SERVERS))
     if unknown:
-        raise ValueError(f"unknown servers {unknown}; choose from {list(SERVERS + PROTOTYPES)}")
+        raise ValueError(f"unknown servers {unknown}; choose from {list(SERVERS)}")
     settings = load_settings({**os.environ, **config.service_env})
     model_file = config.model or settings.model_file()
     info = read_model_info(model_file)
@@ -289,7 +283,7 @@ def run_bench(config: BenchConfig) -> BenchResult:
         )
         for key in config.servers
     }
-    ordered = [runs[key] for key in SERVERS + PROTOTYPES if key in runs]
+    ordered = [runs[key] for key in SERVERS if key in runs]
     top = max(config.concurrencies)
     goal_ratios = report.ratios(runs, raw_best, top, config.p99_budget_ms)
     plotted = report.plot(ordered, raw_best, config.p99_budget_ms, config.out / "bench.png")
@@ -318,8 +312,8 @@ def run_bench(config: BenchConfig) -> BenchResult:
     ]
     sections.insert(
         2,
-        f"Service settings: {settings.workers} HTTP worker(s), {settings.model_workers} model worker(s) × "
-        f"{settings.threads_per_model_worker()} ONNX Runtime threads, batches ≤ {settings.max_batch_size}, "
+        f"Service settings: {settings.workers} worker(s) × {settings.threads_per_worker()} ONNX Runtime "
+        f"threads, batches ≤ {settings.max_batch_size}, "
         f"max latency {settings.max_latency_ms} ms, max concurrency {settings.max_concurrency}"
         + "".join(f"; `{k}={v}`" for k, v in config.service_env.items()),
     )
@@ -375,9 +369,9 @@ def _ints(text: str) -> tuple[int, ...]:
 
 def _names(text: str) -> tuple[str, ...]:
     names = tuple(part.strip() for part in text.split(",") if part.strip())
-    unknown = sorted(set(names) - set(SERVERS + PROTOTYPES))
+    unknown = sorted(set(names) - set(SERVERS))
     if not names or unknown:
-        choices = ",".join(SERVERS + PROTOTYPES)
+        choices = ",".join(SERVERS)
         raise argparse.ArgumentTypeError(f"choose servers from {choices}, got {text!r}")
     return names
 
@@ -429,7 +423,7 @@ def register(subparsers: Any) -> None:
     bench.add_argument(
         "--servers",
         type=_names,
-        help=f"comma-separated, of {','.join(SERVERS)} (default) and the prototype {','.join(PROTOTYPES)}",
+        help=f"comma-separated, of {','.join(SERVERS)} (default: all)",
     )
     bench.add_argument("--concurrency", type=_ints, help="comma-separated levels (default 1,8,32,64)")
     bench.add_argument("--seconds", type=float, help="measured seconds per level (default 15)")

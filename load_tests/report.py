@@ -22,7 +22,6 @@ SERVER_NAMES: Mapping[str, str] = {
     "service": "eluserve (BentoML)",
     "naive": "naive Starlette + ORT",
     "triton": "PyTriton (Triton + ORT)",
-    "inprocess": "prototype: frontend + in-process batching",
 }
 
 

@@ -194,16 +194,6 @@ def start_naive(model: Path, log_dir: Path) -> ServerProcess:
     return _spawn("naive", command, {}, log_dir, f"http://127.0.0.1:{port}", "/readyz")
 
 
-def start_inprocess(model: Path, log_dir: Path, max_batch_size: int = 64) -> ServerProcess:
-    """`load_tests.inprocess_server` (the service's frontend, batching in-process) under uvicorn."""
-    port = free_port()
-    command = [
-        sys.executable, "-m", "load_tests.inprocess_server", "--model", str(model), "--port", str(port),
-        "--max-batch-size", str(max_batch_size),
-    ]  # fmt: skip
-    return _spawn("inprocess", command, {}, log_dir, f"http://127.0.0.1:{port}", "/readyz")
-
-
 def triton_python(explicit: str | None = None) -> Path:
     """The interpreter of an environment with nvidia-pytriton.
 

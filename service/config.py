@@ -48,15 +48,13 @@ class Settings:
     max_images: int = 64
     #: Whole body of one /classify_batch request; /classify allows one image plus form overhead.
     max_request_bytes: int = 100 * 1024 * 1024
-    #: Largest batch the adaptive batcher sends to ONNX Runtime.
+    #: Largest batch the adaptive batcher sends to ONNX Runtime (1 turns batching off).
     max_batch_size: int = 64
-    #: The batcher refuses work (answered 429) it estimates cannot finish within this many ms.
+    #: The batcher refuses a request (429) whose images would wait longer than this behind the queue.
     max_latency_ms: int = 1000
-    #: HTTP worker processes (decode, crop, respond).
+    #: Worker processes, each decoding, batching and running its own ONNX Runtime session.
     workers: int = 1
-    #: Inference worker processes, each with its own ONNX Runtime session.
-    model_workers: int = 1
-    #: Threads per inference; 0 means available cores ÷ model_workers.
+    #: ONNX Runtime threads per worker; 0 means available cores ÷ workers.
     intra_op_threads: int = 0
     #: ONNX Runtime execution providers, comma-separated; empty means CUDA if it works, else CPU.
     providers: str = ""
@@ -80,15 +78,15 @@ class Settings:
         names = [name.strip() for name in self.providers.split(",") if name.strip()]
         return names or None
 
-    def threads_per_model_worker(self, workers: int | None = None) -> int:
-        """Intra-op threads so that all inference workers together use each core once.
+    def threads_per_worker(self, workers: int | None = None) -> int:
+        """Intra-op threads so that all workers' sessions together use each core once.
 
-        `workers` is the inference worker count BentoML actually starts (its own config file may
-        override ours); None means `model_workers`.
+        `workers` is the worker count BentoML actually starts (its own config file may override ours);
+        None means `workers`.
         """
         if self.intra_op_threads > 0:
             return self.intra_op_threads
-        return max(1, available_cores() // (workers or self.model_workers))
+        return max(1, available_cores() // (workers or self.workers))
 
     def model_file(self) -> Path:
         """The .onnx file that `model` names."""
@@ -100,10 +98,9 @@ _MINIMUM: Mapping[str, float] = {
     "max_pixels": 1,
     "max_images": 1,
     "max_request_bytes": 1,
-    "max_batch_size": 2,  # BentoML requires a batchable API's max_batch_size > 1
+    "max_batch_size": 1,
     "max_latency_ms": 1,
     "workers": 1,
-    "model_workers": 1,
     "intra_op_threads": 0,
     "max_concurrency": 1,
     "timeout_s": 0.001,

@@ -152,8 +152,8 @@ CLIENT_ERROR_CODES: tuple[str, ...] = tuple(error.CODE for error in CLIENT_ERROR
 class ServiceError(HttpError):
     """A request the service cannot serve through no fault of the client.
 
-    `overloaded` (429: retry later), `unavailable` (503: the model runtime is not reachable yet) or
-    `internal_error` (500: a bug, logged with its traceback). Same JSON shape as `ClientError`.
+    `overloaded` (429: retry later) or `internal_error` (500: a bug, logged with its traceback). Same
+    JSON shape as `ClientError`.
     """
 
 

@@ -10,10 +10,10 @@
 One bad image in a batch is answered in its slot; the others are classified. Request-level problems
 (not multipart, no images, bad top_k, too many images, body too large or too slow) fail the whole
 request with a 4xx. Overload is 429 (BentoML's concurrency limit, or the batcher refusing work it
-cannot finish in time), an unreachable model runtime is 503.
+cannot finish in time).
 
-Decoding runs in a worker thread so the event loop keeps accepting requests; inference goes through
-`infer`, which in the service is the adaptive batcher of the model runtime.
+Large uploads are decoded in a worker thread so the event loop keeps accepting requests; inference
+goes through `infer`, which in the service is the adaptive batcher (`service.batching`).
 """
 
 from __future__ import annotations
@@ -53,24 +53,21 @@ BODY_TIMEOUT_SHARE = 0.8
 INLINE_DECODE_BYTES = 64 * 1024
 
 Infer = Callable[[np.ndarray], Awaitable[np.ndarray]]
-Describe = Callable[[], Awaitable[dict[str, Any]]]
 
 
 def error_response(error: ClientError | ServiceError) -> JSONResponse:
     """The contract's error body with the error's status."""
-    headers = {"Retry-After": "1"} if error.status in (429, 503) else None
+    headers = {"Retry-After": "1"} if error.status == 429 else None
     return JSONResponse({"error": error.to_dict()}, status_code=error.status, headers=headers)
 
 
 class Frontend:
     """Parses, validates and preprocesses requests for one model; `infer` does the rest."""
 
-    def __init__(self, info: ModelInfo, settings: Settings, infer: Infer, describe: Describe) -> None:
+    def __init__(self, info: ModelInfo, settings: Settings, infer: Infer) -> None:
         self.info = info
         self.limits: Limits = settings.limits()
         self._infer = infer
-        self._describe = describe
-        self._description: dict[str, Any] | None = None
         self.single_form = FormLimits(
             file_field="image",
             max_files=1,
@@ -102,7 +99,7 @@ class Frontend:
         return await self._guarded(self._classify_batch, request)
 
     async def model(self, request: Request) -> Response:
-        """GET /model: the contract metadata, with the provider the model runtime reports."""
+        """GET /model: the contract metadata, with the execution provider in use."""
         return await self._guarded(self._model, request)
 
     async def _guarded(self, handler: Callable[[Request], Awaitable[Response]], request: Request) -> Response:
@@ -148,13 +145,7 @@ class Frontend:
         return JSONResponse({"model": self.info.tag, "results": results})
 
     async def _model(self, _: Request) -> Response:
-        if self._description is None:
-            try:
-                self._description = await self._describe()
-            except ServiceError:
-                # The runtime is not reachable yet: answer from the file, provider unknown.
-                return JSONResponse(self.info.to_dict())
-        return JSONResponse(self._description)
+        return JSONResponse(self.info.to_dict())
 
     def _top_k(self, form: Form) -> int:
         values = form.fields.get("top_k", [])

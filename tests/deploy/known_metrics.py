@@ -6,7 +6,8 @@ fires. So every name that deploy/ queries is checked against this list.
 BentoML's names were read from the installed bentoml 1.4 source: the new-style service app
 (_bentoml_impl/server/app.py) wraps requests in RunnerTrafficMetricsMiddleware
 (bentoml/_internal/server/http/instruments.py) with the namespace `api_server.metrics.namespace`, default
-`bentoml_service`, and defines the adaptive batching histogram in the same namespace. eluserve's own
+`bentoml_service` (its adaptive-batching histogram exists only for `batchable` APIs, which eluserve does
+not use: it batches in its own workers, see service/batching.py). eluserve's own
 names are the contract of issue #8, implemented in service/.
 """
 
@@ -21,10 +22,7 @@ BENTOML_COUNTERS_GAUGES = (
     "bentoml_service_request_in_progress",
     "bentoml_service_last_request_timestamp_seconds",
 )
-BENTOML_HISTOGRAMS = (
-    "bentoml_service_request_duration_seconds",
-    "bentoml_service_adaptive_batch_size",
-)
+BENTOML_HISTOGRAMS = ("bentoml_service_request_duration_seconds",)
 ELUSERVE_COUNTERS_GAUGES = (
     "eluserve_images_total",  # labels: model, outcome=ok|error
     "eluserve_client_errors_total",  # labels: code

@@ -30,7 +30,7 @@ BATCH_IMAGES = 4
 def server(tmp_path_factory: pytest.TempPathFactory, serving_model_path: Path) -> Iterator[BentoServer]:
     with running_server(
         tmp_path_factory.mktemp("prom-e2e"),
-        {"ELUSERVE_MODEL": str(serving_model_path), "ELUSERVE_WORKERS": "2", "ELUSERVE_MODEL_WORKERS": "2"},
+        {"ELUSERVE_MODEL": str(serving_model_path), "ELUSERVE_WORKERS": "2"},
     ) as started:
         yield started
 

@@ -116,21 +116,21 @@ def test_locust_headless_run_writes_its_reports(
     assert "/classify [cifar32]" in stats and "Aggregated" in stats, done.stderr[-3000:]
 
 
-def test_quick_bench_measures_service_naive_and_prototype_and_cleans_up(
+def test_quick_bench_measures_service_and_naive_and_cleans_up(
     tmp_path: Path, tiny_model_path: Path, cifar_zip: Path
 ) -> None:
     before = _descendants(os.getpid())
     config = BenchConfig.quick(
         model=tiny_model_path,
         out=tmp_path / "bench",
-        servers=("service", "naive", "inprocess"),
+        servers=("service", "naive"),
         concurrencies=(1, 2),
         seconds=1.0,
         cifar_zip=cifar_zip,
     )
     result = run_bench(config)
     assert not result.failed, result.markdown
-    for key in ("service", "naive", "inprocess"):
+    for key in ("service", "naive"):
         run = result.runs[key]
         assert [level.concurrency for level in run.levels] == [1, 2]
         assert all(level.ok > 0 and level.error_count == 0 for level in run.levels), result.markdown
@@ -144,7 +144,7 @@ def test_quick_bench_measures_service_naive_and_prototype_and_cleans_up(
     ):
         assert text in markdown
     report = json.loads((tmp_path / "bench" / "bench.json").read_text())
-    assert set(report["servers"]) == {"service", "naive", "inprocess"} and report["raw"]
+    assert set(report["servers"]) == {"service", "naive"} and report["raw"]
     if importlib.util.find_spec("matplotlib") is not None:
         assert (tmp_path / "bench" / "bench.png").stat().st_size > 0
     assert _descendants(os.getpid()) <= before, "the bench left server processes behind"

@@ -49,12 +49,11 @@ def server(tmp_path_factory: pytest.TempPathFactory, serving_model_path: Path) -
         yield running
 
 
-@pytest.mark.parametrize("service", ["EluModel", "EluClassifier"])
-def test_a_killed_worker_is_replaced_and_the_service_answers_again(server: BentoServer, service: str) -> None:
+def test_a_killed_worker_is_replaced_and_the_service_answers_again(server: BentoServer) -> None:
     report = kill_worker_under_load(
         server.url,
         server.process.pid,
-        service,
+        "EluClassifier",
         classify_shots(),
         rate=RATE,
         before_s=1.0,
@@ -87,13 +86,6 @@ def test_a_bad_model_stops_the_start_up_with_a_message_naming_it(
     assert report.failures() == [], report.log[-3000:]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason=(
-        "BentoML's arbiter (circus) sends SIGTERM to every watcher at once: EluModel exits at once, and "
-        "requests still decoding in EluClassifier then cannot reach it and are answered 503"
-    ),
-)
 def test_sigterm_lets_requests_in_flight_finish(tmp_path: Path, serving_model_path: Path) -> None:
     server = start_server(tmp_path, {"ELUSERVE_MODEL": str(serving_model_path)})
     try:

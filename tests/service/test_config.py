@@ -62,7 +62,7 @@ def test_config_files_are_read_and_environment_wins(tmp_path: Path, name: str, t
     [
         ({"ELUSERVE_MAX_IMAGES": "many"}, "max_images='many'"),
         ({"ELUSERVE_MAX_IMAGES": "0"}, "at least 1"),
-        ({"ELUSERVE_MAX_BATCH_SIZE": "1"}, "at least 2"),
+        ({"ELUSERVE_MAX_BATCH_SIZE": "0"}, "at least 1"),
         ({"ELUSERVE_TIMEOUT_S": "soon"}, "expected float"),
     ],
 )
@@ -90,12 +90,12 @@ def test_config_file_problems_are_explained(tmp_path: Path) -> None:
         load_settings({"ELUSERVE_CONFIG": str(unknown.rename(tmp_path / "settings.ini"))})
 
 
-def test_threads_are_cores_divided_by_inference_workers() -> None:
+def test_threads_are_cores_divided_by_workers() -> None:
     cores = available_cores()
-    assert Settings(model_workers=1).threads_per_model_worker() == cores
-    assert Settings(model_workers=cores * 2).threads_per_model_worker() == 1
-    assert Settings(intra_op_threads=3, model_workers=2).threads_per_model_worker() == 3
-    assert Settings(model_workers=1).threads_per_model_worker(workers=cores * 2) == 1
+    assert Settings(workers=1).threads_per_worker() == cores
+    assert Settings(workers=cores * 2).threads_per_worker() == 1
+    assert Settings(intra_op_threads=3, workers=2).threads_per_worker() == 3
+    assert Settings(workers=1).threads_per_worker(workers=cores * 2) == 1
 
 
 def test_models_resolve_from_files_and_folders(tiny_model_path: Path) -> None:

@@ -1,4 +1,4 @@
-"""Two HTTP workers and two inference workers: readiness gated on warm-up, metrics summed over processes."""
+"""Two workers, each with its own session: readiness gated on warm-up, metrics summed over processes."""
 
 from __future__ import annotations
 
@@ -35,7 +35,6 @@ def started(tmp_path_factory: pytest.TempPathFactory, serving_model_path: Path) 
         {
             "ELUSERVE_MODEL": str(serving_model_path),
             "ELUSERVE_WORKERS": "2",
-            "ELUSERVE_MODEL_WORKERS": "2",
             "ELUSERVE_WARMUP_MIN_SECONDS": str(WARMUP_SECONDS),
         },
     )
@@ -85,18 +84,13 @@ def test_metrics_are_summed_over_all_worker_processes(started: Started, serving_
     assert model_info == [{"model": info.name, "version": info.version, "provider": "CPUExecutionProvider"}]
     assert delta.after.value("eluserve_model_info") == 1
 
-    # Both HTTP workers really served (and wrote metrics of their own). Each HTTP worker coalesces
-    # its crops into few model calls (service.coalesce), so which inference worker takes them is up
-    # to the kernel: at least one did, and the sums above hold whichever.
+    # Both workers really served (and wrote metrics of their own): the sums above span two processes.
     log = server.log()
     assert set(re.findall(r"\[entry_service:EluClassifier:(\d)\][^\n]*path=/classify", log)) == {"1", "2"}
-    assert set(re.findall(r"\[service:EluModel:(\d)\][^\n]*path=/predict", log)) <= {"1", "2"}
-    assert re.search(r"\[service:EluModel:\d\][^\n]*path=/predict", log)
     counter_files = {path.name for path in (server.home / "prometheus_multiproc_dir").glob("counter_*.db")}
-    assert len(counter_files) >= 3, counter_files
+    assert len(counter_files) >= 2, counter_files
 
 
 def test_bentoml_metrics_are_there_too(started: Started) -> None:
     scrape = Scrape.of(started.server.url)
     assert scrape.value("bentoml_service_request_total", endpoint="/classify") is not None
-    assert scrape.value("bentoml_service_adaptive_batch_size_count") is not None
