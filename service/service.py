@@ -23,7 +23,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service import metrics
+from service import bentoml_patches, metrics
 from service.batching import Batcher
 from service.config import load_settings
 from service.frontend import Frontend
@@ -43,6 +43,10 @@ with contextlib.suppress(ImportError, AttributeError):
     from bentoml._internal.utils.analytics.usage_stats import do_not_track
 
     do_not_track.cache_clear()
+bentoml_patches.apply()
+
+#: Every path the service answers; BentoML's OpenTelemetry middleware skips them unless `tracing` is on.
+UNTRACED_PATHS = ("/classify", "/classify_batch", "/model", "/livez", "/readyz", "/metrics")
 
 
 async def _classify(request: Request) -> Response:
@@ -70,6 +74,7 @@ http_app = Starlette(
 @bentoml.service(
     workers=settings.workers,
     traffic={"timeout": settings.timeout_s, "max_concurrency": settings.max_concurrency},
+    tracing={} if settings.tracing else {"excluded_urls": list(UNTRACED_PATHS)},
 )
 class EluClassifier:
     """Public endpoints (see `service.frontend` for the HTTP contract) over one session per worker."""

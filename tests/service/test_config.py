@@ -64,6 +64,7 @@ def test_config_files_are_read_and_environment_wins(tmp_path: Path, name: str, t
         ({"ELUSERVE_MAX_IMAGES": "0"}, "at least 1"),
         ({"ELUSERVE_MAX_BATCH_SIZE": "0"}, "at least 1"),
         ({"ELUSERVE_TIMEOUT_S": "soon"}, "expected float"),
+        ({"ELUSERVE_TRACING": "maybe"}, "tracing='maybe'"),
     ],
 )
 def test_bad_values_name_the_setting(environ: dict[str, str], message: str) -> None:
@@ -130,3 +131,17 @@ except Exception as exc:
     assert resolved.startswith(str(tmp_path / "home" / "models" / "tiny-store"))
     assert resolved.endswith("model.onnx") and Path(resolved).is_file()
     assert error == "ConfigError"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"), [("1", True), ("TRUE", True), ("on", True), ("0", False), ("no", False)]
+)
+def test_switches_read_the_usual_spellings(raw: str, expected: bool) -> None:
+    assert load_settings({"ELUSERVE_TRACING": raw}).tracing is expected
+
+
+def test_switches_in_a_config_file_are_booleans(tmp_path: Path) -> None:
+    path = tmp_path / "settings.yaml"
+    path.write_text("tracing: true\n")
+    assert load_settings({"ELUSERVE_CONFIG": str(path)}).tracing is True
+    assert Settings().tracing is False

@@ -1,0 +1,70 @@
+"""BentoML's TimeoutMiddleware, as patched: no timer outlives its request, the 504 still comes."""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+from typing import Any
+
+from bentoml._internal.server.http.traffic import TimeoutMiddleware
+
+from service import bentoml_patches
+
+Message = dict[str, Any]
+
+
+async def _answer(scope: Any, receive: Any, send: Any) -> None:
+    await send({"type": "http.response.start", "status": 200, "headers": []})
+    await send({"type": "http.response.body", "body": b"ok"})
+
+
+async def _hang(scope: Any, receive: Any, send: Any) -> None:
+    await asyncio.sleep(10)
+
+
+async def _request(middleware: TimeoutMiddleware) -> list[Message]:
+    sent: list[Message] = []
+
+    async def receive() -> Message:
+        return {"type": "http.request", "body": b"", "more_body": False}
+
+    async def send(message: Message) -> None:
+        sent.append(message)
+
+    await middleware({"type": "http", "method": "GET", "path": "/"}, receive, send)
+    return sent
+
+
+def _armed_timeout_timers() -> int:
+    return sum(
+        1
+        for obj in gc.get_objects()
+        if isinstance(obj, asyncio.TimerHandle)
+        and not obj.cancelled()
+        and getattr(obj._callback, "__name__", "") == "_set_timer_out"
+    )
+
+
+def test_the_patch_applies_to_the_installed_bentoml() -> None:
+    assert bentoml_patches.apply() is True
+    assert bentoml_patches.apply() is True  # idempotent: every worker imports the service
+
+
+def test_no_timer_outlives_the_requests_it_guarded() -> None:
+    bentoml_patches.apply()
+    middleware = TimeoutMiddleware(_answer, timeout=30.0)
+
+    async def scenario() -> tuple[list[list[Message]], int]:
+        answers = [await _request(middleware) for _ in range(50)]
+        return answers, _armed_timeout_timers()
+
+    answers, armed = asyncio.run(scenario())
+    assert all(answer[0]["status"] == 200 for answer in answers)
+    assert armed == 0  # unpatched BentoML 1.4.40: 50, each holding its request for 30 s
+
+
+def test_a_request_without_a_response_in_time_still_gets_504() -> None:
+    bentoml_patches.apply()
+    sent = asyncio.run(_request(TimeoutMiddleware(_hang, timeout=0.05)))
+    assert sent[0]["status"] == 504
+    assert b"Not able to process the request" in sent[1]["body"]
