@@ -73,7 +73,7 @@ def test_objects_refer_to_each_other() -> None:
 
 
 def test_deployment_follows_the_serving_contract() -> None:
-    """What eluserve needs from its pod: probes, no tracking, threads = CPUs, scrape annotations."""
+    """What eluserve needs from its pod: probes, no tracking, workers × threads = CPUs, scrape annotations."""
     deployment = by_kind()["Deployment"]
     template = deployment["spec"]["template"]
     (container,) = template["spec"]["containers"]
@@ -84,7 +84,8 @@ def test_deployment_follows_the_serving_contract() -> None:
     assert "startupProbe" in container
     cpus = container["resources"]["limits"]["cpu"]
     assert container["resources"]["requests"]["cpu"] == cpus == "2"
-    assert {"name": "ELUSERVE_INTRA_OP_THREADS", "value": cpus} in container["env"]
+    env = {item["name"]: item.get("value") for item in container["env"]}
+    assert int(env["ELUSERVE_WORKERS"]) * int(env["ELUSERVE_INTRA_OP_THREADS"]) == int(cpus)
     annotations = template["metadata"]["annotations"]
     assert annotations["prometheus.io/scrape"] == "true"
     assert int(annotations["prometheus.io/port"]) in {port["containerPort"] for port in container["ports"]}

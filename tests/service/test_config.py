@@ -38,7 +38,7 @@ def test_environment_variables_override_defaults() -> None:
             "ELUSERVE_WORKERS": "",  # empty means unset
         }
     )
-    assert settings.max_batch_size == 16 and settings.timeout_s == 2.5 and settings.workers == 1
+    assert settings.max_batch_size == 16 and settings.timeout_s == 2.5 and settings.workers == Settings().workers
     assert settings.provider_list() == ["CPUExecutionProvider", "CUDAExecutionProvider"]
 
 
