@@ -9,8 +9,8 @@ Scenarios, in order, against `bentoml serve .` started on a free port (`ELUSERVE
   SIGKILL the service's (first) worker process (found in the process tree of `bentoml
   serve`). BentoML's arbiter starts a replacement; reported: time from the kill to the first success
   of a request sent after it (recovery), the requests that failed, the replacement's pid. At most 64
-  requests are in flight (the service's default concurrency limit); while the worker is down, the
-  requests beyond are not sent and are reported apart, as "not sent".
+  requests are in flight (what one BentoML worker admits by default); while the service does not
+  answer, the requests beyond are not sent and are reported apart, as "not sent".
 - graceful shutdown: a few slow batch requests (16 full-HD PNGs each) in flight, then SIGTERM to
   `bentoml serve`; every one of them must still be answered 200, and the server must exit.
 - missing model, corrupt model: `ELUSERVE_MODEL` names a file that does not exist / holds noise;

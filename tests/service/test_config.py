@@ -38,7 +38,8 @@ def test_environment_variables_override_defaults() -> None:
             "ELUSERVE_WORKERS": "",  # empty means unset
         }
     )
-    assert settings.max_batch_size == 16 and settings.timeout_s == 2.5 and settings.workers == Settings().workers
+    assert settings.max_batch_size == 16 and settings.timeout_s == 2.5
+    assert settings.workers == Settings().workers
     assert settings.provider_list() == ["CPUExecutionProvider", "CUDAExecutionProvider"]
 
 
