@@ -12,6 +12,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -98,7 +99,7 @@ def test_locust_headless_run_writes_its_reports(
     service: ServerProcess, cifar_zip: Path, tmp_path: Path
 ) -> None:
     done = subprocess.run(
-        [LOCUST, "-f", "load_tests/locustfile.py", "--headless", "-u", "4", "-r", "4", "-t", "4s",
+        [LOCUST, "-f", "load_tests/locustfile.py", "--headless", "-u", "4", "-r", "4", "-t", "6s",
          "--stop-timeout", "30", "--host", service.url, "--csv", str(tmp_path / "locust"),
          "--html", str(tmp_path / "locust.html"), "--only-summary"],
         cwd=REPO_ROOT,
@@ -113,7 +114,8 @@ def test_locust_headless_run_writes_its_reports(
     assert done.returncode == 0, (failures.read_text() if failures.is_file() else "") + done.stderr[-3000:]
     assert (tmp_path / "locust.html").stat().st_size > 0
     stats = (tmp_path / "locust_stats.csv").read_text()
-    assert "/classify [cifar32]" in stats and "Aggregated" in stats, done.stderr[-3000:]
+    # Which payload a valid /classify carries is drawn at random: either name counts.
+    assert re.search(r"/classify \[(cifar32|photo)\]", stats) and "Aggregated" in stats, done.stderr[-3000:]
 
 
 def test_quick_bench_measures_service_and_naive_and_cleans_up(
