@@ -39,7 +39,7 @@ def _armed_timeout_timers() -> int:
     return sum(
         1
         for obj in gc.get_objects()
-        if isinstance(obj, asyncio.TimerHandle)
+        if type(obj) is asyncio.TimerHandle  # not isinstance: some objects warn when asked their class
         and not obj.cancelled()
         and getattr(obj._callback, "__name__", "") == "_set_timer_out"
     )
