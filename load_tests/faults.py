@@ -29,6 +29,7 @@ import argparse
 import concurrent.futures
 import contextlib
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -198,7 +199,13 @@ def shutdown_with_requests_in_flight(
     sig: int = signal.SIGTERM,
     timeout_s: float = 60.0,
 ) -> ShutdownReport:
-    """Send `requests` copies of `shot` at once, signal `process` `delay_s` later, collect answers."""
+    """Send `requests` copies of `shot` at once, signal `process` once the server has all of them in
+    progress (or `delay_s` after that can no longer be seen), collect the answers.
+
+    In flight means that a worker has read the request's headers: BentoML's
+    `bentoml_service_request_in_progress` counts them. A connection still waiting in the listening
+    socket's backlog when the workers stop was never received, and is closed unanswered.
+    """
     path, body, headers = shot
 
     def send() -> str:
@@ -209,6 +216,7 @@ def shutdown_with_requests_in_flight(
 
     with concurrent.futures.ThreadPoolExecutor(requests) as pool:
         answers = [pool.submit(send) for _ in range(requests)]
+        _wait_in_progress(url, path, requests, timeout_s=timeout_s / 2)
         time.sleep(delay_s)
         process.send_signal(sig)
         signalled = time.monotonic()
@@ -218,6 +226,22 @@ def shutdown_with_requests_in_flight(
     except subprocess.TimeoutExpired:
         exit_code = None
     return ShutdownReport(outcomes, exit_code, time.monotonic() - signalled)
+
+
+def _wait_in_progress(url: str, path: str, requests: int, timeout_s: float) -> None:
+    """Wait until `/metrics` shows `requests` requests to `path` in progress, summed over workers."""
+    pattern = re.compile(
+        r'^bentoml_service_request_in_progress\{[^}]*endpoint="' + re.escape(path) + r'"[^}]*\} (\S+)$', re.M
+    )
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            text = httpx.get(url + "/metrics", timeout=5.0).text
+        except httpx.HTTPError:
+            text = ""
+        if sum(float(value) for value in pattern.findall(text)) >= requests:
+            return
+        time.sleep(0.05)
 
 
 @dataclass
