@@ -7,7 +7,7 @@ worker. The one gauge uses ``livemax`` so that N workers report one series, not 
 worker's value disappears.
 
 Label values are bounded (model name, provider, class label, error code, outcome) and pre-initialised
-by `init_http_metrics` / `init_model_metrics`, so every series exists at zero before the first request.
+by `init_metrics`, so every series exists at zero before the first request.
 Buckets come from measurements on the 2-core development machine (tiny and CIFAR models, 32×32 JPEGs
 to 12-megapixel photos): a 32×32 decode + crop takes about 0.1 ms, a photo 5-30 ms; one inference
 takes 0.05-2 ms for batch 1 and up to a few tens of ms for batch 64; a loaded machine adds a tail.
@@ -88,19 +88,15 @@ for _code in CLIENT_ERROR_CODES:
     CLIENT_ERRORS.labels(code=_code)
 
 
-def init_http_metrics(info: ModelInfo) -> None:
-    """Create the series the HTTP workers write, at zero."""
+def init_metrics(info: ModelInfo) -> None:
+    """Create a worker's series at zero, and publish `eluserve_model_info`."""
+    provider = info.provider or "unknown"
     PREPROCESS_DURATION.labels(model=info.name)
     TOP1_PROBABILITY.labels(model=info.name)
     for outcome in OUTCOMES:
         IMAGES.labels(model=info.name, outcome=outcome)
     for label in info.labels:
         PREDICTIONS.labels(model=info.name, label=label)
-
-
-def init_model_metrics(info: ModelInfo) -> None:
-    """Create the series the inference workers write, and publish `eluserve_model_info`."""
-    provider = info.provider or "unknown"
     INFERENCE_DURATION.labels(model=info.name, provider=provider)
     BATCH_SIZE.labels(model=info.name)
     MODEL_INFO.labels(model=info.name, version=info.version, provider=provider).set(1)

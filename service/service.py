@@ -46,9 +46,6 @@ with contextlib.suppress(ImportError, AttributeError):
     do_not_track.cache_clear()
 bentoml_patches.apply()
 
-#: Every path the service answers; BentoML's OpenTelemetry middleware skips them unless `tracing` is on.
-UNTRACED_PATHS = ("/classify", "/classify_batch", "/model", "/livez", "/readyz", "/metrics")
-
 
 async def _classify(request: Request) -> Response:
     return await _frontend().classify(request)
@@ -69,6 +66,8 @@ http_app = Starlette(
         Route("/model", _model, methods=["GET"]),
     ]
 )
+#: Every path the service answers; BentoML's OpenTelemetry middleware skips them unless `tracing` is on.
+UNTRACED_PATHS = (*(route.path for route in http_app.routes), "/livez", "/readyz", "/metrics")
 
 
 @bentoml.asgi_app(http_app, path="/")
@@ -98,8 +97,7 @@ class EluClassifier:
             intra_op_threads=settings.threads_per_worker(workers),
         )
         info = self.classifier.info
-        metrics.init_http_metrics(info)
-        metrics.init_model_metrics(info)
+        metrics.init_metrics(info)
         inference = metrics.INFERENCE_DURATION.labels(model=info.name, provider=self.classifier.provider)
         batch_size = metrics.BATCH_SIZE.labels(model=info.name)
 
