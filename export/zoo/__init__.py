@@ -7,6 +7,7 @@ from export.zoo.registry import UnknownModelError, create_model, list_models, re
 DEFAULT_CFGS = {
     "elufast": fastnet.DEFAULT_CFG,
     "elufast_res": fastnet.DEFAULT_CFG,
+    "elufast_res9": fastnet.DEFAULT_CFG,
     "elufast_small": fastnet.DEFAULT_CFG,
     "elufast_small_nonorm": fastnet.DEFAULT_CFG,
     "elu_paper18": paper.DEFAULT_CFG,
