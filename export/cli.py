@@ -1,4 +1,4 @@
-"""`eluserve train | export | elu-tax | models`: the training/export stage's commands.
+"""`eluserve train | export | pack | elu-tax | models`: the training/export stage's commands.
 
 Registered into the single `eluserve` entry point by `service.cli`. This module imports no torch: each
 command imports its stage when it runs, so the serving install (no torch) still answers `--help`.
@@ -14,6 +14,14 @@ from pathlib import Path
 from typing import Any
 
 from export.config import TrainConfig
+
+OPTIONAL_TYPES = {
+    "train_limit": int,
+    "threads": int,
+    "time_budget_min": float,
+    "grad_clip": float,
+    "ema_decay": float,
+}
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
@@ -33,11 +41,7 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
                 help="comma-separated epochs",
             )
         else:
-            kind = (
-                type(default)
-                if default is not None
-                else (int if field.name in ("train_limit", "threads") else str)
-            )
+            kind = type(default) if default is not None else OPTIONAL_TYPES.get(field.name, str)
             parser.add_argument(flag, type=kind, default=default, help=f"default: {default}")
 
 
@@ -63,6 +67,16 @@ def cmd_export(args: argparse.Namespace) -> int:
         f"exported {out / 'model.onnx'}: validation accuracy {100 * card['validation']['accuracy']:.2f} %, "
         f"verification {'passed' if card['export']['verification_passed'] else 'FAILED'}"
     )
+    return 0
+
+
+def cmd_pack(args: argparse.Namespace) -> int:
+    from export.pack import pack_run
+
+    run = Path(args.run)
+    out = Path(args.out or f"{run.name}.tar")
+    sizes = pack_run(run, out, fp16=args.fp16)
+    print(f"packed {run} → {out} ({sum(sizes.values()) / 1e6:.1f} MB: {', '.join(sorted(sizes))})")
     return 0
 
 
@@ -136,6 +150,16 @@ def register(subparsers: Any) -> None:
         help="store weights as fp16 (half the file; compute stays fp32): keeps the paper nets under 100 MB",
     )
     export.set_defaults(func=cmd_export)
+
+    pack = subparsers.add_parser(
+        "pack", help="a run as one small tar (weights only) to carry to the machine that exports it"
+    )
+    pack.add_argument("run", help="training run folder (config.json, checkpoint.pt)")
+    pack.add_argument("--out", help="tar file to write (default: RUN_NAME.tar)")
+    pack.add_argument(
+        "--fp16", action="store_true", help="store weights as fp16, as `export --fp16-storage` will"
+    )
+    pack.set_defaults(func=cmd_pack)
 
     tax = subparsers.add_parser("elu-tax", help="benchmark: fused ELU vs ReLU twin vs plain ELU on ORT CPU")
     tax.add_argument("--model", default="elufast")

@@ -25,6 +25,12 @@ class TrainConfig:
     schedule: str = "onecycle"  # onecycle | step (the paper's: lr ÷ 10 at each milestone)
     milestones: tuple[int, ...] = ()
     warmup_fraction: float = 0.2
+    # Clip the global gradient norm to this (None: no clipping). Nets without batch norm need it:
+    # the paper's 19-layer net takes steps of the gradient's full size into divergence otherwise.
+    grad_clip: float | None = None
+    # Validate, checkpoint and export an exponential moving average of the weights with this decay
+    # per step (None: the weights themselves); 0.998 averages over the last ~500 steps.
+    ema_decay: float | None = None
     val_per_class: int = 500
     train_limit: int | None = None  # use only this many training images (smoke runs)
     augment: bool = True
@@ -33,3 +39,7 @@ class TrainConfig:
     amp: bool = True
     channels_last: bool = True
     threads: int | None = None
+    # Train as many epochs as fit in this many minutes (measured on the first steps; a lent GPU's
+    # time is fixed). The epoch count it settles on replaces `epochs` in config.json, so the recorded
+    # command reproduces the run without the budget.
+    time_budget_min: float | None = None

@@ -27,6 +27,7 @@ from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
 from export.fusion import DOMAIN, default_opset, fuse_elu
+from export.pack import FP16_MIN_ELEMENTS, to_fp16_storage
 from export.preprocess import Classifier, GcnZcaInput
 
 log = logging.getLogger(__name__)
@@ -200,11 +201,9 @@ def round_to_fp16(classifier: nn.Module) -> None:
     ORT sample accuracy that the report carries.
     """
     for tensor in [*classifier.parameters(), *classifier.buffers()]:
-        if tensor.dtype == torch.float32 and tensor.numel() >= FP16_MIN_ELEMENTS:
-            tensor.copy_(tensor.half().float())
-
-
-FP16_MIN_ELEMENTS = 1024  # small tensors (biases, BN) stay fp32: they cost nothing to store
+        stored = to_fp16_storage(tensor)
+        if stored.dtype != tensor.dtype:
+            tensor.copy_(stored)
 
 
 def storage_fp16(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -271,8 +270,9 @@ def export_and_verify(
     )
     report["rewrites"] = result.rewrites
     write_report(report, out_dir)
-    command = f"eluserve export {run_dir} --out {out_dir} --name {name} --version {version}" + (
-        " --fp16-storage" if fp16_storage else ""
+    command = (
+        f"eluserve export {run_dir} --out {out_dir} --name {name} --version {version} --sample {sample}"
+        + (" --fp16-storage" if fp16_storage else "")
     )
     card = build_card(name, classifier, config, summary, report, result.metadata, command)
     write_card(card, out_dir, run_dir)

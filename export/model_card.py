@@ -138,7 +138,9 @@ def build_card(
             "export_command": export_command,
             "epochs": config.epochs,
             "batch_size": config.batch_size,
-            "optimizer": f"SGD, Nesterov momentum {config.momentum}, weight decay {config.weight_decay}",
+            "optimizer": f"SGD, Nesterov momentum {config.momentum}, weight decay {config.weight_decay}"
+            + (f", gradient norm clipped at {config.grad_clip}" if config.grad_clip is not None else "")
+            + (f", weights averaged (EMA decay {config.ema_decay})" if config.ema_decay is not None else ""),
             "schedule": config.schedule,
             "peak_lr": config.lr,
             "label_smoothing": config.label_smoothing,
@@ -154,6 +156,12 @@ def build_card(
             "loss": summary.get("val_loss"),
             "confusion_matrix": summary.get("confusion"),
             "protocol": "single crop, single model, no test-time augmentation, fp32",
+            # the shipped file itself (fp16-stored weights, if so) in ONNX Runtime, on the first
+            # `images` of the split: what the service will score
+            "onnx": {
+                "accuracy": verification["sample_accuracy_ort"],
+                "images": verification["sample_images"],
+            },
         },
         "export": {
             "checkpoint_sha256": metadata["checkpoint_sha256"],
@@ -196,7 +204,8 @@ def render_markdown(card: dict[str, Any]) -> str:
 {card["macs_per_image"] / 1e6:.1f} M multiply-accumulates per image.
 
 **Validation accuracy: {accuracy}** ({val["protocol"]}; {data["validation_images"]} images held out
-from the training split — {data["validation_split"]}).
+from the training split — {data["validation_split"]}). The exported file in ONNX Runtime:
+{100 * val["onnx"]["accuracy"]:.2f} % on {val["onnx"]["images"]} of them.
 
 ## Interface
 - Input `image`: uint8 {card["input"]["shape"]}, {card["input"]["layout"]}; the single-crop rule:

@@ -7,6 +7,7 @@ learning curves are plotted to `curves.png` at the end.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -44,18 +45,120 @@ def seed_everything(seed: int) -> None:
 
 
 def augment_batch(images: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """The paper's augmentation on a uint8 NHWC batch: reflect-pad 4, random crop back, random h-flip."""
+    """The paper's augmentation on a uint8 NHWC batch: reflect-pad 4, random crop back, random h-flip.
+
+    The random draws come from the CPU `generator` (the same on every device); the gathers run where
+    the batch lives, on index views that are never materialised.
+    """
     n, h, w, _ = images.shape
+    device = images.device
     padded = F.pad(images.permute(0, 3, 1, 2).float(), (pad, pad, pad, pad), mode="reflect")
-    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator)
-    rows = (dy[:, None] + torch.arange(h)[None, :])[:, None, :, None].expand(n, 3, h, w + 2 * pad)
-    cropped = padded.gather(2, rows.to(padded.device))
-    cols = (dx[:, None] + torch.arange(w)[None, :])[:, None, None, :].expand(n, 3, h, w)
-    cropped = cropped.gather(3, cols.to(padded.device))
-    flip = torch.rand(n, generator=generator) < 0.5
-    cropped = torch.where(flip[:, None, None, None].to(padded.device), cropped.flip(3), cropped)
+    dy = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(device)
+    dx = torch.randint(0, 2 * pad + 1, (n,), generator=generator).to(device)
+    rows = (dy[:, None] + torch.arange(h, device=device)[None, :])[:, None, :, None]
+    cropped = padded.gather(2, rows.expand(n, 3, h, w + 2 * pad))
+    cols = (dx[:, None] + torch.arange(w, device=device)[None, :])[:, None, None, :]
+    cropped = cropped.gather(3, cols.expand(n, 3, h, w))
+    flip = (torch.rand(n, generator=generator) < 0.5).to(device)
+    cropped = torch.where(flip[:, None, None, None], cropped.flip(3), cropped)
     return cropped.permute(0, 2, 3, 1).to(torch.uint8)
+
+
+PROGRESS_EVERY = 25  # steps between progress-bar loss updates (each one synchronises the device)
+CHECKPOINT_EVERY_S = 60.0  # a 39 M-parameter checkpoint every epoch would cost a GPU run ~5 % of its time
+BUDGET_MARGIN = 1.08  # epochs vary a little (and checkpoints cost a little): keep the budget safely
+
+
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images_all: torch.Tensor,
+    labels_all: torch.Tensor,
+    index: torch.Tensor,
+    config: TrainConfig,
+    generator: torch.Generator,
+    lr: float,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One SGD step on the batch `index`; returns the loss and the hit count as device tensors.
+
+    They stay on the device so the loop never waits for the GPU to finish a step before queueing the
+    next one.
+    """
+    images = images_all[index]
+    if config.augment:
+        images = augment_batch(images, generator)
+    labels = labels_all[index]
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    with _autocast(images.device, config.amp):
+        logits = model(images)
+    loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    if config.grad_clip is not None:
+        nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip)
+    optimizer.step()
+    return loss.detach(), (logits.argmax(1) == labels).sum()
+
+
+def time_epoch(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images_all: torch.Tensor,
+    labels_all: torch.Tensor,
+    config: TrainConfig,
+    device: torch.device,
+    val_images: int,
+    warmup: int = 3,
+    steps: int = 10,
+) -> float:
+    """Seconds one epoch (training + validation) will take, timed on copies of the model and optimiser.
+
+    The copies leave the run itself untouched (weights, optimiser state, batch-norm statistics, random
+    streams), so a run with the settled `--epochs` reproduces a budgeted one.
+    """
+    probe = copy.deepcopy(model)
+    probe_optimizer = torch.optim.SGD(probe.parameters(), lr=0.0, momentum=config.momentum)
+    generator = torch.Generator().manual_seed(config.seed)
+    devices = [torch.cuda.current_device()] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        probe.train()
+        for step in range(warmup + steps):
+            if step == warmup:
+                _synchronize(device)
+                started = time.perf_counter()
+            index = torch.randint(len(labels_all), (config.batch_size,), generator=generator).to(device)
+            train_step(probe, probe_optimizer, images_all, labels_all, index, config, generator, 0.0)
+        _synchronize(device)
+    per_image = (time.perf_counter() - started) / (steps * config.batch_size)
+    del probe, probe_optimizer
+    # validation is a forward pass: about a third of a training step per image
+    return per_image * (len(labels_all) + val_images / 3)
+
+
+class WeightEma:
+    """An exponential moving average of a model's weights and batch-norm statistics (as timm's
+    ModelEmaV2): the averaged copy is what gets validated, checkpointed and exported. Averaging the
+    last few epochs' weights smooths out the noise of the final SGD steps.
+    """
+
+    def __init__(self, model: nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.model = copy.deepcopy(model).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, model: nn.Module) -> None:
+        averaged = [t for t in self.model.state_dict().values() if t.is_floating_point()]
+        current = [t for t in model.state_dict().values() if t.is_floating_point()]
+        torch._foreach_lerp_(averaged, current, 1.0 - self.decay)
+        for mine, theirs in zip(self.model.buffers(), model.buffers(), strict=True):
+            if not mine.is_floating_point():
+                mine.copy_(theirs)  # batch counters: copied, not averaged
+
+
+def _synchronize(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
 
 
 def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
@@ -128,12 +231,14 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
 
 def train(config: TrainConfig) -> dict[str, Any]:
     """Train per `config`; resumes from `out/checkpoint.pt` when it exists. Returns the final metrics."""
+    started_at = time.perf_counter()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(config.seed)
     if config.threads:
         torch.set_num_threads(config.threads)
     device = resolve_device(config.device)
+    torch.backends.cudnn.benchmark = True  # fixed shapes: let cuDNN pick the fastest kernels once
 
     dataset = load_dataset(config.data, config.input_size, config.num_classes)
     train_set, val_set = split_train_val(dataset, config.val_per_class)
@@ -146,58 +251,66 @@ def train(config: TrainConfig) -> dict[str, Any]:
     resume = torch.load(checkpoint_path, map_location="cpu") if checkpoint_path.exists() else None
     model = build_classifier(config, None if resume else train_set.images)
     if resume:
-        model.load_state_dict(resume["model"])
+        model.load_state_dict(resume.get("raw_model", resume["model"]))
     model.to(device)
     if config.channels_last:
         model.net.to(memory_format=torch.channels_last)
+    ema = WeightEma(model, config.ema_decay) if config.ema_decay is not None else None
+    if ema is not None and resume:
+        ema.model.load_state_dict(resume["model"])
+    shipped = ema.model if ema is not None else model  # what is validated, checkpointed and exported
     optimizer = torch.optim.SGD(
         _param_groups(model, config.weight_decay), lr=config.lr, momentum=config.momentum, nesterov=True
     )
     start_epoch = 0
     if resume:
+        if "optimizer" not in resume:
+            raise ValueError(f"{checkpoint_path} holds weights only (a packed run): it cannot resume")
         optimizer.load_state_dict(resume["optimizer"])
         start_epoch = resume["epoch"]
         log.info("resumed from %s at epoch %d", checkpoint_path, start_epoch)
 
-    write_json(out / "config.json", {**dataclasses.asdict(config), "classes": dataset.classes})
     steps_per_epoch = math.ceil(len(train_set) / config.batch_size)
+    # The whole training split lives on the device: on a GPU, per-batch host copies and CPU-side
+    # augmentation would otherwise cap the step rate (CIFAR-10 is 135 MB as uint8).
+    images_all = torch.from_numpy(train_set.images).to(device)
+    labels_all = torch.from_numpy(train_set.labels).to(device)
+    if config.time_budget_min is not None and not resume:
+        seconds_left = 60 * config.time_budget_min - (time.perf_counter() - started_at)
+        epoch_seconds = time_epoch(model, optimizer, images_all, labels_all, config, device, len(val_set))
+        epochs = max(1, int(seconds_left / (BUDGET_MARGIN * epoch_seconds)))
+        log.info("time budget: %.1f s/epoch, %.0f s left → %d epochs", epoch_seconds, seconds_left, epochs)
+        config = dataclasses.replace(config, epochs=epochs, time_budget_min=None)
+    write_json(out / "config.json", {**dataclasses.asdict(config), "classes": dataset.classes})
     total_steps = steps_per_epoch * config.epochs
     generator = torch.Generator().manual_seed(config.seed)
     for _ in range(start_epoch):  # replay the shuffles so a resumed run sees the same batches
         torch.randperm(len(train_set), generator=generator)
-    images_all = torch.from_numpy(train_set.images)
-    labels_all = torch.from_numpy(train_set.labels)
     metrics: dict[str, Any] = {}
+    saved_at = time.perf_counter()
     for epoch in range(start_epoch, config.epochs):
         model.train()
         started = time.perf_counter()
-        order = torch.randperm(len(train_set), generator=generator)
-        seen, loss_sum, correct = 0, 0.0, 0
+        order = torch.randperm(len(train_set), generator=generator).to(device)
+        loss_sum = torch.zeros((), device=device)
+        correct = torch.zeros((), device=device, dtype=torch.int64)
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", unit="step")
         for step in bar:
             index = order[step * config.batch_size : (step + 1) * config.batch_size]
-            images = images_all[index]
-            if config.augment:
-                images = augment_batch(images, generator)
-            images, labels = images.to(device), labels_all[index].to(device)
             lr = learning_rate(config, epoch * steps_per_epoch + step, total_steps)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
-            with _autocast(device, config.amp):
-                logits = model(images)
-            loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            seen += len(labels)
-            loss_sum += loss.item() * len(labels)
-            correct += (logits.argmax(1) == labels).sum().item()
-            bar.set_postfix(loss=f"{loss_sum / seen:.3f}", lr=f"{lr:.3f}")
-        val = evaluate(model, val_set, device, amp=config.amp)
+            loss, hits = train_step(model, optimizer, images_all, labels_all, index, config, generator, lr)
+            if ema is not None:
+                ema.update(model)
+            loss_sum += loss * len(index)
+            correct += hits
+            if step % PROGRESS_EVERY == PROGRESS_EVERY - 1:  # reading the loss waits for the device
+                seen = min(len(train_set), (step + 1) * config.batch_size)
+                bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", lr=f"{lr:.3f}")
+        val = evaluate(shipped, val_set, device, amp=config.amp)
         metrics = {
             "epoch": epoch + 1,
-            "train_loss": loss_sum / seen,
-            "train_accuracy": correct / seen,
+            "train_loss": loss_sum.item() / len(train_set),
+            "train_accuracy": correct.item() / len(train_set),
             "val_loss": val["loss"],
             "val_accuracy": val["accuracy"],
             "lr": lr,
@@ -206,11 +319,14 @@ def train(config: TrainConfig) -> dict[str, Any]:
         log.info("epoch %d: %s", epoch + 1, json.dumps({k: round(v, 4) for k, v in metrics.items()}))
         with (out / "metrics.jsonl").open("a") as handle:
             handle.write(json.dumps(metrics) + "\n")
-        torch.save(
-            {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1},
-            checkpoint_path,
-        )
-    final = evaluate(model, val_set, device, amp=False)
+        last = epoch + 1 == config.epochs
+        if last or time.perf_counter() - saved_at >= CHECKPOINT_EVERY_S:
+            state = {"model": shipped.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1}
+            if ema is not None:
+                state["raw_model"] = model.state_dict()
+            torch.save(state, checkpoint_path)
+            saved_at = time.perf_counter()
+    final = evaluate(shipped, val_set, device, amp=False)
     summary = {
         **metrics,
         "val_accuracy_fp32": final["accuracy"],
