@@ -20,7 +20,6 @@ OPTIONAL_TYPES = {
     "threads": int,
     "time_budget_min": float,
     "grad_clip": float,
-    "ema_decay": float,
 }
 
 

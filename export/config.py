@@ -28,9 +28,6 @@ class TrainConfig:
     # Clip the global gradient norm to this (None: no clipping). Nets without batch norm need it:
     # the paper's 19-layer net takes steps of the gradient's full size into divergence otherwise.
     grad_clip: float | None = None
-    # Validate, checkpoint and export an exponential moving average of the weights with this decay
-    # per step (None: the weights themselves); 0.998 averages over the last ~500 steps.
-    ema_decay: float | None = None
     val_per_class: int = 500
     train_limit: int | None = None  # use only this many training images (smoke runs)
     augment: bool = True

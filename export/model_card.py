@@ -139,8 +139,7 @@ def build_card(
             "epochs": config.epochs,
             "batch_size": config.batch_size,
             "optimizer": f"SGD, Nesterov momentum {config.momentum}, weight decay {config.weight_decay}"
-            + (f", gradient norm clipped at {config.grad_clip}" if config.grad_clip is not None else "")
-            + (f", weights averaged (EMA decay {config.ema_decay})" if config.ema_decay is not None else ""),
+            + (f", gradient norm clipped at {config.grad_clip}" if config.grad_clip is not None else ""),
             "schedule": config.schedule,
             "peak_lr": config.lr,
             "label_smoothing": config.label_smoothing,

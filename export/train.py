@@ -136,26 +136,6 @@ def time_epoch(
     return per_image * (len(labels_all) + val_images / 3)
 
 
-class WeightEma:
-    """An exponential moving average of a model's weights and batch-norm statistics (as timm's
-    ModelEmaV2): the averaged copy is what gets validated, checkpointed and exported. Averaging the
-    last few epochs' weights smooths out the noise of the final SGD steps.
-    """
-
-    def __init__(self, model: nn.Module, decay: float) -> None:
-        self.decay = decay
-        self.model = copy.deepcopy(model).eval().requires_grad_(False)
-
-    @torch.no_grad()
-    def update(self, model: nn.Module) -> None:
-        averaged = [t for t in self.model.state_dict().values() if t.is_floating_point()]
-        current = [t for t in model.state_dict().values() if t.is_floating_point()]
-        torch._foreach_lerp_(averaged, current, 1.0 - self.decay)
-        for mine, theirs in zip(self.model.buffers(), model.buffers(), strict=True):
-            if not mine.is_floating_point():
-                mine.copy_(theirs)  # batch counters: copied, not averaged
-
-
 def _synchronize(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.synchronize(device)
@@ -251,14 +231,10 @@ def train(config: TrainConfig) -> dict[str, Any]:
     resume = torch.load(checkpoint_path, map_location="cpu") if checkpoint_path.exists() else None
     model = build_classifier(config, None if resume else train_set.images)
     if resume:
-        model.load_state_dict(resume.get("raw_model", resume["model"]))
+        model.load_state_dict(resume["model"])
     model.to(device)
     if config.channels_last:
         model.net.to(memory_format=torch.channels_last)
-    ema = WeightEma(model, config.ema_decay) if config.ema_decay is not None else None
-    if ema is not None and resume:
-        ema.model.load_state_dict(resume["model"])
-    shipped = ema.model if ema is not None else model  # what is validated, checkpointed and exported
     optimizer = torch.optim.SGD(
         _param_groups(model, config.weight_decay), lr=config.lr, momentum=config.momentum, nesterov=True
     )
@@ -299,14 +275,12 @@ def train(config: TrainConfig) -> dict[str, Any]:
             index = order[step * config.batch_size : (step + 1) * config.batch_size]
             lr = learning_rate(config, epoch * steps_per_epoch + step, total_steps)
             loss, hits = train_step(model, optimizer, images_all, labels_all, index, config, generator, lr)
-            if ema is not None:
-                ema.update(model)
             loss_sum += loss * len(index)
             correct += hits
             if step % PROGRESS_EVERY == PROGRESS_EVERY - 1:  # reading the loss waits for the device
                 seen = min(len(train_set), (step + 1) * config.batch_size)
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", lr=f"{lr:.3f}")
-        val = evaluate(shipped, val_set, device, amp=config.amp)
+        val = evaluate(model, val_set, device, amp=config.amp)
         metrics = {
             "epoch": epoch + 1,
             "train_loss": loss_sum.item() / len(train_set),
@@ -321,12 +295,12 @@ def train(config: TrainConfig) -> dict[str, Any]:
             handle.write(json.dumps(metrics) + "\n")
         last = epoch + 1 == config.epochs
         if last or time.perf_counter() - saved_at >= CHECKPOINT_EVERY_S:
-            state = {"model": shipped.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1}
-            if ema is not None:
-                state["raw_model"] = model.state_dict()
-            torch.save(state, checkpoint_path)
+            torch.save(
+                {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1},
+                checkpoint_path,
+            )
             saved_at = time.perf_counter()
-    final = evaluate(shipped, val_set, device, amp=False)
+    final = evaluate(model, val_set, device, amp=False)
     summary = {
         **metrics,
         "val_accuracy_fp32": final["accuracy"],

@@ -13,11 +13,10 @@ import onnxruntime as ort
 import pytest
 import torch
 from onnx.reference import ReferenceEvaluator
-from torch import nn
 
 from export.exporter import export_and_verify, round_to_fp16
 from export.fusion import CONV_ELU, CONV_MAXPOOL_ELU, DOMAIN
-from export.train import TrainConfig, WeightEma, load_trained, train
+from export.train import TrainConfig, load_trained, train
 from service.cli import main
 
 
@@ -71,40 +70,6 @@ def test_time_budget_settles_the_epoch_count(small_cifar_zip: Path, tmp_path: Pa
     rows = (tmp_path / "metrics.jsonl").read_text().splitlines()
     assert recorded["time_budget_min"] is None
     assert recorded["epochs"] >= 1 and len(rows) == recorded["epochs"]
-
-
-def test_weight_ema_averages_floats_and_copies_counters() -> None:
-    model = nn.Sequential(nn.Linear(2, 2), nn.BatchNorm1d(2))
-    ema = WeightEma(model, decay=0.75)
-    before = ema.model[0].weight.clone()
-    with torch.no_grad():
-        model[0].weight.add_(4.0)
-    model[1].num_batches_tracked += 3
-    ema.update(model)
-    assert torch.allclose(ema.model[0].weight, before + 1.0)  # 0.75 b + 0.25 (b + 4)
-    assert int(ema.model[1].num_batches_tracked) == 3
-    assert not any(p.requires_grad for p in ema.model.parameters())
-
-
-def test_ema_run_ships_the_average_and_resumes_the_raw_weights(small_cifar_zip: Path, tmp_path: Path) -> None:
-    config = TrainConfig(
-        data=str(small_cifar_zip),
-        out=str(tmp_path),
-        model="elufast_small",
-        epochs=1,
-        batch_size=64,
-        val_per_class=10,
-        ema_decay=0.9,
-    )
-    train(config)
-    checkpoint = torch.load(tmp_path / "checkpoint.pt")
-    shipped, _, _ = load_trained(tmp_path)
-    for name, tensor in shipped.state_dict().items():
-        assert torch.equal(tensor, checkpoint["model"][name]), name
-    raw = checkpoint["raw_model"]["net.features.0.weight"]
-    assert not torch.equal(raw, checkpoint["model"]["net.features.0.weight"])
-    train(dataclasses.replace(config, epochs=2))
-    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 2
 
 
 def test_packed_run_exports_like_the_original(tiny_run: Path, tmp_path: Path) -> None:
