@@ -103,7 +103,6 @@ def train_step(
 
 def time_epoch(
     model: nn.Module,
-    optimizer: torch.optim.Optimizer,
     images_all: torch.Tensor,
     labels_all: torch.Tensor,
     config: TrainConfig,
@@ -112,10 +111,11 @@ def time_epoch(
     warmup: int = 3,
     steps: int = 10,
 ) -> float:
-    """Seconds one epoch (training + validation) will take, timed on copies of the model and optimiser.
+    """Seconds one epoch (training + validation) will take, timed on a copy of the model with an
+    optimiser of its own.
 
-    The copies leave the run itself untouched (weights, optimiser state, batch-norm statistics, random
-    streams), so a run with the settled `--epochs` reproduces a budgeted one.
+    The run itself stays untouched (weights, optimiser state, batch-norm statistics, random streams),
+    so a run with the settled `--epochs` reproduces a budgeted one.
     """
     probe = copy.deepcopy(model)
     probe_optimizer = torch.optim.SGD(probe.parameters(), lr=0.0, momentum=config.momentum)
@@ -253,7 +253,7 @@ def train(config: TrainConfig) -> dict[str, Any]:
     labels_all = torch.from_numpy(train_set.labels).to(device)
     if config.time_budget_min is not None and not resume:
         seconds_left = 60 * config.time_budget_min - (time.perf_counter() - started_at)
-        epoch_seconds = time_epoch(model, optimizer, images_all, labels_all, config, device, len(val_set))
+        epoch_seconds = time_epoch(model, images_all, labels_all, config, device, len(val_set))
         epochs = max(1, int(seconds_left / (BUDGET_MARGIN * epoch_seconds)))
         log.info("time budget: %.1f s/epoch, %.0f s left → %d epochs", epoch_seconds, seconds_left, epochs)
         config = dataclasses.replace(config, epochs=epochs, time_budget_min=None)

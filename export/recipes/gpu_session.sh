@@ -80,7 +80,7 @@ for lr in sys.argv[1:]:
     summary = Path(f"runs/elu-paper18-lr{lr}/summary.json")
     if summary.exists():
         scores[lr] = json.loads(summary.read_text())["val_accuracy_fp32"]
-print(f"elu-paper18-lr{max(scores, key=scores.get)}" if scores else "none", file=sys.stdout)
+print(f"elu-paper18-lr{max(scores, key=scores.get)}" if scores else "none")
 print(f"flagship validation accuracy by lr: {scores}", file=sys.stderr)
 PY
 )
