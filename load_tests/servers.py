@@ -175,8 +175,9 @@ def start_service(model: Path, log_dir: Path, env: Mapping[str, str] | None = No
     `env` adds or overrides ELUSERVE_* settings (batching, workers, threads) for experiments.
     """
     port = free_port()
-    bentoml = str(Path(sys.executable).parent / "bentoml")
-    command = [bentoml, "serve", ".", "--host", "127.0.0.1", "--port", str(port)]
+    # `python -m bentoml` rather than the console script beside the interpreter: a --target install
+    # (the GPU check's) puts the script elsewhere.
+    command = [sys.executable, "-m", "bentoml", "serve", ".", "--host", "127.0.0.1", "--port", str(port)]
     return _spawn(
         "service",
         command,
