@@ -142,7 +142,12 @@ def register(subparsers: Any) -> None:
     export.add_argument("--name", required=True, help="model name, e.g. elufast-cifar10")
     export.add_argument("--out", help="output folder (default: models/NAME)")
     export.add_argument("--version", default="1")
-    export.add_argument("--sample", type=int, default=2000, help="validation images for the agreement check")
+    export.add_argument(
+        "--sample",
+        type=int,
+        default=None,
+        help="validation images for the checks, spread evenly over the classes (default: all)",
+    )
     export.add_argument(
         "--fp16-storage",
         action="store_true",

@@ -233,7 +233,7 @@ def export_and_verify(
     out_dir: Path,
     name: str,
     version: str = "1",
-    sample: int = 2000,
+    sample: int | None = None,
     throughput_seconds: float = 1.0,
     fp16_storage: bool = False,
 ) -> dict[str, Any]:
@@ -271,7 +271,8 @@ def export_and_verify(
     report["rewrites"] = result.rewrites
     write_report(report, out_dir)
     command = (
-        f"eluserve export {run_dir} --out {out_dir} --name {name} --version {version} --sample {sample}"
+        f"eluserve export {run_dir} --out {out_dir} --name {name} --version {version}"
+        + (f" --sample {sample}" if sample is not None else "")
         + (" --fp16-storage" if fp16_storage else "")
     )
     card = build_card(name, classifier, config, summary, report, result.metadata, command)

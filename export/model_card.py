@@ -155,8 +155,8 @@ def build_card(
             "loss": summary.get("val_loss"),
             "confusion_matrix": summary.get("confusion"),
             "protocol": "single crop, single model, no test-time augmentation, fp32",
-            # the shipped file itself (fp16-stored weights, if so) in ONNX Runtime, on the first
-            # `images` of the split: what the service will score
+            # the shipped file itself (fp16-stored weights, if so) in ONNX Runtime, on `images` of
+            # the split spread over the classes (all by default): what the service will score
             "onnx": {
                 "accuracy": verification["sample_accuracy_ort"],
                 "images": verification["sample_images"],

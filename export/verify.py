@@ -44,19 +44,31 @@ def _torch_logits(model: torch.nn.Module, images: np.ndarray, batch: int = 256) 
     )
 
 
+def sample_index(size: int, sample: int | None) -> np.ndarray:
+    """Indices of `sample` items spread evenly over `size` (all of them when sample is None)."""
+    if sample is None or sample >= size:
+        return np.arange(size)
+    return np.linspace(0, size - 1, num=sample).round().astype(np.int64)
+
+
 def verify_export(
     model: torch.nn.Module,
     fused_path: Path,
     plain_path: Path,
     val: ImageDataset,
-    sample: int = 2000,
+    sample: int | None = None,
     parity_batch: int = 64,
     reference_images: int = 4,
     throughput_seconds: float = 1.0,
 ) -> dict[str, Any]:
-    """Run every check; returns the report (also what verification.json holds)."""
-    images = val.images[:sample]
-    labels = val.labels[:sample]
+    """Run every check; returns the report (also what verification.json holds).
+
+    `sample` limits the checks to that many validation images, spread evenly over the split: the
+    split is ordered by class, so its first images would all be airplanes, cars and birds.
+    """
+    index = sample_index(len(val.labels), sample)
+    images = val.images[index]
+    labels = val.labels[index]
     fused = cpu_session(str(fused_path))
     plain = cpu_session(str(plain_path))
 

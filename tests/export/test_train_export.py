@@ -18,6 +18,7 @@ from onnx.reference import ReferenceEvaluator
 from export.exporter import export_and_verify, round_to_fp16
 from export.fusion import CONV_ELU, CONV_MAXPOOL_ELU, DOMAIN
 from export.train import TrainConfig, load_trained, train
+from export.verify import sample_index
 from service.cli import main
 
 
@@ -116,3 +117,14 @@ def test_cli_lists_models_and_rejects_unknown(capsys: pytest.CaptureFixture[str]
     with pytest.raises(SystemExit) as exit_info:
         main(["train", "--help"])
     assert exit_info.value.code == 0
+
+
+@pytest.mark.parametrize(("size", "sample"), [(5000, 2000), (5000, None), (50, 100), (10, 3)])
+def test_verification_sample_spreads_over_the_split(size: int, sample: int | None) -> None:
+    # The split is ordered by class: a prefix would score a few classes only.
+    labels = np.repeat(np.arange(10), size // 10)
+    index = sample_index(size, sample)
+    assert len(index) == min(size, sample or size) and len(np.unique(index)) == len(index)
+    assert index[0] == 0 and index[-1] == size - 1
+    if len(index) >= 10:
+        assert set(labels[index]) == set(range(10))
