@@ -101,7 +101,7 @@ finish)
         WHEELS=$PARTS timeout 240 bash load_tests/gpu_check.sh 2>&1 | tee "$PACK/gpu_check.txt" || true
     fi
     for log in "$PACK"/*.log; do
-        tr '\r' '\n' <"$log" | grep -v "it/s\]\|step/s\]\|img/s\]\|^ *$" >"${log%.log}.txt" || true
+        tr '\r' '\n' <"$log" | grep -v -E "step/s|s/step|it/s|img/s|^ *$" >"${log%.log}.txt" || true
     done
     members=()
     for run in "$FLAGSHIP" "$DEFAULT" "${DEFAULT_SEEDS[@]}"; do
