@@ -66,6 +66,9 @@ class Settings:
     max_concurrency: int = 128
     #: Seconds before BentoML answers 504.
     timeout_s: float = 30.0
+    #: Seconds a request's line and headers may take to arrive before the client gets 408 and the
+    #: connection closes (`service.http_protocol`: slow or silent clients would hold connections).
+    header_timeout_s: float = 10.0
     #: Warm-up passes over the batch sizes 1 and max_batch_size before /readyz turns ready.
     warmup_rounds: int = 2
     #: Keep warming up until this many seconds have passed (GPU autotuning; observing readiness).
@@ -113,6 +116,7 @@ _MINIMUM: Mapping[str, float] = {
     "intra_op_threads": 0,
     "max_concurrency": 1,
     "timeout_s": 0.001,
+    "header_timeout_s": 0.001,
     "warmup_rounds": 0,
     "warmup_min_seconds": 0.0,
 }

@@ -24,7 +24,7 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service import bentoml_patches, metrics
+from service import bentoml_patches, http_protocol, metrics
 from service.batching import Batcher
 from service.config import load_settings
 from service.frontend import Frontend
@@ -45,6 +45,7 @@ with contextlib.suppress(ImportError, AttributeError):
 
     do_not_track.cache_clear()
 bentoml_patches.apply()
+http_protocol.install(settings.header_timeout_s)
 
 
 async def _classify(request: Request) -> Response:

@@ -26,6 +26,8 @@ class RawAnswer:
     #: Request bytes the client had written when the answer (or the close) arrived.
     bytes_sent: int
     seconds: float
+    #: Whether the server closed the connection after its answer.
+    closed: bool = False
 
 
 def connect(url: str, timeout: float) -> socket.socket:
@@ -72,6 +74,26 @@ def _read_answer(sock: socket.socket, deadline: float) -> bytes:
                 if name.strip().lower() == b"content-length" and len(body) >= int(value):
                     return received
     return received
+
+
+def _closed(sock: socket.socket, wait: float = 1.0) -> bool:
+    """Whether the server closes the connection within `wait` seconds (reads nothing more)."""
+    sock.settimeout(wait)
+    try:
+        return sock.recv(1) == b""
+    except TimeoutError:
+        return False
+    except OSError:
+        return True
+
+
+def read_answer(sock: socket.socket, timeout: float) -> RawAnswer:
+    """The answer to a request already written on `sock` (or the server closing it)."""
+    started = time.monotonic()
+    sock.settimeout(0.5)
+    status, body = _parse(_read_answer(sock, started + timeout))
+    seconds = time.monotonic() - started
+    return RawAnswer(status, body, 0, seconds, closed=status is None or _closed(sock))
 
 
 def send(

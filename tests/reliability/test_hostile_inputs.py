@@ -8,8 +8,8 @@ server healthy: after every test `/livez` answers and a valid image is still cla
 reads the server's whole log and checks that no uploaded bytes or filenames ever reached it.
 
 The limits are the defaults (10 MiB and 40 megapixels per image, 64 images per batch) so that the
-"just over the limit" cases are the ones a production client would hit; only the request timeout is
-shortened, to 8 s, so that the slow-upload cases finish quickly.
+"just over the limit" cases are the ones a production client would hit; only the request timeout
+(8 s) and the header deadline (3 s) are shortened, so that the slow-client cases finish quickly.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ from tests.service.metrics_scrape import MetricsDelta
 pytestmark = pytest.mark.integration
 
 TIMEOUT_S = 8.0
+HEADER_TIMEOUT_S = 3.0
 LIMITS = Limits()
 #: Every upload's filename carries the canary too: filenames must not be logged either.
 FILENAME = f"upload-{CANARY.decode()}.bin"
@@ -58,7 +59,11 @@ ERRORS = "eluserve_client_errors_total"
 def server(tmp_path_factory: pytest.TempPathFactory, serving_model_path: Path) -> Iterator[BentoServer]:
     with running_server(
         tmp_path_factory.mktemp("hostile-server"),
-        {"ELUSERVE_MODEL": str(serving_model_path), "ELUSERVE_TIMEOUT_S": str(TIMEOUT_S)},
+        {
+            "ELUSERVE_MODEL": str(serving_model_path),
+            "ELUSERVE_TIMEOUT_S": str(TIMEOUT_S),
+            "ELUSERVE_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
+        },
     ) as running:
         yield running
 
@@ -475,19 +480,61 @@ def test_a_trickled_upload_times_out_with_408_while_others_are_served(
     assert delta(ERRORS, code="request_timeout") == 1
 
 
-def test_hundreds_of_connections_stalled_mid_headers_do_not_block_others(
+def test_hundreds_of_connections_stalled_mid_headers_get_408_and_do_not_block_others(
     server: BentoServer, client: httpx.Client
 ) -> None:
-    """Slowloris. The server has no timeout for request headers (uvicorn has none), so these stay open
-    until their client goes, an ingress in front must cut them; meanwhile everyone else is served."""
-    with contextlib.ExitStack() as stack:
+    """Slowloris: connections that never finish their headers. Everyone else is served meanwhile, and
+    each stalled one is answered 408 and closed once the header deadline passes."""
+    with MetricsDelta(server.url) as delta, contextlib.ExitStack() as stack:
+        stalled = []
         for _ in range(300):
             sock = stack.enter_context(raw_http.connect(server.url, timeout=10))
             sock.sendall(b"POST /classify HTTP/1.1\r\nHost: test\r\nX-Slow: ")
+            stalled.append(sock)
         started = time.monotonic()
         assert client.get("/livez").status_code == 200
         assert_prediction(classify(client, encode(gradient(24, 24), "PNG")))
         assert time.monotonic() - started < 5
+        answers = [raw_http.read_answer(sock, timeout=HEADER_TIMEOUT_S + 10) for sock in stalled]
+    assert all(answer.status == 408 for answer in answers), {a.status for a in answers}
+    assert all(answer.body and answer.body["error"]["code"] == "request_timeout" for answer in answers)
+    assert all(answer.closed for answer in answers)
+    assert delta(ERRORS, code="request_timeout") == len(stalled)
+
+
+REQUEST_LINE = b"POST /classify HTTP/1.1\r\nHost: test\r\n"
+
+
+@pytest.mark.parametrize(
+    ("head", "trickle"),
+    [
+        (b"", []),
+        (b"", [REQUEST_LINE[i : i + 1] for i in range(len(REQUEST_LINE))]),
+        (REQUEST_LINE, [b"X-Slow: a\r\n"] * 100),
+    ],
+    ids=["silent", "request-line-byte-by-byte", "header-lines-trickled"],
+)
+def test_a_request_whose_headers_do_not_arrive_in_time_gets_408(
+    server: BentoServer, head: bytes, trickle: list[bytes]
+) -> None:
+    answer = raw_http.send(server.url, head, trickle, pause=0.25, timeout=HEADER_TIMEOUT_S + 10)
+    assert answer.status == 408 and answer.body is not None, answer
+    assert answer.body["error"]["code"] == "request_timeout" and "headers" in answer.body["error"]["message"]
+    assert HEADER_TIMEOUT_S - 0.5 < answer.seconds < HEADER_TIMEOUT_S + 3, answer
+
+
+def test_the_header_deadline_starts_again_for_each_request_on_a_kept_alive_connection(
+    server: BentoServer,
+) -> None:
+    """A kept-alive connection that idles between requests, each sent in time, is never cut off."""
+    body = multipart_body(encode(gradient(16, 16), "PNG"))
+    request = raw_http.request_head("/classify", MULTIPART, len(body)) + body
+    with raw_http.connect(server.url, timeout=10) as sock:
+        for _ in range(3):
+            time.sleep(HEADER_TIMEOUT_S * 0.6)
+            sock.sendall(request)
+            answer = raw_http.read_answer(sock, timeout=10)
+            assert answer.status == 200 and answer.body is not None and "label" in answer.body, answer
 
 
 def test_a_slow_but_steady_upload_is_classified(server: BentoServer) -> None:
