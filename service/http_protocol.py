@@ -82,7 +82,8 @@ class HeaderDeadlineProtocol(H11Protocol):
         self.transport.write(head + body)
         self.transport.close()
         metrics.CLIENT_ERRORS.labels(code=error.code).inc()
-        logger.info(
+        # Debug only: a slowloris attack would otherwise write a log line per connection.
+        logger.debug(
             "closed a connection from %s: no complete request headers in %gs",
             self.client,
             self.header_timeout_s,
