@@ -18,8 +18,8 @@ its uvicorn config after importing the service, so installing at import is in ti
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
+from http import HTTPStatus
 
 import h11
 import uvicorn.config
@@ -27,6 +27,7 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from service import metrics
 from service.errors import RequestTimeout
+from service.frontend import error_response
 
 logger = logging.getLogger(__name__)
 
@@ -73,13 +74,13 @@ class HeaderDeadlineProtocol(H11Protocol):
         error = RequestTimeout(
             f"the request line and headers did not arrive within {self.header_timeout_s:g} s"
         )
-        body = json.dumps({"error": error.to_dict()}).encode()
-        head = (
-            f"HTTP/1.1 {error.status} Request Timeout\r\ncontent-type: application/json\r\n"
-            f"content-length: {len(body)}\r\nconnection: close\r\n\r\n"
-        ).encode()
-        # Written past h11, which has no request to answer; the connection ends here anyway.
-        self.transport.write(head + body)
+        # The endpoints' own error response (body and headers), written past h11, which has no
+        # request to answer; the connection ends here anyway.
+        response = error_response(error)
+        status = HTTPStatus(response.status_code)
+        head = f"HTTP/1.1 {status.value} {status.phrase}\r\n".encode()
+        head += b"".join(name + b": " + value + b"\r\n" for name, value in response.raw_headers)
+        self.transport.write(head + b"connection: close\r\n\r\n" + response.body)
         self.transport.close()
         metrics.CLIENT_ERRORS.labels(code=error.code).inc()
         # Debug only: a slowloris attack would otherwise write a log line per connection.
