@@ -8,14 +8,14 @@ BIN := $(VENV)/bin
 # torch==2.13.0 (CPU build) lies in /opt/wheels on the project machines; elsewhere pip finds it on PyPI.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: setup serve test lint elu-tax bench triton prometheus clean
+.PHONY: setup serve test lint elu-tax bench bento wheel triton prometheus clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet $(FIND_LINKS) -e ".[cpu,train,dev]"
+	$(BIN)/pip install --quiet $(FIND_LINKS) -e ".[train,dev,bench]"
 	touch $@
 
 setup: $(VENV)/.installed
@@ -41,10 +41,18 @@ elu-tax: setup
 bench: setup
 	$(BIN)/eluserve bench
 
+# The installable product: dist/eluserve-<version>-py3-none-any.whl (package + default model, no torch).
+wheel: setup
+	rm -f dist/eluserve-*.whl
+	$(BIN)/pip wheel --quiet --no-deps --wheel-dir dist .
+
+bento: wheel
+	$(BIN)/bentoml build
+
 # PyTriton pins numpy<2, so the Triton baseline of `eluserve bench` lives in its own virtualenv.
 triton:
 	$(PYTHON) -m venv .cache/triton-venv
 	.cache/triton-venv/bin/pip install --quiet -r load_tests/requirements-triton.txt
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache
+	rm -rf $(VENV) .pytest_cache .ruff_cache dist build

@@ -1,6 +1,6 @@
-"""`eluserve train | export | pack | elu-tax | models`: the training/export stage's commands.
+"""`eluserve train | export | pack | elu-tax | compare-activations | zoo`: the training/export commands.
 
-Registered into the single `eluserve` entry point by `service.cli`. This module imports no torch: each
+Registered into the single `eluserve` entry point by `eluserve.cli`. This module imports no torch: each
 command imports its stage when it runs, so the serving install (no torch) still answers `--help`.
 """
 
@@ -13,7 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from export.config import TrainConfig
+from eluserve.export.config import TrainConfig
 
 OPTIONAL_TYPES = {
     "train_limit": int,
@@ -45,7 +45,7 @@ def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from export.train import train
+    from eluserve.export.train import train
 
     configure_logging()
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
@@ -55,7 +55,7 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from export.exporter import export_and_verify
+    from eluserve.export.exporter import export_and_verify
 
     configure_logging()
     out = Path(args.out or f"models/{args.name}")
@@ -70,7 +70,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_pack(args: argparse.Namespace) -> int:
-    from export.pack import pack_run
+    from eluserve.export.pack import pack_run
 
     run = Path(args.run)
     out = Path(args.out or f"{run.name}.tar")
@@ -80,7 +80,7 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
 
 def cmd_elu_tax(args: argparse.Namespace) -> int:
-    from export.elu_tax import format_report, measure, plot_report
+    from eluserve.export.elu_tax import format_report, measure, plot_report
 
     report = measure(args.model, args.batch_size, args.rounds, args.seconds)
     print(format_report(report))
@@ -92,7 +92,7 @@ def cmd_elu_tax(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from export.compare import plot, run_comparison, summarize, write_report
+    from eluserve.export.compare import plot, run_comparison, summarize, write_report
 
     configure_logging()
     base = TrainConfig(
@@ -121,8 +121,8 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_models(_: argparse.Namespace) -> int:
-    from export.zoo import DEFAULT_CFGS, list_models
+def cmd_zoo(_: argparse.Namespace) -> int:
+    from eluserve.export.zoo import DEFAULT_CFGS, list_models
 
     for name in list_models():
         print(f"{name:<16}{json.dumps(DEFAULT_CFGS[name])}")
@@ -189,8 +189,8 @@ def register(subparsers: Any) -> None:
     compare.add_argument("--report", default="docs/elu-vs-relu.md")
     compare.set_defaults(func=cmd_compare)
 
-    models = subparsers.add_parser("models", help="list the registered model variants")
-    models.set_defaults(func=cmd_models)
+    zoo = subparsers.add_parser("zoo", help="list the registered architectures (the model zoo)")
+    zoo.set_defaults(func=cmd_zoo)
 
 
 def configure_logging() -> None:

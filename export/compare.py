@@ -13,8 +13,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from export.config import TrainConfig
-from export.train import read_metrics, train
+from eluserve.export.config import TrainConfig
+from eluserve.export.train import read_metrics, train
 
 ACTIVATIONS = ("elu", "relu", "leaky_relu", "shifted_relu")
 

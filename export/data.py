@@ -20,8 +20,8 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from service.errors import ClientError
-from service.preprocessing import Limits, PreprocessingRule, load_image
+from eluserve.core.errors import ClientError
+from eluserve.core.preprocessing import Limits, PreprocessingRule, load_image
 
 log = logging.getLogger(__name__)
 

@@ -28,11 +28,11 @@ import onnxruntime as ort
 import torch
 from tqdm import tqdm
 
-from export.exporter import finalize, to_onnx
-from export.fusion import RULES, FuseConvElu, FuseConvMaxPoolElu, StripDropout, fuse_elu
-from export.preprocess import Classifier, MeanStdInput
-from export.zoo import create_model
-from service.throughput import cpu_session, measure_session
+from eluserve.core.throughput import cpu_session, measure_session
+from eluserve.export.exporter import finalize, to_onnx
+from eluserve.export.fusion import RULES, FuseConvElu, FuseConvMaxPoolElu, StripDropout, fuse_elu
+from eluserve.export.preprocess import Classifier, MeanStdInput
+from eluserve.export.zoo import create_model
 
 VARIANTS = ("relu", "elu_plain", "elu_fused_no_reorder", "elu_fused")
 # (row label, variant, flush denormals to zero)

@@ -26,9 +26,9 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from export.fusion import DOMAIN, default_opset, fuse_elu
-from export.pack import FP16_MIN_ELEMENTS, to_fp16_storage
-from export.preprocess import Classifier, GcnZcaInput
+from eluserve.export.fusion import DOMAIN, default_opset, fuse_elu
+from eluserve.export.pack import FP16_MIN_ELEMENTS, to_fp16_storage
+from eluserve.export.preprocess import Classifier, GcnZcaInput
 
 log = logging.getLogger(__name__)
 
@@ -238,10 +238,10 @@ def export_and_verify(
     fp16_storage: bool = False,
 ) -> dict[str, Any]:
     """The whole export stage for a run folder: ONNX files, verification, model card. Returns the card."""
-    from export.data import load_dataset, split_train_val
-    from export.model_card import build_card, write_card
-    from export.train import load_trained
-    from export.verify import verify_export, write_report
+    from eluserve.export.data import load_dataset, split_train_val
+    from eluserve.export.model_card import build_card, write_card
+    from eluserve.export.train import load_trained
+    from eluserve.export.verify import verify_export, write_report
 
     classifier, config, summary = load_trained(run_dir)
     if fp16_storage:

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from export.config import TrainConfig
+from eluserve.export.config import TrainConfig
 
 LIMITATIONS = [
     "Inputs are 32×32: a photo is downscaled so its shorter side is 32 pixels and centre-cropped, "

@@ -23,10 +23,10 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from export.config import TrainConfig
-from export.data import ImageDataset, load_dataset, split_train_val
-from export.preprocess import Classifier, build_input_transform, empty_input_transform
-from export.zoo import DEFAULT_CFGS, create_model
+from eluserve.export.config import TrainConfig
+from eluserve.export.data import ImageDataset, load_dataset, split_train_val
+from eluserve.export.preprocess import Classifier, build_input_transform, empty_input_transform
+from eluserve.export.zoo import DEFAULT_CFGS, create_model
 
 log = logging.getLogger(__name__)
 

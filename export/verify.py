@@ -21,9 +21,9 @@ import onnx
 import torch
 from onnx.reference import ReferenceEvaluator
 
-from export.data import ImageDataset
-from export.fusion import DOMAIN
-from service.throughput import cpu_session, measure_session
+from eluserve.core.throughput import cpu_session, measure_session
+from eluserve.export.data import ImageDataset
+from eluserve.export.fusion import DOMAIN
 
 PARITY_ATOL = 1e-4
 PARITY_RTOL = 1e-5  # of the largest |logit| in the parity batch

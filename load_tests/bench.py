@@ -7,12 +7,12 @@
 Everything runs on 127.0.0.1 on free ports and is stopped afterwards. Each server gets the same
 closed-loop load (`load_tests.loadgen`) at each concurrency (default 1, 8, 32, 64; 3 s warm-up, then
 15 s measured), every request one 32×32 CIFAR-10 JPEG from the shared zip, the same bytes for every
-server, decoded server-side by all of them with `service.preprocessing`:
+server, decoded server-side by all of them with `eluserve.core.preprocessing`:
 - service: `bentoml serve .` with the configured settings (plus `--service-env`), `POST /classify`;
 - naive: `load_tests.naive_server`, one inference per request, no batching, `POST /classify`;
 - triton: `load_tests.triton_server`, PyTriton with Triton's dynamic batcher; the JPEG travels as a
   BYTES tensor and is decoded in the inference callable;
-- the limit: a raw in-process ONNX Runtime session (`service.throughput`) at its best batch size, fed
+- the limit: a raw in-process ONNX Runtime session (`eluserve.core.throughput`) at its best batch size, fed
   already-decoded crops, measured while no server runs.
 
 Writes `bench.md` (the table, the goal ratios, cold starts, CPU by process), `bench.json` and
@@ -103,9 +103,9 @@ def measure_raw(
     """The in-process limit: one CPU session, every core, real crops tiled to each batch size."""
     import numpy as np
 
+    from eluserve.core.session import available_cores
+    from eluserve.core.throughput import cpu_session, measure_session
     from load_tests.report import RawPoint
-    from service.inference import available_cores
-    from service.throughput import cpu_session, measure_session
 
     session = cpu_session(str(model_file), threads=available_cores())
     points = []
@@ -250,11 +250,12 @@ def run_bench(config: BenchConfig) -> BenchResult:
     """Measure everything `config` names, one server at a time, and write the reports."""
     import numpy as np
 
+    from eluserve.core.contract import read_model_info
+    from eluserve.core.preprocessing import load_image
+    from eluserve.core.session import CPU, ModelSession, available_cores
+    from eluserve.service.config import load_settings
     from load_tests import fixtures, profiling, report
     from load_tests.loadgen import busy_seconds
-    from service.config import load_settings
-    from service.inference import CPU, Classifier, available_cores, read_model_info
-    from service.preprocessing import load_image
 
     unknown = sorted(set(config.servers) - set(SERVERS))
     if unknown:
@@ -264,7 +265,7 @@ def run_bench(config: BenchConfig) -> BenchResult:
     info = read_model_info(model_file)
     uploads = fixtures.cifar_jpegs(config.images, config.cifar_zip or fixtures.CIFAR_ZIP)
     crops = np.stack([load_image(u.data, info.preprocessing, settings.limits()) for u in uploads])
-    reference = Classifier.from_path(model_file, providers=[CPU], intra_op_threads=available_cores())
+    reference = ModelSession.from_path(model_file, providers=[CPU], intra_op_threads=available_cores())
     expected_label = reference.classify([crops[0]], top_k=1)[0]["label"]
     del reference  # its threads would compete with the servers
     config.out.mkdir(parents=True, exist_ok=True)

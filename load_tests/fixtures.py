@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from service.errors import ClientError, EmptyFile, InvalidImage, UnsupportedFormat
+from eluserve.core.errors import ClientError, EmptyFile, InvalidImage, UnsupportedFormat
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 #: The shared CIFAR-10 JPEG training zip (an ImageFolder in a zip: train/<class>/<n>.jpg).
@@ -48,7 +48,7 @@ class BadUpload:
 
     @classmethod
     def of(cls, upload: Upload, error: Callable[[str], ClientError]) -> BadUpload:
-        """Expect the code and status of the `service.errors` type `error` (one source of truth)."""
+        """Expect the code and status of the `eluserve.core.errors` type `error` (one source of truth)."""
         expected = error("")
         return cls(upload, expected.code, expected.status)
 

@@ -26,11 +26,12 @@ import httpx
 import numpy as np
 import onnxruntime as ort
 
+from eluserve.core.contract import resolve_model_file
+from eluserve.core.preprocessing import Limits, load_image
+from eluserve.core.session import CPU, CUDA, ModelSession
+from eluserve.core.throughput import measure_session
 from load_tests.fixtures import CIFAR_ZIP, cifar_jpegs
 from load_tests.servers import REPO_ROOT, start_service
-from service.inference import CPU, CUDA, Classifier, resolve_model_file
-from service.preprocessing import Limits, load_image
-from service.throughput import measure_session
 
 DEFAULT_MODEL = REPO_ROOT / "models" / "elufast-cifar10" / "model.onnx"
 PARITY_TOLERANCE = 1e-4
@@ -77,8 +78,8 @@ def main(argv: list[str] | None = None) -> int:
         print("FAIL: CUDAExecutionProvider is not available (install onnxruntime-gpu)", file=sys.stderr)
         return 1
 
-    gpu = Classifier.from_path(args.model, providers=[CUDA, CPU])
-    cpu = Classifier.from_path(args.model, providers=[CPU])
+    gpu = ModelSession.from_path(args.model, providers=[CUDA, CPU])
+    cpu = ModelSession.from_path(args.model, providers=[CPU])
     used = gpu.session.get_providers()
     print(f"CUDA session providers in use: {used}")
     if used[0] != CUDA:
@@ -91,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     exact_session = ort.InferenceSession(
         str(resolve_model_file(args.model)), providers=[(CUDA, {"use_tf32": "0"}), CPU]
     )
-    exact = Classifier(exact_session, gpu.info)
+    exact = ModelSession(exact_session, gpu.info)
 
     uploads = cifar_jpegs(args.images, args.zip)
     rule = gpu.info.preprocessing

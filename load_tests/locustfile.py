@@ -41,6 +41,7 @@ from pathlib import Path
 from locust import FastHttpUser, between, events, task
 from locust.contrib.fasthttp import ResponseContextManager
 
+from eluserve.core.errors import ClientError, InvalidTopK, MissingField, TooManyImages
 from load_tests.fixtures import (
     CIFAR_ZIP,
     BadUpload,
@@ -50,7 +51,6 @@ from load_tests.fixtures import (
     multipart,
     photo_uploads,
 )
-from service.errors import ClientError, InvalidTopK, MissingField, TooManyImages
 
 ENV_PREFIX = "ELUSERVE_LOCUST_"
 
@@ -84,7 +84,7 @@ class BadRequest:
 
     @classmethod
     def of(cls, name: str, form: tuple[bytes, str], error: Callable[[str], ClientError]) -> BadRequest:
-        """Expect the status and code of the `service.errors` type `error`."""
+        """Expect the status and code of the `eluserve.core.errors` type `error`."""
         expected = error("")
         return cls(name, form[0], form[1], expected.status, expected.code)
 

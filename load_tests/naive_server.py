@@ -3,8 +3,8 @@
     .venv/bin/python -m load_tests.naive_server --model models/elufast-cifar10/model.onnx --port 8000
 
 Starlette on uvicorn with one worker process, `POST /classify` with the service's request and response
-shape, decoding with the same `service.preprocessing` and inferring with the same ONNX Runtime
-session options (`service.inference.Classifier`), but the way a first version does it: Starlette's
+shape, decoding with the same `eluserve.core.preprocessing` and inferring with the same ONNX Runtime
+session options (`eluserve.core.session.ModelSession`), but the way a first version does it: Starlette's
 own form parser, and one `session.run` per request (batch of one) in Starlette's thread pool, so
 concurrent requests run concurrent single-image inferences instead of being batched.
 `GET /readyz` answers 200 once the model is loaded and warmed up, as the service's does.
@@ -25,12 +25,13 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from service.errors import ClientError, MissingField
-from service.inference import Classifier, format_results, parse_top_k
-from service.preprocessing import Limits, load_image
+from eluserve.core.errors import ClientError, MissingField
+from eluserve.core.preprocessing import Limits, load_image
+from eluserve.core.results import format_results, parse_top_k
+from eluserve.core.session import ModelSession
 
 
-def build_app(classifier: Classifier, limits: Limits | None = None) -> Starlette:
+def build_app(classifier: ModelSession, limits: Limits | None = None) -> Starlette:
     """The baseline ASGI app around one loaded `classifier`."""
     limits = limits or Limits()
     info = classifier.info
@@ -71,7 +72,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
-    classifier = Classifier.from_path(
+    classifier = ModelSession.from_path(
         args.model, providers=["CPUExecutionProvider"], intra_op_threads=args.threads
     )
     classifier.warm_up(batch_sizes=(1,), rounds=2)

@@ -24,8 +24,8 @@ _FRAME = re.compile(r"^(.*) \((.*?)(?::\d+)?\)$")
 #: of its file path); py-spy qualifies methods with their class, so "run" also matches "Session.run".
 STAGES: tuple[tuple[str, str, str], ...] = (
     ("ONNX Runtime session.run", "run", "onnxruntime/"),
-    ("decode + crop (service.preprocessing)", "load_image", "service/preprocessing"),
-    ("multipart parsing (service.forms)", "read_form", "service/forms"),
+    ("decode + crop (eluserve.core.preprocessing)", "load_image", "service/preprocessing"),
+    ("multipart parsing (eluserve.service.forms)", "read_form", "service/forms"),
     ("top-k + result objects", "format_results", "service/inference"),
     ("JSON rendering", "render", "starlette/responses"),
 )

@@ -14,8 +14,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from eluserve.core.throughput import Throughput
 from load_tests.loadgen import LevelResult
-from service.throughput import Throughput
 
 #: Display names, in table order.
 SERVER_NAMES: Mapping[str, str] = {

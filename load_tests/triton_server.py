@@ -8,7 +8,7 @@ Not a product path: it exists so the benchmark can hold the service against Trit
 on the same model, the same decoder and the same ONNX Runtime session options. Clients send the
 encoded image as a BYTES tensor (KServe v2 `POST /v2/models/eluserve/infer`, binary extension) so
 that decoding happens server-side here too, inside the inference callable, with
-`service.preprocessing.load_image`; the callable answers each image's class probabilities.
+`eluserve.core.preprocessing.load_image`; the callable answers each image's class probabilities.
 
 nvidia-pytriton pins numpy<2 while the project runs numpy 2, so this module runs in an environment of
 its own (`load_tests/requirements-triton.txt`) and imports nothing from the project but the inference
@@ -28,15 +28,15 @@ from pytriton.decorators import batch
 from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 from pytriton.triton import Triton, TritonConfig
 
-from service.inference import Classifier
-from service.preprocessing import Limits, load_image
+from eluserve.core.preprocessing import Limits, load_image
+from eluserve.core.session import ModelSession
 
 MODEL_NAME = "eluserve"
 INPUT_NAME = "image"
 OUTPUT_NAME = "probabilities"
 
 
-def build_infer(classifier: Classifier, limits: Limits) -> Callable[..., dict[str, np.ndarray]]:
+def build_infer(classifier: ModelSession, limits: Limits) -> Callable[..., dict[str, np.ndarray]]:
     """The inference callable: encoded images [N, 1] (bytes) → probabilities [N, classes].
 
     One callable instance serves one batch at a time, as Triton's Python backend does by default; the
@@ -76,7 +76,7 @@ def parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING)
-    classifier = Classifier.from_path(
+    classifier = ModelSession.from_path(
         args.model, providers=["CPUExecutionProvider"], intra_op_threads=args.threads
     )
     classifier.warm_up(batch_sizes=sorted({1, args.max_batch_size}), rounds=2)

@@ -1,5 +1,6 @@
-"""eluserve serving: decode + single crop, ONNX Runtime inference, metrics and the BentoML service.
+"""`eluserve.service`: the BentoML service over the inference core.
 
-`service.preprocessing` and `service.inference` are the inference core that the BentoML service, the
-folder CLI and the benchmarks share; `service.service` holds the BentoML services.
+`app` holds the BentoML service `EluClassifier`; `http_api` the public HTTP endpoints; `forms` the
+streaming multipart reader; `batching` the in-worker adaptive batcher; `metrics` the Prometheus series;
+`config` the ``ELUSERVE_*`` settings; `http_protocol` and `bentoml_patches` the fixes to the HTTP stack.
 """

@@ -27,7 +27,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from service.errors import ServiceError
+from eluserve.core.errors import ServiceError
 
 Predict = Callable[[np.ndarray], np.ndarray]
 #: Called after every batch with its size and its ONNX Runtime seconds (metrics).

@@ -2,7 +2,7 @@
 
 Every field of `Settings` can be set as ``ELUSERVE_<FIELD>`` (e.g. ``ELUSERVE_MAX_BATCH_SIZE=32``) or
 as a key of the file that ``ELUSERVE_CONFIG`` points to (YAML, JSON or TOML, by extension). Settings
-are read when `service.service` is imported, because BentoML takes workers, traffic limits and batching
+are read when `eluserve.service.app` is imported, because BentoML takes workers, traffic limits and batching
 parameters from its decorators; each worker process imports it again with the same environment.
 
 ``ELUSERVE_MODEL`` is an .onnx file, a model folder holding ``model.onnx``, or a BentoML model-store
@@ -21,16 +21,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from service.errors import ConfigError
-from service.inference import MODEL_FILE, available_cores, resolve_model_file
-from service.preprocessing import Limits
+from eluserve.core.contract import MODEL_FILE, resolve_model_file
+from eluserve.core.errors import ConfigError
+from eluserve.core.paths import default_model_file
+from eluserve.core.preprocessing import Limits
+from eluserve.core.session import available_cores
 
 ENV_PREFIX = "ELUSERVE_"
 CONFIG_ENV = "ELUSERVE_CONFIG"
-#: The repository root: the folder holding the `service` package, in a checkout and in a built Bento.
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL = REPO_ROOT / "models" / "elufast-cifar10" / MODEL_FILE
-
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*:[A-Za-z0-9_.-]+$")
 
 
@@ -39,7 +37,7 @@ class Settings:
     """Everything an operator may tune; see the module docstring for how to set it."""
 
     #: .onnx file, model folder, or BentoML model-store tag.
-    model: str = str(DEFAULT_MODEL)
+    model: str = str(default_model_file())
     #: Encoded bytes of one image.
     max_image_bytes: int = 10 * 1024 * 1024
     #: Declared width × height of one image, checked before decoding.
@@ -67,7 +65,7 @@ class Settings:
     #: Seconds before BentoML answers 504.
     timeout_s: float = 30.0
     #: Seconds a request's line and headers may take to arrive before the client gets 408 and the
-    #: connection closes (`service.http_protocol`: slow or silent clients would hold connections).
+    #: connection closes (`eluserve.service.http_protocol`: slow or silent clients would hold connections).
     header_timeout_s: float = 10.0
     #: Warm-up passes over the batch sizes 1 and max_batch_size before /readyz turns ready.
     warmup_rounds: int = 2
@@ -80,13 +78,13 @@ class Settings:
     tracing: bool = False
 
     def limits(self) -> Limits:
-        """The per-image limits for `service.preprocessing`."""
+        """The per-image limits for `eluserve.core.preprocessing`."""
         return Limits(
             max_image_bytes=self.max_image_bytes, max_pixels=self.max_pixels, max_images=self.max_images
         )
 
     def provider_list(self) -> list[str] | None:
-        """`providers` as a list for `Classifier.from_path`; None lets it choose."""
+        """`providers` as a list for `ModelSession.from_path`; None lets it choose."""
         names = [name.strip() for name in self.providers.split(",") if name.strip()]
         return names or None
 

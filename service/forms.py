@@ -17,7 +17,7 @@ from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 from starlette.requests import Request
 
-from service.errors import (
+from eluserve.core.errors import (
     ClientError,
     ImageTooLarge,
     InvalidRequest,

@@ -5,7 +5,7 @@ received, and nothing is armed on a new connection at all. So a client that conn
 nothing, or trickles its headers one byte at a time (slowloris), holds a connection, a file
 descriptor and a slot of `max_concurrency` for as long as it likes; a few hundred of them starve the
 service. ASGI middleware cannot help: it runs only once the headers are complete. The upload of the
-body already has its own deadline (`service.forms`, 408 `request_timeout`).
+body already has its own deadline (`eluserve.service.forms`, 408 `request_timeout`).
 
 `HeaderDeadlineProtocol` is uvicorn's h11 protocol plus one timer per request: armed when a
 connection opens and when the first byte of a kept-alive connection's next request arrives, disarmed
@@ -25,9 +25,9 @@ import h11
 import uvicorn.config
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
-from service import metrics
-from service.errors import RequestTimeout
-from service.frontend import error_response
+from eluserve.core.errors import RequestTimeout
+from eluserve.service import metrics
+from eluserve.service.http_api import error_response
 
 logger = logging.getLogger(__name__)
 

@@ -17,8 +17,8 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from service.errors import CLIENT_ERROR_CODES
-from service.inference import ModelInfo
+from eluserve.core.contract import ModelMetadata
+from eluserve.core.errors import CLIENT_ERROR_CODES
 
 NAMESPACE = "eluserve"
 
@@ -88,7 +88,7 @@ for _code in CLIENT_ERROR_CODES:
     CLIENT_ERRORS.labels(code=_code)
 
 
-def init_metrics(info: ModelInfo) -> None:
+def init_metrics(info: ModelMetadata) -> None:
     """Create a worker's series at zero, and publish `eluserve_model_info`."""
     provider = info.provider or "unknown"
     PREPROCESS_DURATION.labels(model=info.name)

@@ -1,8 +1,8 @@
 """The ELU model zoo: importing this package registers every variant."""
 
-from export.zoo import fastnet, paper
-from export.zoo.activations import ACTIVATIONS, get_act_layer
-from export.zoo.registry import UnknownModelError, create_model, list_models, register_model
+from eluserve.export.zoo import fastnet, paper
+from eluserve.export.zoo.activations import ACTIVATIONS, get_act_layer
+from eluserve.export.zoo.registry import UnknownModelError, create_model, list_models, register_model
 
 DEFAULT_CFGS = {
     "elufast": fastnet.DEFAULT_CFG,

@@ -16,8 +16,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from export.zoo.activations import ActLayer, get_act_layer
-from export.zoo.registry import register_model
+from eluserve.export.zoo.activations import ActLayer, get_act_layer
+from eluserve.export.zoo.registry import register_model
 
 Stack = list[tuple[int, int, int]]
 

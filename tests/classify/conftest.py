@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from service.cli import main
+from eluserve.cli import main
 from tests.classify.trees import build_tree
 
 

@@ -16,10 +16,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.classify import LocalEngine, iter_image_files
-from service.cli import main
-from service.inference import Classifier
-from service.preprocessing import Limits, load_image
+from eluserve.classify.folder import LocalEngine, iter_image_files
+from eluserve.core.preprocessing import Limits, load_image
+from eluserve.core.session import ModelSession
 from tests.classify.conftest import Result, Tree
 from tests.classify.trees import read_jsonl, relative_rows
 from tests.service.bento_server import free_port
@@ -41,7 +40,7 @@ def test_one_row_per_file_with_errors_in_their_rows(
     assert result.code == 1, result.stderr
     rows = relative_rows(read_jsonl(out), tree.root)
     assert set(rows) == set(tree.expected)
-    labels = Classifier.from_path(tiny_model_path).labels
+    labels = ModelSession.from_path(tiny_model_path).labels
     for name, row in rows.items():
         code = tree.expected[name]
         assert set(row) == {"path", "label", "probability", "top_k", "error"}
@@ -64,7 +63,7 @@ def test_one_row_per_file_with_errors_in_their_rows(
 
 
 def test_rows_are_what_the_service_core_computes(tree: Tree, tiny_model_path: Path) -> None:
-    """Same decode, same session: the engine's numbers are `load_image` + `Classifier` on each file."""
+    """Same decode, same session: the engine's numbers are `load_image` + `ModelSession` on each file."""
     engine = LocalEngine.load(tiny_model_path, 3, batch_size=8)
     files = sorted(str(path) for path in (tree.root / "cifar").rglob("*.jpg"))
     rows = list(engine.classify(files))
@@ -279,15 +278,3 @@ def test_undecodable_file_names_survive_a_resume(
     assert classify(folder, "--model", tiny_model_path, "-o", out).code == 0
     again = classify(folder, "--model", tiny_model_path, "-o", out, "--resume")
     assert summary_counts(again.stderr)["skipped"] == 1
-
-
-def test_bench_classify_runs(
-    tiny_model_path: Path, cifar_zip: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
-    """A smoke run, so the benchmark command keeps working; its figures mean nothing at this size."""
-    argv = ["bench-classify", "--model", str(tiny_model_path), "--data", str(cifar_zip), "--images", "64"]
-    assert main([*argv, "--rounds", "1", "--seconds", "0.05", "--batch-sizes", "16,64"]) == 0
-    report = capsys.readouterr().out
-    assert "raw ORT session, best batch" in report
-    assert re.search(r"classify in-process, batch 16 +[\d.]+ img/s +[\d.]+ of raw best", report), report
-    assert "classify in-process, batch 64" in report

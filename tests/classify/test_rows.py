@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from service.classify import Evaluation, UsageError, drop_partial_line, format_of, read_done
+from eluserve.classify.folder import Evaluation, UsageError, drop_partial_line, format_of, read_done
 
 
 @pytest.mark.parametrize(

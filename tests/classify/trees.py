@@ -14,7 +14,7 @@ from typing import Any
 
 from PIL import Image
 
-from service.preprocessing import Limits
+from eluserve.core.preprocessing import Limits
 from tests.service.image_samples import cifar_samples, encode, gradient, png_declaring
 
 

@@ -14,8 +14,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.inference import Classifier
-from service.preprocessing import Limits, load_image
+from eluserve.core.preprocessing import Limits, load_image
+from eluserve.core.session import ModelSession
 from tests.deploy.prometheus_server import PrometheusServer
 from tests.service.bento_server import BentoServer, running_server
 from tests.service.image_samples import encode, gradient
@@ -42,7 +42,7 @@ def _value(result: list[dict]) -> float:
 def test_prometheus_sees_eluserve_metrics_with_the_right_values(
     server: BentoServer, serving_model_path: Path
 ) -> None:
-    classifier = Classifier.from_path(serving_model_path, providers=["CPUExecutionProvider"])
+    classifier = ModelSession.from_path(serving_model_path, providers=["CPUExecutionProvider"])
     info = classifier.info
     images = [encode(gradient(40 + seed, 36, seed=seed), "JPEG") for seed in range(GOOD_IMAGES)]
     expected = [

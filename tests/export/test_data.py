@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from export.data import DatasetError, encode_jpeg, load_dataset, split_train_val
+from eluserve.export.data import DatasetError, encode_jpeg, load_dataset, split_train_val
 
 
 def test_zip_with_a_corrupt_file_is_loaded_and_the_file_reported(small_cifar_zip: Path) -> None:

@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 from onnx import TensorProto, helper, numpy_helper
 from onnx.reference import ReferenceEvaluator
 
-from export.fusion import CONV_ELU, CONV_MAXPOOL_ELU, DOMAIN, fuse_elu
+from eluserve.export.fusion import CONV_ELU, CONV_MAXPOOL_ELU, DOMAIN, fuse_elu
 
 OPSET = 18
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from export.preprocess import GcnZcaInput, MeanStdInput, fit_gcn_zca, fit_mean_std, gcn
+from eluserve.export.preprocess import GcnZcaInput, MeanStdInput, fit_gcn_zca, fit_mean_std, gcn
 
 
 def test_mean_std_matches_the_textbook_formula() -> None:

@@ -15,11 +15,11 @@ import pytest
 import torch
 from onnx.reference import ReferenceEvaluator
 
-from export.exporter import export_and_verify, round_to_fp16
-from export.fusion import CONV_ELU, CONV_MAXPOOL_ELU, DOMAIN
-from export.train import TrainConfig, load_trained, train
-from export.verify import sample_index
-from service.cli import main
+from eluserve.cli import main
+from eluserve.export.exporter import export_and_verify, round_to_fp16
+from eluserve.export.fusion import CONV_ELU, CONV_MAXPOOL_ELU, DOMAIN
+from eluserve.export.train import TrainConfig, load_trained, train
+from eluserve.export.verify import sample_index
 
 
 def tiny_config(data: Path, out: Path, **changes: Any) -> TrainConfig:

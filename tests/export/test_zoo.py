@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from export.zoo import UnknownModelError, create_model, list_models
+from eluserve.export.zoo import UnknownModelError, create_model, list_models
 
 MODELS = list_models()
 
@@ -80,9 +80,9 @@ def test_export_parity(name: str) -> None:
     import numpy as np
     import onnxruntime as ort
 
-    from export.exporter import finalize, to_onnx
-    from export.fusion import DOMAIN, fuse_elu
-    from export.preprocess import Classifier, MeanStdInput
+    from eluserve.export.exporter import finalize, to_onnx
+    from eluserve.export.fusion import DOMAIN, fuse_elu
+    from eluserve.export.preprocess import Classifier, MeanStdInput
 
     torch.manual_seed(0)
     classifier = Classifier(MeanStdInput(np.full(3, 0.5), np.full(3, 0.25)), create_model(name)).eval()

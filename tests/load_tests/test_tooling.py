@@ -11,21 +11,21 @@ from collections import Counter
 import numpy as np
 import pytest
 
+from eluserve.core.errors import ClientError
+from eluserve.core.preprocessing import Limits, PreprocessingRule, load_image
+from eluserve.core.throughput import Throughput
 from load_tests import fixtures
+from load_tests.__main__ import build_parser
 from load_tests.bench import BenchConfig, triton_request
 from load_tests.loadgen import LevelResult
 from load_tests.report import ServerRun, ratios, table
-from service.cli import build_parser
-from service.errors import ClientError
-from service.preprocessing import Limits, PreprocessingRule, load_image
-from service.throughput import Throughput
 
 RULE = PreprocessingRule(resize_shorter_side=32, crop=(32, 32))
 
 
 def test_bad_uploads_get_the_errors_they_expect_from_the_real_decoder() -> None:
     """The locustfile counts a refusal as success only with the expected code: the expectations must
-    be what service.preprocessing really answers."""
+    be what eluserve.core.preprocessing really answers."""
     valid = fixtures.encode(fixtures.photo_like(64, 48), "JPEG")
     for bad in fixtures.bad_uploads(valid):
         with pytest.raises(ClientError) as caught:

@@ -1,4 +1,4 @@
-"""Coverage-guided fuzzing of `service.preprocessing.load_image` with atheris (libFuzzer for Python).
+"""Coverage-guided fuzzing of `eluserve.core.preprocessing.load_image` with atheris (libFuzzer for Python).
 
 The hypothesis properties in `test_fuzz_decode.py` run a bounded number of examples in CI; this runs
 for as long as it is given, steering by the coverage of Pillow's Python plugins (where every header is
@@ -31,8 +31,8 @@ import atheris
 with atheris.instrument_imports(include=["PIL", "service"]):
     from PIL import Image
 
-    from service.errors import ClientError
-    from service.preprocessing import Limits, PreprocessingRule, load_image
+    from eluserve.core.errors import ClientError
+    from eluserve.core.preprocessing import Limits, PreprocessingRule, load_image
 
     Image.init()  # import every format plugin now, inside the block, so that they are instrumented too
 

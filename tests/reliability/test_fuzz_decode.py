@@ -17,8 +17,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from service.errors import ClientError
-from service.preprocessing import RESAMPLING, Limits, PreprocessingRule, decode_image, load_image
+from eluserve.core.errors import ClientError
+from eluserve.core.preprocessing import RESAMPLING, Limits, PreprocessingRule, decode_image, load_image
 from tests.reliability.hostile_samples import seeds
 
 SEEDS = seeds()

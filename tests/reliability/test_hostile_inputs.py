@@ -25,10 +25,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.errors import ClientError
-from service.frontend import BODY_TIMEOUT_SHARE
-from service.inference import ModelInfo, read_model_info
-from service.preprocessing import Limits, load_image
+from eluserve.core.contract import ModelMetadata, read_model_info
+from eluserve.core.errors import ClientError
+from eluserve.core.preprocessing import Limits, load_image
+from eluserve.service.http_api import BODY_TIMEOUT_SHARE
 from tests.reliability import raw_http
 from tests.reliability.hostile_samples import (
     CANARY,
@@ -75,7 +75,7 @@ def client(server: BentoServer) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture(scope="module")
-def info(serving_model_path: Path) -> ModelInfo:
+def info(serving_model_path: Path) -> ModelMetadata:
     """The served model's metadata: its crop rule makes `in_process_outcome` the oracle."""
     return read_model_info(serving_model_path)
 
@@ -122,7 +122,7 @@ def assert_prediction(response: httpx.Response, k: int = 5) -> list[float]:
     return [entry["probability"] for entry in body["top_k"]]
 
 
-def in_process_outcome(data: bytes, info: ModelInfo) -> tuple[int, str | None]:
+def in_process_outcome(data: bytes, info: ModelMetadata) -> tuple[int, str | None]:
     """What the service must answer for one image: (200, None) or the client error's status and code."""
     try:
         load_image(data, info.preprocessing, LIMITS)
@@ -170,7 +170,7 @@ def cut_and_corrupt() -> dict[str, bytes]:
 
 @pytest.mark.parametrize("name", sorted(cut_and_corrupt()))
 def test_cut_and_corrupt_files_are_refused_or_decoded_as_in_process(
-    server: BentoServer, client: httpx.Client, info: ModelInfo, name: str
+    server: BentoServer, client: httpx.Client, info: ModelMetadata, name: str
 ) -> None:
     """A cut file is `invalid_image`; noise that a codec survives may still decode (then 200).
 
@@ -415,7 +415,7 @@ def test_duplicate_and_missing_fields(server: BentoServer, client: httpx.Client)
     ],
 )  # fmt: skip
 def test_absurd_top_k_is_refused_on_both_endpoints(
-    server: BentoServer, client: httpx.Client, info: ModelInfo, top_k: str, code: str
+    server: BentoServer, client: httpx.Client, info: ModelMetadata, top_k: str, code: str
 ) -> None:
     value = top_k.replace("{classes+1}", str(info.num_classes + 1))
     png = encode(gradient(16, 16), "PNG")

@@ -2,7 +2,7 @@
 
 BentoML serves an OpenAPI document at `/docs.json`, but it describes only its own infrastructure
 endpoints: it adds the routes of mounted apps for FastAPI apps only, and ours is a plain Starlette
-app (the multipart endpoints read their bodies themselves, see `service.forms`). Publishing them from
+app (the multipart endpoints read their bodies themselves, see `eluserve.service.forms`). Publishing them from
 the service would mean moving to FastAPI or rewriting BentoML's document, which is not a small change;
 so this module tests the served document as it is, and adds `CONTRACT_PATHS` — the README's HTTP API
 written as OpenAPI — for the generated multipart requests. `test_the_served_schema_lacks_our_endpoints`
@@ -25,7 +25,7 @@ import httpx
 import pytest
 from hypothesis import HealthCheck, given, settings
 
-from service.inference import ModelInfo, read_model_info
+from eluserve.core.contract import ModelMetadata, read_model_info
 from tests.service.bento_server import BentoServer, running_server
 
 schemathesis = pytest.importorskip("schemathesis")
@@ -56,7 +56,7 @@ def json_answer(description: str, schema: dict[str, Any]) -> dict[str, Any]:
     return {"description": description, "content": {"application/json": {"schema": schema}}}
 
 
-def contract_paths(info: ModelInfo) -> dict[str, Any]:
+def contract_paths(info: ModelMetadata) -> dict[str, Any]:
     """/classify, /classify_batch and /model as README's HTTP API table describes them."""
     ranked = {
         "type": "object",

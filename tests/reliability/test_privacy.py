@@ -124,7 +124,7 @@ def test_importing_the_service_turns_bentoml_usage_tracking_off() -> None:
     code = (
         "from bentoml._internal.utils.analytics.usage_stats import do_not_track\n"
         "before = do_not_track()\n"
-        "import service.service\n"
+        "import eluserve.service.app\n"
         "print(before, do_not_track())\n"
     )
     env = {k: v for k, v in os.environ.items() if k != "BENTOML_DO_NOT_TRACK"}

@@ -24,7 +24,7 @@ from load_tests.servers import stop_tree
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BENTOML = str(Path(sys.executable).parent / "bentoml")
-SERVICE = "service.service:EluClassifier"
+SERVICE = "eluserve.service.app:EluClassifier"
 
 
 def free_port() -> int:

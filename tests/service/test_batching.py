@@ -9,8 +9,8 @@ import time
 import numpy as np
 import pytest
 
-from service.batching import Batcher
-from service.errors import ServiceError
+from eluserve.core.errors import ServiceError
+from eluserve.service.batching import Batcher
 
 
 class GatedModel:

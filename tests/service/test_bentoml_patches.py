@@ -8,7 +8,7 @@ from typing import Any
 
 from bentoml._internal.server.http.traffic import TimeoutMiddleware
 
-from service import bentoml_patches
+from eluserve.service import bentoml_patches
 
 Message = dict[str, Any]
 

@@ -1,10 +1,11 @@
-"""`bentoml build` from bentofile.yaml: the Bento holds the serving code, the model and no training code."""
+"""`make bento`: the eluserve wheel, then `bentoml build`; the Bento holds the package and default model."""
 
 from __future__ import annotations
 
 import os
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -23,6 +24,14 @@ def bento(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "BENTOML_HOME": str(home),
         "BENTOML_DO_NOT_TRACK": "True",
     }
+    wheel = subprocess.run(
+        [sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", "dist", "."],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert wheel.returncode == 0, wheel.stderr
     result = subprocess.run(
         [BENTOML, "build", "--output", "tag"],
         cwd=REPO_ROOT,
@@ -39,32 +48,32 @@ def bento(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return path
 
 
-def test_the_bento_holds_serving_code_and_docs_only(bento: Path) -> None:
+def test_the_bento_holds_the_package_with_the_default_model_and_no_training_code(bento: Path) -> None:
     src = bento / "src"
-    assert (src / "service" / "service.py").is_file() and (src / "service" / "inference.py").is_file()
     assert (src / "docs" / "model-format.md").is_file()
-    for absent in ("tests", "export", "load_tests", "deploy", ".venv"):
+    for absent in ("tests", "export", "load_tests", "deploy", "service", "models", ".venv"):
         assert not (src / absent).exists(), absent
-    default_model = REPO_ROOT / "models" / "elufast-cifar10" / "model.onnx"
-    assert (src / "models" / "elufast-cifar10" / "model.onnx").is_file() == default_model.is_file()
+    (wheel,) = (bento / "env" / "python" / "wheels").glob("eluserve-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        names = set(archive.namelist())
+    assert {name.split("/")[0] for name in names} == {"eluserve", wheel.name.split("-py3")[0] + ".dist-info"}
+    assert "eluserve/service/app.py" in names and "eluserve/core/session.py" in names
+    assert "eluserve/models/elufast-cifar10/model.onnx" in names
+    assert not any(name.startswith("eluserve/models/elu-paper18") for name in names)
 
 
 def test_the_bento_runs_without_torch_and_without_tracking(bento: Path) -> None:
-    requirements = (bento / "env" / "python" / "requirements.txt").read_text()
+    (wheel,) = (bento / "env" / "python" / "wheels").glob("eluserve-*.whl")
+    with zipfile.ZipFile(wheel) as archive:
+        metadata = next(archive.read(n).decode() for n in archive.namelist() if n.endswith("METADATA"))
+    runtime = [
+        line.removeprefix("Requires-Dist: ")
+        for line in metadata.splitlines()
+        if line.startswith("Requires-Dist:") and "extra ==" not in line
+    ]
     for package in ("onnxruntime", "onnx", "pillow", "numpy", "prometheus-client", "bentoml"):
-        assert package in requirements
-    assert "torch" not in requirements
+        assert any(line.startswith(package) for line in runtime), package
+    assert not any(line.startswith(("torch", "ray")) for line in runtime)
     manifest = yaml.safe_load((bento / "bento.yaml").read_text())
     assert {"name": "BENTOML_DO_NOT_TRACK", "value": "True"}.items() <= manifest["envs"][0].items()
-    assert manifest["service"] == "service.service:EluClassifier"
-
-
-def test_the_default_model_path_points_into_the_bento(bento: Path) -> None:
-    src = bento / "src"
-    code = "from service.config import DEFAULT_MODEL; print(DEFAULT_MODEL)"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("ELUSERVE_")}
-    result = subprocess.run(
-        [sys.executable, "-c", code], cwd=src, env=env, capture_output=True, text=True, timeout=60
-    )
-    assert result.returncode == 0, result.stderr
-    assert Path(result.stdout.strip()) == src / "models" / "elufast-cifar10" / "model.onnx"
+    assert manifest["service"] == "eluserve.service.app:EluClassifier"

@@ -10,16 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from service.config import DEFAULT_MODEL, REPO_ROOT, Settings, load_settings, resolve_model
-from service.errors import ConfigError
-from service.inference import available_cores
+from eluserve.core.errors import ConfigError
+from eluserve.core.paths import default_model_file
+from eluserve.core.session import available_cores
+from eluserve.service.config import Settings, load_settings, resolve_model
+from tests.conftest import REPO_ROOT
 
 
 def test_defaults_are_the_documented_ones() -> None:
     settings = load_settings({})
     assert settings == Settings()
-    assert settings.model == str(REPO_ROOT / "models" / "elufast-cifar10" / "model.onnx")
-    assert DEFAULT_MODEL.parent.parent.parent == REPO_ROOT
+    assert settings.model == str(default_model_file())
+    # An editable install resolves the packaged default into the checkout's models/ folder.
+    assert default_model_file() == REPO_ROOT / "models" / "elufast-cifar10" / "model.onnx"
     limits = settings.limits()
     assert (limits.max_image_bytes, limits.max_pixels, limits.max_images) == (
         10 * 1024 * 1024,
@@ -114,7 +117,7 @@ def test_models_resolve_from_the_bentoml_model_store(tmp_path: Path, tiny_model_
     """A tag resolves through the model store (run in a subprocess: BENTOML_HOME is read at import)."""
     script = f"""
 import shutil, bentoml
-from service.config import resolve_model
+from eluserve.service.config import resolve_model
 with bentoml.models.create("tiny-store") as model:
     shutil.copy({str(tiny_model_path)!r}, model.path_of("model.onnx"))
 print(resolve_model("tiny-store:latest"))

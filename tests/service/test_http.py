@@ -19,8 +19,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from service.inference import Classifier
-from service.preprocessing import Limits, load_image
+from eluserve.core.preprocessing import Limits, load_image
+from eluserve.core.session import ModelSession
 from tests.service.bento_server import BentoServer, running_server
 from tests.service.image_samples import cifar_samples, encode, gradient, png_declaring, solid
 from tests.service.metrics_scrape import MetricsDelta
@@ -56,9 +56,9 @@ def client(server: BentoServer) -> Iterator[httpx.Client]:
 
 
 @pytest.fixture(scope="module")
-def reference(serving_model_path: Path) -> Classifier:
+def reference(serving_model_path: Path) -> ModelSession:
     """The same model in-process: what the service must answer."""
-    return Classifier.from_path(serving_model_path, intra_op_threads=1)
+    return ModelSession.from_path(serving_model_path, intra_op_threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -74,7 +74,7 @@ def samples(cifar_zip: Path) -> list[tuple[str, bytes]]:
     return cifar_samples(cifar_zip, per_class=1) + generated
 
 
-def expected_result(reference: Classifier, data: bytes, k: int) -> dict[str, Any]:
+def expected_result(reference: ModelSession, data: bytes, k: int) -> dict[str, Any]:
     crop = load_image(data, reference.info.preprocessing, Limits())
     return reference.classify([crop], top_k=k)[0]
 
@@ -129,7 +129,7 @@ def test_health_endpoints(client: httpx.Client) -> None:
 
 
 def test_classify_matches_in_process_inference(
-    client: httpx.Client, reference: Classifier, samples: list[tuple[str, bytes]]
+    client: httpx.Client, reference: ModelSession, samples: list[tuple[str, bytes]]
 ) -> None:
     for name, data in samples:
         response = post_classify(client, data, top_k="3")
@@ -142,7 +142,7 @@ def test_classify_matches_in_process_inference(
         )
 
 
-def test_top_k_defaults_to_five_and_may_be_every_class(client: httpx.Client, reference: Classifier) -> None:
+def test_top_k_defaults_to_five_and_may_be_every_class(client: httpx.Client, reference: ModelSession) -> None:
     data = encode(gradient(32, 32), "PNG")
     assert len(post_classify(client, data).json()["top_k"]) == 5
     everything = post_classify(client, data, top_k=str(reference.info.num_classes)).json()["top_k"]
@@ -151,7 +151,7 @@ def test_top_k_defaults_to_five_and_may_be_every_class(client: httpx.Client, ref
 
 
 def test_batch_results_keep_order_and_isolate_bad_images(
-    client: httpx.Client, reference: Classifier, samples: list[tuple[str, bytes]]
+    client: httpx.Client, reference: ModelSession, samples: list[tuple[str, bytes]]
 ) -> None:
     good = [data for _, data in samples[:5]]
     images = [
@@ -335,7 +335,7 @@ def test_wrong_methods_are_4xx(client: httpx.Client) -> None:
 # --- model, metrics, robustness ---------------------------------------------------------------------
 
 
-def test_model_endpoint(client: httpx.Client, reference: Classifier) -> None:
+def test_model_endpoint(client: httpx.Client, reference: ModelSession) -> None:
     body = client.get("/model").json()
     info = reference.info
     assert body["model"] == info.tag and (body["name"], body["version"]) == (info.name, info.version)
@@ -346,7 +346,9 @@ def test_model_endpoint(client: httpx.Client, reference: Classifier) -> None:
     assert body["opset"] == info.opset and body["custom_domain"] == "ai.eluserve"
 
 
-def test_metrics_count_the_traffic(server: BentoServer, client: httpx.Client, reference: Classifier) -> None:
+def test_metrics_count_the_traffic(
+    server: BentoServer, client: httpx.Client, reference: ModelSession
+) -> None:
     name = reference.info.name
     good = [encode(gradient(40, 40, seed=s), "PNG") for s in range(4)]
     with MetricsDelta(server.url) as delta:

@@ -1,4 +1,4 @@
-"""`service.http_protocol.install` puts the header deadline where uvicorn looks for its protocol.
+"""`eluserve.service.http_protocol.install` puts the header deadline where uvicorn looks for its protocol.
 
 The deadline's behaviour against real slow clients is tested end to end in
 tests/reliability/test_hostile_inputs.py; this checks the wiring that BentoML's worker relies on.
@@ -11,8 +11,8 @@ import uvicorn
 import uvicorn.config
 from starlette.applications import Starlette
 
-from service import http_protocol
-from service.config import load_settings
+from eluserve.service import http_protocol
+from eluserve.service.config import load_settings
 
 
 @pytest.mark.parametrize("http", ["auto", "h11"])

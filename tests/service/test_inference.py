@@ -9,22 +9,16 @@ import onnx
 import onnxruntime as ort
 import pytest
 
-from service.errors import InvalidTopK, ModelFormatError
-from service.inference import (
-    CPU,
-    CUDA,
-    Classifier,
-    format_results,
-    parse_top_k,
-    read_model_info,
-    top_k,
-)
+from eluserve.core.contract import read_model_info
+from eluserve.core.errors import InvalidTopK, ModelFormatError
+from eluserve.core.results import format_results, parse_top_k, top_k
+from eluserve.core.session import CPU, CUDA, ModelSession
 from tests.conftest import CIFAR10_LABELS, build_tiny_model
 
 
 @pytest.fixture(scope="module")
-def classifier(tiny_model_path: Path) -> Classifier:
-    return Classifier.from_path(tiny_model_path, intra_op_threads=1)
+def classifier(tiny_model_path: Path) -> ModelSession:
+    return ModelSession.from_path(tiny_model_path, intra_op_threads=1)
 
 
 @pytest.fixture(scope="module")
@@ -46,19 +40,19 @@ def test_metadata_is_read_per_the_contract(tiny_model_path: Path) -> None:
     assert document["model_card"]["name"] == "tiny-cifar10"
 
 
-def test_the_classifier_runs_the_custom_domain_on_cpu(classifier: Classifier, crops: np.ndarray) -> None:
+def test_the_classifier_runs_the_custom_domain_on_cpu(classifier: ModelSession, crops: np.ndarray) -> None:
     assert classifier.provider == CPU and classifier.info.provider == CPU
     probs = classifier.predict(crops)
     assert probs.shape == (6, 10) and probs.dtype == np.float32
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)
 
 
-def test_batched_and_single_inference_agree(classifier: Classifier, crops: np.ndarray) -> None:
+def test_batched_and_single_inference_agree(classifier: ModelSession, crops: np.ndarray) -> None:
     singles = np.concatenate([classifier.predict(crops[i : i + 1]) for i in range(len(crops))])
     np.testing.assert_allclose(classifier.predict(crops), singles, rtol=1e-5, atol=1e-7)
 
 
-def test_an_empty_batch_needs_no_session_run(classifier: Classifier) -> None:
+def test_an_empty_batch_needs_no_session_run(classifier: ModelSession) -> None:
     assert classifier.predict(np.zeros((0, 32, 32, 3), np.uint8)).shape == (0, 10)
 
 
@@ -72,7 +66,7 @@ def test_an_empty_batch_needs_no_session_run(classifier: Classifier) -> None:
     ],
     ids=["float", "wrong-size", "no-batch-axis", "list"],
 )
-def test_predict_refuses_what_the_graph_cannot_take(classifier: Classifier, batch: object) -> None:
+def test_predict_refuses_what_the_graph_cannot_take(classifier: ModelSession, batch: object) -> None:
     with pytest.raises(ValueError, match="uint8"):
         classifier.predict(batch)  # type: ignore[arg-type]
 
@@ -103,7 +97,7 @@ def test_results_follow_the_http_contract() -> None:
     )
 
 
-def test_classify_is_predict_plus_formatting(classifier: Classifier, crops: np.ndarray) -> None:
+def test_classify_is_predict_plus_formatting(classifier: ModelSession, crops: np.ndarray) -> None:
     results = classifier.classify(list(crops), top_k=3)
     assert results == format_results(classifier.predict(crops), CIFAR10_LABELS, 3)
     assert classifier.classify([]) == []
@@ -124,7 +118,7 @@ def test_default_top_k_is_capped_by_the_class_count() -> None:
     assert parse_top_k(None, 3) == 3
 
 
-def test_warm_up_runs_the_rounds_and_the_minimum_time(classifier: Classifier) -> None:
+def test_warm_up_runs_the_rounds_and_the_minimum_time(classifier: ModelSession) -> None:
     assert classifier.warm_up(batch_sizes=(1, 4), rounds=2) == 4
     assert classifier.warm_up(batch_sizes=(1,), rounds=0) == 0
 
@@ -133,17 +127,17 @@ def test_unavailable_providers_are_named(tiny_model_path: Path) -> None:
     if CUDA in ort.get_available_providers():
         pytest.skip("this onnxruntime build has CUDA")
     with pytest.raises(ValueError, match="CPUExecutionProvider"):
-        Classifier.from_path(tiny_model_path, providers=[CUDA])
+        ModelSession.from_path(tiny_model_path, providers=[CUDA])
 
 
 def test_thread_count_must_be_positive(tiny_model_path: Path) -> None:
     with pytest.raises(ValueError, match="at least 1"):
-        Classifier.from_path(tiny_model_path, intra_op_threads=0)
+        ModelSession.from_path(tiny_model_path, intra_op_threads=0)
 
 
 def test_a_missing_model_names_the_path(tmp_path: Path) -> None:
     with pytest.raises(FileNotFoundError, match=r"model\.onnx"):
-        Classifier.from_path(tmp_path)
+        ModelSession.from_path(tmp_path)
 
 
 @pytest.mark.parametrize(

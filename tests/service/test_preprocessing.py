@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from service.errors import (
+from eluserve.core.errors import (
     ClientError,
     EmptyFile,
     ImageTooLarge,
@@ -20,7 +20,7 @@ from service.errors import (
     TooManyPixels,
     UnsupportedFormat,
 )
-from service.preprocessing import (
+from eluserve.core.preprocessing import (
     DRAFT_MARGIN,
     Limits,
     PreprocessingRule,

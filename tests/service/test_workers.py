@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from service.inference import read_model_info
+from eluserve.core.contract import read_model_info
 from tests.service.bento_server import BentoServer, start_server
 from tests.service.image_samples import encode, gradient
 from tests.service.metrics_scrape import MetricsDelta, Scrape

@@ -13,7 +13,7 @@ request with a 4xx. Overload is 429 (BentoML's concurrency limit, or the batcher
 cannot finish in time).
 
 Large uploads are decoded in a worker thread so the event loop keeps accepting requests; inference
-goes through `infer`, which in the service is the adaptive batcher (`service.batching`).
+goes through `infer`, which in the service is the adaptive batcher (`eluserve.service.batching`).
 """
 
 from __future__ import annotations
@@ -27,9 +27,8 @@ import numpy as np
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from service import metrics
-from service.config import Settings
-from service.errors import (
+from eluserve.core.contract import ModelMetadata
+from eluserve.core.errors import (
     ClientError,
     ImageTooLarge,
     InvalidTopK,
@@ -37,9 +36,11 @@ from service.errors import (
     RequestTooLarge,
     ServiceError,
 )
-from service.forms import FORM_OVERHEAD_BYTES, Form, FormLimits, Upload, read_form
-from service.inference import ModelInfo, format_results, parse_top_k
-from service.preprocessing import Limits, load_image
+from eluserve.core.preprocessing import Limits, load_image
+from eluserve.core.results import format_results, parse_top_k
+from eluserve.service import metrics
+from eluserve.service.config import Settings
+from eluserve.service.forms import FORM_OVERHEAD_BYTES, Form, FormLimits, Upload, read_form
 
 logger = logging.getLogger(__name__)
 
@@ -64,7 +65,7 @@ def error_response(error: ClientError | ServiceError) -> JSONResponse:
 class Frontend:
     """Parses, validates and preprocesses requests for one model; `infer` does the rest."""
 
-    def __init__(self, info: ModelInfo, settings: Settings, infer: Infer) -> None:
+    def __init__(self, info: ModelMetadata, settings: Settings, infer: Infer) -> None:
         self.info = info
         self.limits: Limits = settings.limits()
         self._infer = infer

@@ -6,7 +6,7 @@
     eluserve bench-classify                                           # img/s vs raw ONNX Runtime
 
 Both engines produce the same rows because they run the same code: the in-process engine decodes with
-`service.preprocessing.load_image` and infers with `service.inference.Classifier`, exactly what the
+`eluserve.core.preprocessing.load_image` and infers with `eluserve.core.session.ModelSession`, exactly what the
 service does behind `POST /classify_batch`, which the server engine calls.
 
 Everything streams so that memory stays flat at any number of files: folders are walked lazily, files
@@ -22,16 +22,12 @@ import argparse
 import contextlib
 import csv
 import importlib.util
-import itertools
 import json
 import logging
 import os
-import statistics
 import sys
-import tempfile
 import threading
 import time
-import zipfile
 from collections import Counter, deque
 from collections.abc import Callable, Container, Iterable, Iterator, Sequence
 from concurrent.futures import Executor, Future, ThreadPoolExecutor
@@ -43,11 +39,11 @@ import httpx
 import numpy as np
 from tqdm import tqdm
 
-from service.config import DEFAULT_MODEL, REPO_ROOT
-from service.errors import ClientError, ImageTooLarge, InvalidTopK, ModelFormatError
-from service.inference import DEFAULT_TOP_K, Classifier, available_cores, parse_top_k
-from service.preprocessing import DECODABLE_FORMATS, Limits, load_image
-from service.throughput import cpu_session, measure_session
+from eluserve.core.errors import ClientError, ImageTooLarge, InvalidTopK, ModelFormatError
+from eluserve.core.paths import default_model_file
+from eluserve.core.preprocessing import DECODABLE_FORMATS, Limits, load_image
+from eluserve.core.results import DEFAULT_TOP_K, parse_top_k
+from eluserve.core.session import ModelSession, available_cores
 
 T = TypeVar("T")
 R = TypeVar("R")
@@ -57,10 +53,6 @@ FORMATS = ("jsonl", "csv")
 DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "webp", "bmp", "tif", "tiff", "avif")
 DEFAULT_BATCH_SIZE = 64
 DEFAULT_CONCURRENCY = 4
-#: The shared CIFAR-10 JPEGs the benchmark classifies, relative to the repository root.
-BENCH_ZIP = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg" / "train.zip"
-#: Batch sizes the benchmark tries on the raw session to find its best.
-BENCH_BATCH_SIZES = (32, 64, 128, 256, 512)
 #: A request the server refuses as overloaded (429) or not ready (503) is retried this long.
 SERVER_RETRY_SECONDS = 60.0
 SERVER_TIMEOUT_SECONDS = 120.0
@@ -367,7 +359,7 @@ class LocalEngine:
 
     def __init__(
         self,
-        classifier: Classifier,
+        classifier: ModelSession,
         top_k: int,
         batch_size: int = DEFAULT_BATCH_SIZE,
         threads: int | None = None,
@@ -389,11 +381,11 @@ class LocalEngine:
     ) -> LocalEngine:
         """Load `model`; a missing or malformed file is a `UsageError` naming it."""
         try:
-            classifier = Classifier.from_path(model)
+            classifier = ModelSession.from_path(model)
         except (FileNotFoundError, ModelFormatError) as exc:
             hint = (
                 " (export one with `eluserve export`, or pass --model)"
-                if Path(model) == DEFAULT_MODEL
+                if Path(model) == default_model_file()
                 else ""
             )
             raise UsageError(f"{exc}{hint}") from exc
@@ -862,95 +854,11 @@ def _classify(args: argparse.Namespace) -> int:
     return 1 if summary.failed else 0
 
 
-# ------------------------------------------------------------------------------------------- benchmark
-
-
-def extract_cifar(zip_path: Path, count: int, target: Path) -> int:
-    """Write `count` JPEGs spread evenly over the zip (so over all classes) to `target/<class>/`."""
-    with zipfile.ZipFile(zip_path) as archive:
-        names = [name for name in archive.namelist() if name.lower().endswith(".jpg")]
-        step = max(1, len(names) // count)
-        chosen = names[::step][:count]
-        for name in chosen:
-            parts = name.split("/")
-            folder = target / parts[-2]
-            folder.mkdir(parents=True, exist_ok=True)
-            (folder / parts[-1]).write_bytes(archive.read(name))
-    return len(chosen)
-
-
-def cmd_bench(args: argparse.Namespace) -> int:
-    """`eluserve bench-classify`: classify img/s next to the raw session's best img/s, one run."""
-    try:
-        print(bench(args))
-    except UsageError as exc:
-        print(f"eluserve bench-classify: {exc}", file=sys.stderr)
-        return 2
-    return 0
-
-
-def bench(args: argparse.Namespace) -> str:
-    """Measure; rounds are interleaved so that drift in the machine's speed hits every figure alike.
-
-    The raw figures are ONNX Runtime alone on the same model and thread count (denormals flushed, as
-    `service.throughput` measures every other figure) on real crops, at several batch sizes. The
-    classify figures include walking, reading, decoding, batching and writing the rows. Each is set
-    against the raw session's best batch (the goal) and against the raw session at the same batch size
-    (the pipeline's own overhead), because on small inputs batch size alone moves ORT's img/s by tens of
-    percent.
-    """
-    _quiet_http_log()
-    zip_path = Path(args.data)
-    if not zip_path.is_file():
-        raise UsageError(f"no CIFAR-10 JPEG zip at {zip_path}; pass --data")
-    local = LocalEngine.load(args.model, threads=args.threads)
-    session = cpu_session(local.classifier.info.path, threads=available_cores())
-    sizes = sorted({*BENCH_BATCH_SIZES, *args.batch_sizes})
-    raw: dict[int, list[float]] = {size: [] for size in sizes}
-    with contextlib.ExitStack() as stack:
-        engines: dict[tuple[str, int], Engine] = {
-            ("classify in-process", size): LocalEngine(local.classifier, local.top_k, size, args.threads)
-            for size in args.batch_sizes
-        }
-        if args.server:
-            server = ServerEngine(args.server, batch_size=DEFAULT_BATCH_SIZE, concurrency=args.concurrency)
-            engines["classify --server", DEFAULT_BATCH_SIZE] = stack.enter_context(server)
-        folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="eluserve-bench-"))
-        sink = stack.enter_context(open_text(os.devnull, "w"))
-        count = extract_cifar(zip_path, args.images, Path(folder))
-        sample = itertools.islice(iter_image_files([folder], {"jpg"}), max(sizes))
-        crops = np.stack([local._prepare(path)[1] for path in sample])
-        batches = {size: np.resize(crops, (size, *crops.shape[1:])) for size in sizes}
-        runs: dict[tuple[str, int], list[float]] = {key: [] for key in engines}
-        for _ in range(args.rounds):
-            for size, batch in batches.items():
-                raw[size].append(measure_session(session, batch, seconds=args.seconds).images_per_second)
-            for key, engine in engines.items():
-                files = iter_image_files([folder], {"jpg"})
-                runs[key].append(classify_files(files, engine, RowWriter(sink, "jsonl")).images_per_second)
-    median = {size: statistics.median(values) for size, values in raw.items()}
-    best = max(median, key=median.__getitem__)
-    info = local.classifier.info
-    lines = [
-        f"bench-classify: {count} CIFAR-10 JPEGs, model {info.tag} ({info.path}), "
-        f"{local.classifier.provider}, {available_cores()} cores, median of {args.rounds} rounds",
-        "  raw ORT session img/s by batch size: " + ", ".join(f"{n}: {v:.0f}" for n, v in median.items()),
-        f"  {f'raw ORT session, best batch {best}':<40} {median[best]:8.1f} img/s",
-    ]
-    for (name, size), values in runs.items():
-        ips = statistics.median(values)
-        lines.append(
-            f"  {f'{name}, batch {size}':<40} {ips:8.1f} img/s   {ips / median[best]:.3f} of raw best, "
-            f"{ips / median[size]:.3f} of raw at batch {size}"
-        )
-    return "\n".join(lines)
-
-
 # ------------------------------------------------------------------------------------------------- cli
 
 
 def register(subparsers: Any) -> None:
-    """Add `classify` and `bench-classify` to the `eluserve` parser."""
+    """Add `classify` to the `eluserve` parser."""
     parser = subparsers.add_parser(
         "classify",
         help="classify image files and folders to CSV/JSONL (in-process or via a running service)",
@@ -960,7 +868,7 @@ def register(subparsers: Any) -> None:
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files and folders")
     engine = parser.add_mutually_exclusive_group()
     engine.add_argument(
-        "--model", default=str(DEFAULT_MODEL), help="model .onnx or folder (in-process engine)"
+        "--model", default=str(default_model_file()), help="model .onnx or folder (in-process engine)"
     )
     engine.add_argument("--server", metavar="URL", help="classify through a running eluserve service")
     parser.add_argument("-o", "--output", help="output file, .csv or .jsonl (default: JSONL on stdout)")
@@ -996,22 +904,3 @@ def register(subparsers: Any) -> None:
         help="progress bar (default: on a tty)",
     )
     parser.set_defaults(func=cmd_classify)
-
-    bench_parser = subparsers.add_parser(
-        "bench-classify", help="benchmark: classify img/s against the raw ONNX Runtime session, side by side"
-    )
-    bench_parser.add_argument("--model", default=str(DEFAULT_MODEL))
-    bench_parser.add_argument("--data", default=str(BENCH_ZIP), help="CIFAR-10 JPEG zip")
-    bench_parser.add_argument("--images", type=_positive_int, default=2000)
-    bench_parser.add_argument("--rounds", type=_positive_int, default=3)
-    bench_parser.add_argument("--seconds", type=float, default=1.0, help="per raw-session measurement")
-    bench_parser.add_argument(
-        "--batch-sizes",
-        type=_positive_ints,
-        default=[DEFAULT_BATCH_SIZE, 256],
-        help="classify batch sizes to measure in-process (default: 64,256)",
-    )
-    bench_parser.add_argument("--threads", type=_positive_int, help="decoding threads")
-    bench_parser.add_argument("--server", metavar="URL", help="also measure a running service")
-    bench_parser.add_argument("--concurrency", type=_positive_int, default=DEFAULT_CONCURRENCY)
-    bench_parser.set_defaults(func=cmd_bench)

@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from service.errors import (
+from eluserve.core.errors import (
     ClientError,
     EmptyFile,
     ImageTooLarge,
@@ -72,7 +72,7 @@ _HIGH_BIT_DEPTH_MODES = frozenset({"I", "F", "I;16", "I;16L", "I;16B", "I;16N"})
 class Limits:
     """What one image may cost the service before it is refused.
 
-    The defaults are the documented service defaults; `service.config.Settings.limits()` builds the
+    The defaults are the documented service defaults; `eluserve.service.config.Settings.limits()` builds the
     configured ones.
     """
 

@@ -1,12 +1,12 @@
 """The BentoML service: `EluClassifier`, public HTTP endpoints over ONNX Runtime with adaptive batching.
 
-    BENTOML_DO_NOT_TRACK=True bentoml serve service.service:EluClassifier --port 3000
+    BENTOML_DO_NOT_TRACK=True bentoml serve eluserve.service.app:EluClassifier --port 3000
 
-Each HTTP worker process reads multipart bodies itself (see `service.forms`), decodes and crops in
-`service.frontend`, and pools the crops of concurrent requests into ONNX Runtime batches with
-`service.batching.Batcher` on its own session (threads = cores ÷ workers, so workers do not
+Each HTTP worker process reads multipart bodies itself (see `eluserve.service.forms`), decodes and crops in
+`eluserve.service.http_api`, and pools the crops of concurrent requests into ONNX Runtime batches with
+`eluserve.service.batching.Batcher` on its own session (threads = cores ÷ workers, so workers do not
 oversubscribe the machine). `/readyz` turns ready once the worker has warmed its session up (BentoML
-asks `__is_ready__`); `/livez` and `/metrics` are BentoML's. Settings come from `service.config`
+asks `__is_ready__`); `/livez` and `/metrics` are BentoML's. Settings come from `eluserve.service.config`
 (``ELUSERVE_*``).
 """
 
@@ -24,11 +24,12 @@ from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
 
-from service import bentoml_patches, http_protocol, metrics
-from service.batching import Batcher
-from service.config import load_settings
-from service.frontend import Frontend
-from service.inference import Classifier, available_cores, read_model_info
+from eluserve.core.contract import read_model_info
+from eluserve.core.session import ModelSession, available_cores
+from eluserve.service import bentoml_patches, http_protocol, metrics
+from eluserve.service.batching import Batcher
+from eluserve.service.config import load_settings
+from eluserve.service.http_api import Frontend
 
 logger = logging.getLogger(__name__)
 # BentoML's server logging shows its own logger at INFO and the root at WARNING; let ours (which say
@@ -78,7 +79,7 @@ UNTRACED_PATHS = (*(route.path for route in http_app.routes), "/livez", "/readyz
     tracing={} if settings.tracing else {"excluded_urls": list(UNTRACED_PATHS)},
 )
 class EluClassifier:
-    """Public endpoints (see `service.frontend` for the HTTP contract) over one session per worker."""
+    """Public endpoints (`eluserve.service.http_api` has the HTTP contract) over one session per worker."""
 
     @bentoml.on_deployment
     def check_model() -> None:
@@ -92,7 +93,7 @@ class EluClassifier:
 
     def __init__(self) -> None:
         workers = _bentoml_workers("EluClassifier", default=settings.workers)
-        self.classifier = Classifier.from_path(
+        self.classifier = ModelSession.from_path(
             settings.model_file(),
             providers=settings.provider_list(),
             intra_op_threads=settings.threads_per_worker(workers),

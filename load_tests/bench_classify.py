@@ -1,0 +1,149 @@
+"""`python -m load_tests bench-classify`: folder classification in-process against the raw session.
+
+    .venv/bin/python -m load_tests bench-classify --images 10000     # make bench-classify
+
+Classifies CIFAR-10 JPEGs extracted from the shared zip with `eluserve classify`'s in-process engine
+(walking, reading, decoding, batching and writing rows included) and measures the raw ONNX Runtime
+session on the same crops, rounds interleaved, one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import itertools
+import os
+import statistics
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from eluserve.classify.folder import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CONCURRENCY,
+    Engine,
+    LocalEngine,
+    RowWriter,
+    ServerEngine,
+    UsageError,
+    _positive_int,
+    _positive_ints,
+    _quiet_http_log,
+    classify_files,
+    iter_image_files,
+    open_text,
+)
+from eluserve.core.paths import default_model_file
+from eluserve.core.session import available_cores
+from eluserve.core.throughput import cpu_session, measure_session
+from load_tests.fixtures import CIFAR_ZIP
+
+#: Batch sizes the benchmark tries on the raw session to find its best.
+BENCH_BATCH_SIZES = (32, 64, 128, 256, 512)
+
+
+def extract_cifar(zip_path: Path, count: int, target: Path) -> int:
+    """Write `count` JPEGs spread evenly over the zip (so over all classes) to `target/<class>/`."""
+    with zipfile.ZipFile(zip_path) as archive:
+        names = [name for name in archive.namelist() if name.lower().endswith(".jpg")]
+        step = max(1, len(names) // count)
+        chosen = names[::step][:count]
+        for name in chosen:
+            parts = name.split("/")
+            folder = target / parts[-2]
+            folder.mkdir(parents=True, exist_ok=True)
+            (folder / parts[-1]).write_bytes(archive.read(name))
+    return len(chosen)
+
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    """`eluserve bench-classify`: classify img/s next to the raw session's best img/s, one run."""
+    try:
+        print(bench(args))
+    except UsageError as exc:
+        print(f"eluserve bench-classify: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def bench(args: argparse.Namespace) -> str:
+    """Measure; rounds are interleaved so that drift in the machine's speed hits every figure alike.
+
+    The raw figures are ONNX Runtime alone on the same model and thread count (denormals flushed, as
+    `eluserve.core.throughput` measures every other figure) on real crops, at several batch sizes. The
+    classify figures include walking, reading, decoding, batching and writing the rows. Each is set
+    against the raw session's best batch (the goal) and against the raw session at the same batch size
+    (the pipeline's own overhead), because on small inputs batch size alone moves ORT's img/s by tens of
+    percent.
+    """
+    _quiet_http_log()
+    zip_path = Path(args.data)
+    if not zip_path.is_file():
+        raise UsageError(f"no CIFAR-10 JPEG zip at {zip_path}; pass --data")
+    local = LocalEngine.load(args.model, threads=args.threads)
+    session = cpu_session(local.classifier.info.path, threads=available_cores())
+    sizes = sorted({*BENCH_BATCH_SIZES, *args.batch_sizes})
+    raw: dict[int, list[float]] = {size: [] for size in sizes}
+    with contextlib.ExitStack() as stack:
+        engines: dict[tuple[str, int], Engine] = {
+            ("classify in-process", size): LocalEngine(local.classifier, local.top_k, size, args.threads)
+            for size in args.batch_sizes
+        }
+        if args.server:
+            server = ServerEngine(args.server, batch_size=DEFAULT_BATCH_SIZE, concurrency=args.concurrency)
+            engines["classify --server", DEFAULT_BATCH_SIZE] = stack.enter_context(server)
+        folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="eluserve-bench-"))
+        sink = stack.enter_context(open_text(os.devnull, "w"))
+        count = extract_cifar(zip_path, args.images, Path(folder))
+        sample = itertools.islice(iter_image_files([folder], {"jpg"}), max(sizes))
+        crops = np.stack([local._prepare(path)[1] for path in sample])
+        batches = {size: np.resize(crops, (size, *crops.shape[1:])) for size in sizes}
+        runs: dict[tuple[str, int], list[float]] = {key: [] for key in engines}
+        for _ in range(args.rounds):
+            for size, batch in batches.items():
+                raw[size].append(measure_session(session, batch, seconds=args.seconds).images_per_second)
+            for key, engine in engines.items():
+                files = iter_image_files([folder], {"jpg"})
+                runs[key].append(classify_files(files, engine, RowWriter(sink, "jsonl")).images_per_second)
+    median = {size: statistics.median(values) for size, values in raw.items()}
+    best = max(median, key=median.__getitem__)
+    info = local.classifier.info
+    lines = [
+        f"bench-classify: {count} CIFAR-10 JPEGs, model {info.tag} ({info.path}), "
+        f"{local.classifier.provider}, {available_cores()} cores, median of {args.rounds} rounds",
+        "  raw ORT session img/s by batch size: " + ", ".join(f"{n}: {v:.0f}" for n, v in median.items()),
+        f"  {f'raw ORT session, best batch {best}':<40} {median[best]:8.1f} img/s",
+    ]
+    for (name, size), values in runs.items():
+        ips = statistics.median(values)
+        lines.append(
+            f"  {f'{name}, batch {size}':<40} {ips:8.1f} img/s   {ips / median[best]:.3f} of raw best, "
+            f"{ips / median[size]:.3f} of raw at batch {size}"
+        )
+    return "\n".join(lines)
+
+
+def register(subparsers: Any) -> None:
+    """Add `bench-classify` to the benchmarks' parser."""
+    bench_parser = subparsers.add_parser(
+        "bench-classify", help="benchmark: classify img/s against the raw ONNX Runtime session, side by side"
+    )
+    bench_parser.add_argument("--model", default=str(default_model_file()))
+    bench_parser.add_argument("--data", default=str(CIFAR_ZIP), help="CIFAR-10 JPEG zip")
+    bench_parser.add_argument("--images", type=_positive_int, default=2000)
+    bench_parser.add_argument("--rounds", type=_positive_int, default=3)
+    bench_parser.add_argument("--seconds", type=float, default=1.0, help="per raw-session measurement")
+    bench_parser.add_argument(
+        "--batch-sizes",
+        type=_positive_ints,
+        default=[DEFAULT_BATCH_SIZE, 256],
+        help="classify batch sizes to measure in-process (default: 64,256)",
+    )
+    bench_parser.add_argument("--threads", type=_positive_int, help="decoding threads")
+    bench_parser.add_argument("--server", metavar="URL", help="also measure a running service")
+    bench_parser.add_argument("--concurrency", type=_positive_int, default=DEFAULT_CONCURRENCY)
+    bench_parser.set_defaults(func=cmd_bench)
