@@ -95,7 +95,7 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--workers", type=int, help="worker processes (ELUSERVE_WORKERS)")
     serve.set_defaults(func=cmd_serve)
 
-    from eluserve.classify.folder import register as register_classify
+    from eluserve.classify.cli import register as register_classify
 
     register_classify(subparsers)
 

@@ -22,21 +22,18 @@ from typing import Any
 
 import numpy as np
 
-from eluserve.classify.folder import (
+from eluserve.classify.cli import positive_int, positive_ints
+from eluserve.classify.engines import (
     DEFAULT_BATCH_SIZE,
     DEFAULT_CONCURRENCY,
     Engine,
     LocalEngine,
-    RowWriter,
     ServerEngine,
-    UsageError,
-    _positive_int,
-    _positive_ints,
-    _quiet_http_log,
-    classify_files,
-    iter_image_files,
-    open_text,
+    quiet_http_log,
 )
+from eluserve.classify.files import UsageError, iter_image_files
+from eluserve.classify.rows import RowWriter, open_text
+from eluserve.classify.run import classify_files
 from eluserve.core.paths import default_model_file
 from eluserve.core.session import available_cores
 from eluserve.core.throughput import cpu_session, measure_session
@@ -80,7 +77,7 @@ def bench(args: argparse.Namespace) -> str:
     (the pipeline's own overhead), because on small inputs batch size alone moves ORT's img/s by tens of
     percent.
     """
-    _quiet_http_log()
+    quiet_http_log()
     zip_path = Path(args.data)
     if not zip_path.is_file():
         raise UsageError(f"no CIFAR-10 JPEG zip at {zip_path}; pass --data")
@@ -100,7 +97,7 @@ def bench(args: argparse.Namespace) -> str:
         sink = stack.enter_context(open_text(os.devnull, "w"))
         count = extract_cifar(zip_path, args.images, Path(folder))
         sample = itertools.islice(iter_image_files([folder], {"jpg"}), max(sizes))
-        crops = np.stack([local._prepare(path)[1] for path in sample])
+        crops = np.stack([local.prepare(path)[1] for path in sample])
         batches = {size: np.resize(crops, (size, *crops.shape[1:])) for size in sizes}
         runs: dict[tuple[str, int], list[float]] = {key: [] for key in engines}
         for _ in range(args.rounds):
@@ -134,16 +131,16 @@ def register(subparsers: Any) -> None:
     )
     bench_parser.add_argument("--model", default=str(default_model_file()))
     bench_parser.add_argument("--data", default=str(CIFAR_ZIP), help="CIFAR-10 JPEG zip")
-    bench_parser.add_argument("--images", type=_positive_int, default=2000)
-    bench_parser.add_argument("--rounds", type=_positive_int, default=3)
+    bench_parser.add_argument("--images", type=positive_int, default=2000)
+    bench_parser.add_argument("--rounds", type=positive_int, default=3)
     bench_parser.add_argument("--seconds", type=float, default=1.0, help="per raw-session measurement")
     bench_parser.add_argument(
         "--batch-sizes",
-        type=_positive_ints,
+        type=positive_ints,
         default=[DEFAULT_BATCH_SIZE, 256],
         help="classify batch sizes to measure in-process (default: 64,256)",
     )
-    bench_parser.add_argument("--threads", type=_positive_int, help="decoding threads")
+    bench_parser.add_argument("--threads", type=positive_int, help="decoding threads")
     bench_parser.add_argument("--server", metavar="URL", help="also measure a running service")
-    bench_parser.add_argument("--concurrency", type=_positive_int, default=DEFAULT_CONCURRENCY)
+    bench_parser.add_argument("--concurrency", type=positive_int, default=DEFAULT_CONCURRENCY)
     bench_parser.set_defaults(func=cmd_bench)

@@ -16,7 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eluserve.classify.folder import LocalEngine, iter_image_files
+from eluserve.classify.engines import LocalEngine
+from eluserve.classify.files import iter_image_files
 from eluserve.core.preprocessing import Limits, load_image
 from eluserve.core.session import ModelSession
 from tests.classify.conftest import Result, Tree

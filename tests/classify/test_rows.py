@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eluserve.classify.folder import Evaluation, UsageError, drop_partial_line, format_of, read_done
+from eluserve.classify.evaluation import Evaluation
+from eluserve.classify.files import UsageError
+from eluserve.classify.rows import drop_partial_line, format_of, read_done
 
 
 @pytest.mark.parametrize(

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from eluserve.classify.folder import ServerEngine
+from eluserve.classify.engines import ServerEngine
 from tests.classify.conftest import Result, Tree
 from tests.classify.trees import read_jsonl, relative_rows
 from tests.service.bento_server import BentoServer, running_server

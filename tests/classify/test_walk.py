@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from eluserve.classify.folder import DEFAULT_EXTENSIONS, iter_image_files, parse_extensions
+from eluserve.classify.files import DEFAULT_EXTENSIONS, iter_image_files, parse_extensions
 from tests.classify.conftest import Tree
 
 IMAGES = frozenset(DEFAULT_EXTENSIONS)

@@ -1,0 +1,185 @@
+"""`eluserve classify`: classify every image under files and folders, one output row per file.
+
+    eluserve classify photos/ more.jpg --output results.csv          # in-process, ONNX Runtime
+    eluserve classify photos/ --server http://127.0.0.1:3000 -o r.jsonl  # a running eluserve service
+    eluserve classify data/val --evaluate --confusion-png confusion.png   # ImageFolder layout
+    eluserve bench-classify                                           # img/s vs raw ONNX Runtime
+
+Both engines produce the same rows because they run the same code: the in-process engine decodes with
+`eluserve.core.preprocessing.load_image` and infers with `eluserve.core.session.ModelSession`, exactly
+what the service does behind `POST /classify_batch`, which the server engine calls.
+
+Everything streams so that memory stays flat at any number of files: folders are walked lazily, files
+are decoded in a thread pool with a bounded window of futures in flight (Pillow and ONNX Runtime release
+the GIL, so decoding overlaps inference), rows are written and flushed one by one in input order, and
+the only per-file state kept is the set of paths already done when resuming. Bad files become rows with
+an error instead of stopping the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from eluserve.classify.engines import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CONCURRENCY,
+    Engine,
+    LocalEngine,
+    ServerEngine,
+    ServerFailed,
+    quiet_http_log,
+)
+from eluserve.classify.evaluation import Evaluation, require_matplotlib
+from eluserve.classify.files import DEFAULT_EXTENSIONS, UsageError, iter_image_files, parse_extensions
+from eluserve.classify.rows import FORMATS, RowWriter, format_of, open_text, resume
+from eluserve.classify.run import Summary, classify_files
+from eluserve.core.paths import default_model_file
+from eluserve.core.preprocessing import DECODABLE_FORMATS
+from eluserve.core.results import DEFAULT_TOP_K
+
+
+def positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {value}")
+    return value
+
+
+def positive_ints(text: str) -> list[int]:
+    return [positive_int(part) for part in text.split(",")]
+
+
+def cmd_classify(args: argparse.Namespace) -> int:
+    """`eluserve classify`: exit 0 when every file was classified, 1 when some failed, 2 on usage errors."""
+    try:
+        return _classify(args)
+    except UsageError as exc:
+        print(f"eluserve classify: {exc}", file=sys.stderr)
+        return 2
+    except BrokenPipeError:  # the reader of stdout went away (`| head`): stop quietly, like other tools
+        return 1
+
+
+def _classify(args: argparse.Namespace) -> int:
+    missing = [path for path in args.paths if not os.path.lexists(path)]
+    if missing:
+        raise UsageError(f"no such file or folder: {', '.join(missing)}")
+    extensions = parse_extensions(args.extensions)
+    fmt = format_of(args.output, args.format)
+    if args.resume and not args.output:
+        raise UsageError("--resume needs --output: the file to continue")
+    if args.confusion_png:
+        require_matplotlib()
+    quiet_http_log()
+    evaluate = args.evaluate or bool(args.confusion_png)
+    progress = sys.stderr.isatty() if args.progress is None else args.progress
+
+    with contextlib.ExitStack() as stack:
+        engine: Engine
+        if args.server:
+            engine = stack.enter_context(
+                ServerEngine(
+                    args.server, args.top_k, batch_size=args.batch_size, concurrency=args.concurrency
+                )
+            )
+        else:
+            engine = LocalEngine.load(
+                args.model, args.top_k, batch_size=args.batch_size, threads=args.threads
+            )
+        evaluation = Evaluation(engine.labels) if evaluate else None
+        done = resume(Path(args.output), fmt, evaluation) if args.resume else set()
+        if args.output:
+            stream = stack.enter_context(open_text(args.output, "a" if args.resume else "w"))
+        else:
+            stream = stack.enter_context(open_text(sys.stdout.fileno(), "w"))
+        writer = RowWriter(stream, fmt, header=not args.resume or stream.tell() == 0)
+        files = iter_image_files(args.paths, extensions, recursive=args.recursive)
+        summary = Summary()
+        try:
+            classify_files(
+                files, engine, writer, skip=done, evaluation=evaluation, progress=progress, summary=summary
+            )
+        except (ServerFailed, KeyboardInterrupt) as exc:
+            reason = str(exc) if isinstance(exc, ServerFailed) else "interrupted"
+            print(
+                f"eluserve classify: {reason}; the rows so far are written, --resume continues",
+                file=sys.stderr,
+            )
+            print(summary.format(), file=sys.stderr)
+            return 1 if isinstance(exc, ServerFailed) else 130
+
+    print(f"eluserve classify: model {engine.model}", file=sys.stderr)
+    print(summary.format(), file=sys.stderr)
+    if done and not summary.skipped:
+        print(
+            f"eluserve classify: --resume matched none of the {len(done)} rows already in {args.output}; "
+            "paths are matched as written, so run from the same folder with the same PATH spelling",
+            file=sys.stderr,
+        )
+    if summary.files == 0:
+        print(
+            f"no image files ({', '.join(sorted(extensions))}) under {', '.join(args.paths)}", file=sys.stderr
+        )
+    if evaluation is not None:
+        print(evaluation.report(), file=sys.stderr)
+        if args.confusion_png:
+            evaluation.save_png(args.confusion_png, engine.model)
+            print(f"confusion matrix → {args.confusion_png}", file=sys.stderr)
+    return 1 if summary.failed else 0
+
+
+def register(subparsers: Any) -> None:
+    """Add `classify` to the `eluserve` parser."""
+    parser = subparsers.add_parser(
+        "classify",
+        help="classify image files and folders to CSV/JSONL (in-process or via a running service)",
+        description="Classify every image under PATHs; one row per file (path, label, probability, top_k, "
+        "error). Exit status: 0 all classified, 1 some files failed, 2 usage error.",
+    )
+    parser.add_argument("paths", nargs="+", metavar="PATH", help="image files and folders")
+    engine = parser.add_mutually_exclusive_group()
+    engine.add_argument(
+        "--model", default=str(default_model_file()), help="model .onnx or folder (in-process engine)"
+    )
+    engine.add_argument("--server", metavar="URL", help="classify through a running eluserve service")
+    parser.add_argument("-o", "--output", help="output file, .csv or .jsonl (default: JSONL on stdout)")
+    parser.add_argument("--format", choices=FORMATS, help="output format (default: from --output's suffix)")
+    parser.add_argument(
+        "--resume", action="store_true", help="skip files already in --output, append the rest"
+    )
+    parser.add_argument("--recursive", action=argparse.BooleanOptionalAction, default=True)
+    parser.add_argument(
+        "--extensions",
+        default=",".join(DEFAULT_EXTENSIONS),
+        help="comma-separated extensions of the files to classify in folders "
+        f"(the decoder reads {', '.join(DECODABLE_FORMATS)})",
+    )
+    parser.add_argument("--top-k", type=positive_int, help=f"classes per row (default {DEFAULT_TOP_K})")
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="images per batch/request"
+    )
+    parser.add_argument("--threads", type=positive_int, help="decoding threads (default: available cores)")
+    parser.add_argument(
+        "--concurrency", type=positive_int, default=DEFAULT_CONCURRENCY, help="requests in flight (--server)"
+    )
+    parser.add_argument(
+        "--evaluate", action="store_true", help="folder names are true labels: print accuracy etc."
+    )
+    parser.add_argument(
+        "--confusion-png", metavar="FILE", help="save the confusion matrix (implies --evaluate)"
+    )
+    parser.add_argument(
+        "--progress",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="progress bar (default: on a tty)",
+    )
+    parser.set_defaults(func=cmd_classify)

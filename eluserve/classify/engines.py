@@ -1,0 +1,284 @@
+"""Engines that turn files into rows: in-process (`LocalEngine`) or a running service (`ServerEngine`)."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Iterable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol
+
+import httpx
+import numpy as np
+
+from eluserve.classify.files import UsageError, chunks, in_order, read_image_file
+from eluserve.classify.rows import Row
+from eluserve.core.errors import ClientError, InvalidTopK, ModelFormatError
+from eluserve.core.paths import default_model_file
+from eluserve.core.preprocessing import Limits, load_image
+from eluserve.core.results import DEFAULT_TOP_K, parse_top_k
+from eluserve.core.session import ModelSession, available_cores
+
+DEFAULT_BATCH_SIZE = 64
+DEFAULT_CONCURRENCY = 4
+#: A request the server refuses as overloaded (429) or not ready (503) is retried this long.
+SERVER_RETRY_SECONDS = 60.0
+SERVER_TIMEOUT_SECONDS = 120.0
+
+
+def quiet_http_log() -> None:
+    """httpx logs every request at INFO, which would be one line per batch under the progress bar."""
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+
+
+class ServerFailed(Exception):
+    """The service stopped answering usefully mid-run; rows written so far stay, `--resume` continues."""
+
+
+class Engine(Protocol):
+    """Turns a stream of paths into a stream of rows, in the same order."""
+
+    @property
+    def model(self) -> str:
+        """`name:version` of the model that classifies."""
+        ...
+
+    @property
+    def labels(self) -> Sequence[str]: ...
+
+    def classify(self, paths: Iterable[str]) -> Iterator[Row]: ...
+
+
+class LocalEngine:
+    """In-process: decoding threads feed batches to one ONNX Runtime session in the calling thread."""
+
+    def __init__(
+        self,
+        classifier: ModelSession,
+        top_k: int,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        threads: int | None = None,
+    ) -> None:
+        self.classifier = classifier
+        self.top_k = top_k
+        self.batch_size = batch_size
+        self.threads = threads or available_cores()
+        #: The service's default limits, so that both engines refuse the same files.
+        self.limits = Limits()
+
+    @classmethod
+    def load(
+        cls,
+        model: str | Path,
+        top_k: int | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        threads: int | None = None,
+    ) -> LocalEngine:
+        """Load `model`; a missing or malformed file is a `UsageError` naming it."""
+        try:
+            classifier = ModelSession.from_path(model)
+        except (FileNotFoundError, ModelFormatError) as exc:
+            hint = (
+                " (export one with `eluserve export`, or pass --model)"
+                if Path(model) == default_model_file()
+                else ""
+            )
+            raise UsageError(f"{exc}{hint}") from exc
+        except Exception as exc:  # onnx/onnxruntime raise their own types for a file that is no model
+            raise UsageError(f"cannot load {model} as an ONNX model: {type(exc).__name__}: {exc}") from exc
+        return cls(classifier, _checked_top_k(top_k, classifier.info.num_classes), batch_size, threads)
+
+    @property
+    def model(self) -> str:
+        return self.classifier.info.tag
+
+    @property
+    def labels(self) -> Sequence[str]:
+        return self.classifier.labels
+
+    def classify(self, paths: Iterable[str]) -> Iterator[Row]:
+        # Up to two batches are decoded ahead while the current one runs through the model.
+        window = 2 * self.batch_size
+        with (
+            ThreadPoolExecutor(self.threads, thread_name_prefix="eluserve-decode") as pool,
+            contextlib.closing(in_order(pool, self.prepare, paths, window)) as prepared,
+        ):
+            for batch in chunks(prepared, self.batch_size):
+                yield from self._classify_batch(batch)
+
+    def prepare(self, path: str) -> tuple[str, np.ndarray | ClientError]:
+        """Read, decode and single-crop one file as the service would; a failure is returned, not raised."""
+        try:
+            data = read_image_file(path, self.limits.max_image_bytes)
+            return path, load_image(data, self.classifier.info.preprocessing, self.limits)
+        except ClientError as exc:
+            return path, exc
+
+    def _classify_batch(self, batch: list[tuple[str, np.ndarray | ClientError]]) -> Iterator[Row]:
+        crops = [item for _, item in batch if isinstance(item, np.ndarray)]
+        results = iter(self.classifier.classify(crops, top_k=self.top_k))
+        for path, item in batch:
+            if isinstance(item, ClientError):
+                yield Row.failed(path, item.code, item.message)
+            else:
+                yield Row.from_result(path, next(results))
+
+
+class ServerEngine:
+    """A running eluserve service: `POST /classify_batch` with up to `concurrency` requests in flight.
+
+    Files are read here and refused before upload when over the service's default `max_image_bytes`,
+    so a stray multi-gigabyte file never travels. A request the service finds too large
+    (`too_many_images`, `request_too_large`) is split in halves, and later requests stay that small.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        top_k: int | None = None,
+        batch_size: int = DEFAULT_BATCH_SIZE,
+        concurrency: int = DEFAULT_CONCURRENCY,
+    ) -> None:
+        self.url = url.rstrip("/")
+        self.batch_size = batch_size
+        self.concurrency = concurrency
+        self.limits = Limits()
+        #: Lowered when the server says a request had too many images or bytes.
+        self._request_size = batch_size
+        self._aborted = threading.Event()
+        self._client = httpx.Client(
+            base_url=self.url,
+            timeout=SERVER_TIMEOUT_SECONDS,
+            limits=httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency),
+        )
+        try:
+            self.description = self._describe()
+            self.top_k = _checked_top_k(top_k, len(self.description["labels"]))
+        except BaseException:
+            self._client.close()
+            raise
+
+    def _describe(self) -> dict[str, Any]:
+        try:
+            response = self._client.get("/model", timeout=10.0)
+        except httpx.TransportError as exc:
+            raise UsageError(
+                f"cannot reach an eluserve service at {self.url} ({type(exc).__name__}: {exc}); start one "
+                "with `bentoml serve . --port 3000` or check --server"
+            ) from exc
+        try:
+            description = response.json()
+            labels, model = description["labels"], description["model"]
+        except (ValueError, KeyError, TypeError) as exc:
+            raise UsageError(
+                f"{self.url}/model answered {response.status_code} without an eluserve model description; "
+                "is --server an eluserve service?"
+            ) from exc
+        if not (isinstance(labels, list) and labels and isinstance(model, str)):
+            raise UsageError(f"{self.url}/model names no model or lists no labels: {description}")
+        return description
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> ServerEngine:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+    @property
+    def model(self) -> str:
+        return str(self.description["model"])
+
+    @property
+    def labels(self) -> Sequence[str]:
+        return tuple(self.description["labels"])
+
+    def classify(self, paths: Iterable[str]) -> Iterator[Row]:
+        self._aborted.clear()
+        with ThreadPoolExecutor(self.concurrency, thread_name_prefix="eluserve-http") as pool:
+            # Twice the concurrency: the next requests' files are read while the current ones run.
+            requests = in_order(
+                pool, self._classify_chunk, chunks(paths, self.batch_size), 2 * self.concurrency
+            )
+            try:
+                for rows in requests:
+                    yield from rows
+            finally:
+                self._aborted.set()
+                requests.close()
+
+    def _classify_chunk(self, paths: list[str]) -> list[Row]:
+        rows: list[Row | None] = [None] * len(paths)
+        uploads: list[tuple[int, bytes]] = []
+        for slot, path in enumerate(paths):
+            try:
+                uploads.append((slot, read_image_file(path, self.limits.max_image_bytes)))
+            except ClientError as exc:
+                rows[slot] = Row.failed(path, exc.code, exc.message)
+        for part in chunks(uploads, self._request_size):
+            for (slot, _), result in zip(part, self._post(part), strict=True):
+                rows[slot] = Row.from_result(paths[slot], result)
+        return [row for row in rows if row is not None]
+
+    def _post(self, uploads: list[tuple[int, bytes]]) -> list[dict[str, Any]]:
+        """Results of one request, split in halves while the server says it is too large."""
+        response = self._send(uploads)
+        if response.status_code == 200:
+            try:
+                results = response.json()["results"]
+            except (ValueError, KeyError, TypeError):
+                results = None
+            if not isinstance(results, list) or len(results) != len(uploads):
+                raise ServerFailed(
+                    f"{self.url}/classify_batch answered {len(uploads)} images with {results!r}"
+                )
+            return results
+        error = _error_of(response)
+        if response.status_code == 413 and error["code"] in ("too_many_images", "request_too_large"):
+            if len(uploads) == 1:
+                return [{"error": error}]
+            half = len(uploads) // 2
+            self._request_size = min(self._request_size, half)
+            return self._post(uploads[:half]) + self._post(uploads[half:])
+        raise ServerFailed(
+            f"{self.url}/classify_batch answered {response.status_code} {error['code']}: {error['message']}"
+        )
+
+    def _send(self, uploads: list[tuple[int, bytes]]) -> httpx.Response:
+        """POST, retrying while the server is overloaded, starting, or briefly unreachable."""
+        # Neutral part names: the service ignores them, and a file name need not be encodable.
+        files = [("images", (f"image-{slot}", data)) for slot, data in uploads]
+        deadline = time.monotonic() + SERVER_RETRY_SECONDS
+        delay = 0.1
+        while True:
+            try:
+                response = self._client.post("/classify_batch", files=files, data={"top_k": str(self.top_k)})
+                if response.status_code not in (429, 503):
+                    return response
+                problem = f"{response.status_code} {_error_of(response)['code']}"
+            except httpx.TransportError as exc:
+                problem = f"{type(exc).__name__}: {exc}"
+            if self._aborted.is_set() or time.monotonic() + delay > deadline:
+                raise ServerFailed(f"{self.url} keeps failing ({problem})")
+            time.sleep(delay)
+            delay = min(delay * 2, 5.0)
+
+
+def _error_of(response: httpx.Response) -> dict[str, str]:
+    try:
+        error = response.json()["error"]
+        return {"code": str(error["code"]), "message": str(error["message"])}
+    except (ValueError, KeyError, TypeError):
+        return {"code": f"http_{response.status_code}", "message": response.text[:200]}
+
+
+def _checked_top_k(value: int | None, num_classes: int) -> int:
+    try:
+        return parse_top_k(value, num_classes, DEFAULT_TOP_K)
+    except InvalidTopK as exc:
+        raise UsageError(f"--top-k: {exc}") from exc
