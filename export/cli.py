@@ -13,6 +13,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from eluserve.core.contract import MODEL_FILE
 from eluserve.export.config import TrainConfig
 
 OPTIONAL_TYPES = {
@@ -63,7 +64,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         Path(args.run), out, args.name, args.version, sample=args.sample, fp16_storage=args.fp16_storage
     )
     print(
-        f"exported {out / 'model.onnx'}: validation accuracy {100 * card['validation']['accuracy']:.2f} %, "
+        f"exported {out / MODEL_FILE}: validation accuracy {100 * card['validation']['accuracy']:.2f} %, "
         f"verification {'passed' if card['export']['verification_passed'] else 'FAILED'}"
     )
     return 0

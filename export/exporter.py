@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import hashlib
-import json
 import logging
 import warnings
 from dataclasses import dataclass
@@ -26,6 +25,8 @@ import torch
 from torch import nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
+from eluserve.core.contract import INPUT_LAYOUT, INPUT_NAME, MODEL_FILE, OUTPUT_NAMES, ModelMetadata
+from eluserve.core.preprocessing import PreprocessingRule
 from eluserve.export.fusion import DOMAIN, default_opset, fuse_elu
 from eluserve.export.pack import FP16_MIN_ELEMENTS, to_fp16_storage
 from eluserve.export.preprocess import Classifier, GcnZcaInput
@@ -33,8 +34,6 @@ from eluserve.export.preprocess import Classifier, GcnZcaInput
 log = logging.getLogger(__name__)
 
 OPSET = 18
-INPUT_NAME = "image"
-OUTPUT_NAMES = ("logits", "probabilities")
 
 
 class ExportModule(nn.Module):
@@ -95,7 +94,8 @@ class ExportResult:
     model_path: Path
     plain_path: Path
     rewrites: dict[str, int]
-    metadata: dict[str, str]
+    #: What the exporter wrote into `model_path`'s metadata_props; `read_model_info` reads it back.
+    metadata: ModelMetadata
 
 
 def file_sha256(path: Path) -> str:
@@ -115,10 +115,6 @@ def set_metadata(model: onnx.ModelProto, metadata: dict[str, str]) -> None:
             model.metadata_props.add(key=key, value=value)
 
 
-def read_metadata(model: onnx.ModelProto) -> dict[str, str]:
-    return {p.key: p.value for p in model.metadata_props}
-
-
 def build_metadata(
     name: str,
     version: str,
@@ -126,34 +122,38 @@ def build_metadata(
     summary: dict[str, Any],
     checkpoint: Path,
     classifier: Classifier,
-) -> dict[str, str]:
-    """metadata_props per docs/model-format.md: everything the service must not re-guess."""
+    model_path: Path,
+) -> ModelMetadata:
+    """The contract per docs/model-format.md: everything the service must not re-guess.
+
+    Built as the `ModelMetadata` that serving reads, and written with its `to_metadata_props`, so that
+    what export writes and what serving reads cannot drift apart.
+    """
     input_size = int(config["input_size"])
     normalization = "gcn_zca" if isinstance(classifier.input_transform, GcnZcaInput) else "mean_std"
     val_per_class = config.get("val_per_class")
-    return {
-        "name": name,
-        "version": version,
-        "labels": json.dumps(summary.get("classes") or config.get("classes")),
-        "input_size": json.dumps([input_size, input_size]),
-        "input_layout": "NHWC uint8 RGB",
-        "preprocessing": json.dumps(
-            {
-                "resize_shorter_side": input_size,
-                "crop": [input_size, input_size],
-                "interpolation": "bicubic",
-                "normalization": normalization,
-            }
+    accuracy = summary.get("val_accuracy_fp32", summary.get("val_accuracy"))
+    return ModelMetadata(
+        name=name,
+        version=version,
+        labels=tuple(summary.get("classes") or config.get("classes") or ()),
+        input_size=(input_size, input_size),
+        preprocessing=PreprocessingRule(
+            resize_shorter_side=input_size,
+            crop=(input_size, input_size),
+            interpolation="bicubic",
+            normalization=normalization,
         ),
-        "outputs": "logits [N, C] float32; probabilities [N, C] float32 (softmax of logits)",
-        "architecture": config["model"],
-        "activation": config["activation"],
-        "dataset": f"{Path(config['data']).name} (train minus the last {val_per_class} images per class)",
-        "val_accuracy": f"{summary.get('val_accuracy_fp32', summary.get('val_accuracy', float('nan'))):.4f}",
-        "checkpoint_sha256": file_sha256(checkpoint),
-        "exported_at": datetime.now(UTC).isoformat(timespec="seconds"),
-        "custom_domain": DOMAIN,
-    }
+        path=str(model_path),
+        input_layout=INPUT_LAYOUT,
+        val_accuracy=None if accuracy is None else round(float(accuracy), 4),
+        architecture=config["model"],
+        activation=config["activation"],
+        dataset=f"{Path(config['data']).name} (train minus the last {val_per_class} images per class)",
+        custom_domain=DOMAIN,
+        checkpoint_sha256=file_sha256(checkpoint),
+        exported_at=datetime.now(UTC).isoformat(timespec="seconds"),
+    )
 
 
 def finalize(model: onnx.ModelProto) -> onnx.ModelProto:
@@ -180,14 +180,14 @@ def export_run(
     plain_path = (plain_dir or out_dir) / "plain.onnx"
     onnx.save(finalize(plain), plain_path)
 
+    model_path = out_dir / MODEL_FILE
     fused = copy.deepcopy(plain)
     rewrites = fuse_elu(fused)
-    metadata = build_metadata(name, version, config, summary, checkpoint, classifier)
-    set_metadata(fused, metadata)
+    metadata = build_metadata(name, version, config, summary, checkpoint, classifier, model_path)
+    set_metadata(fused, metadata.to_metadata_props())
     fused.producer_name = "eluserve"
     fused.doc_string = f"{name}: {config['model']} ({config['activation']}), fused ELU ops in {DOMAIN}"
     fused = finalize(storage_fp16(fused) if fp16_storage else fused)
-    model_path = out_dir / "model.onnx"
     onnx.save(fused, model_path)
     log.info("exported %s: rewrites %s, opset %d", model_path, dict(rewrites), default_opset(fused))
     return ExportResult(model_path, plain_path, dict(rewrites), metadata)
@@ -275,10 +275,10 @@ def export_and_verify(
         + (f" --sample {sample}" if sample is not None else "")
         + (" --fp16-storage" if fp16_storage else "")
     )
-    card = build_card(name, classifier, config, summary, report, result.metadata, command)
+    card = build_card(name, classifier, config, summary, report, result.metadata.to_metadata_props(), command)
     write_card(card, out_dir, run_dir)
     proto = onnx.load(str(result.model_path))
-    set_metadata(proto, {"model_card": json.dumps(card, separators=(",", ":"))})
+    set_metadata(proto, dataclasses.replace(result.metadata, model_card=card).to_metadata_props())
     onnx.save(proto, result.model_path)
     if not report["passed"]:
         raise ExportVerificationError(f"export verification failed, see {out_dir / 'verification.md'}")

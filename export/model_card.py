@@ -16,6 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from eluserve.core.contract import MODEL_CARD_JSON, MODEL_CARD_MD, MetadataKey
 from eluserve.export.config import TrainConfig
 
 LIMITATIONS = [
@@ -109,10 +110,10 @@ def build_card(
     export_command: str,
 ) -> dict[str, Any]:
     """The machine-readable card."""
-    preprocessing = json.loads(metadata["preprocessing"])
+    preprocessing = json.loads(metadata[MetadataKey.PREPROCESSING])
     return {
         "name": name,
-        "version": metadata["version"],
+        "version": metadata[MetadataKey.VERSION],
         "architecture": config.model,
         "activation": config.activation,
         "parameters": count_parameters(model),
@@ -122,11 +123,11 @@ def build_card(
             "dtype": "uint8",
             "layout": "NHWC RGB",
         },
-        "outputs": metadata["outputs"],
-        "labels": json.loads(metadata["labels"]),
+        "outputs": metadata[MetadataKey.OUTPUTS],
+        "labels": json.loads(metadata[MetadataKey.LABELS]),
         "data": {
             "source": config.data,
-            "dataset": metadata["dataset"],
+            "dataset": metadata[MetadataKey.DATASET],
             "train_images": summary.get("train_images"),
             "validation_images": summary.get("val_images"),
             "validation_split": f"last {config.val_per_class} images of each class, in file order",
@@ -163,9 +164,9 @@ def build_card(
             },
         },
         "export": {
-            "checkpoint_sha256": metadata["checkpoint_sha256"],
-            "exported_at": metadata["exported_at"],
-            "custom_domain": metadata["custom_domain"],
+            "checkpoint_sha256": metadata[MetadataKey.CHECKPOINT_SHA256],
+            "exported_at": metadata[MetadataKey.EXPORTED_AT],
+            "custom_domain": metadata[MetadataKey.CUSTOM_DOMAIN],
             "verification_passed": verification["passed"],
             "parity_max_abs_logit_diff": verification["parity_max_abs_logit_diff"],
             "top1_agreement_torch_vs_ort": verification["top1_agreement_torch_vs_ort"],
@@ -251,8 +252,8 @@ checkpoint sha256 `{exp["checkpoint_sha256"][:16]}…`. Details: `verification.m
 
 def write_card(card: dict[str, Any], out_dir: Path, run_dir: Path) -> None:
     """Write the card files and the plots beside the model."""
-    (out_dir / "model_card.json").write_text(json.dumps(card, indent=2) + "\n")
-    (out_dir / "MODEL_CARD.md").write_text(render_markdown(card))
+    (out_dir / MODEL_CARD_JSON).write_text(json.dumps(card, indent=2) + "\n")
+    (out_dir / MODEL_CARD_MD).write_text(render_markdown(card))
     if (run_dir / "curves.png").exists():
         shutil.copyfile(run_dir / "curves.png", out_dir / "curves.png")
     if card["validation"]["confusion_matrix"]:

@@ -37,6 +37,8 @@ MODEL_CARD_JSON = "model_card.json"
 MODEL_CARD_MD = "MODEL_CARD.md"
 #: The input layout every exported graph has.
 INPUT_LAYOUT = "NHWC uint8 RGB"
+#: The `outputs` metadata value: the outputs in words, for people reading the file's metadata.
+OUTPUTS_DESCRIPTION = "logits [N, C] float32; probabilities [N, C] float32 (softmax of logits)"
 #: Largest |ORT - torch| logit difference an export may show: 1e-4 plus 1e-5 × the largest |logit|
 #: (fp32 reassociation grows with the logit scale); also the bar for an engine against ORT fp32.
 PARITY_ATOL = 1e-4
@@ -92,7 +94,7 @@ class ModelMetadata:
     input_size: tuple[int, int]
     preprocessing: PreprocessingRule
     path: str
-    input_layout: str = "NHWC uint8 RGB"
+    input_layout: str = INPUT_LAYOUT
     val_accuracy: float | None = None
     architecture: str | None = None
     activation: str | None = None
@@ -141,6 +143,34 @@ class ModelMetadata:
             "model_card": dict(self.model_card) if self.model_card is not None else None,
         }
 
+    def to_metadata_props(self) -> dict[str, str]:
+        """The `metadata_props` that `from_onnx` reads back as this object (the exporter writes these).
+
+        Optional fields that are None are left out; `path`, `opset` and `provider` describe a file and
+        a session, not the export, so they are not metadata. `val_accuracy` is written as its shortest
+        round-tripping repr, so what is read back equals what was written.
+        """
+        props = {
+            MetadataKey.NAME: self.name,
+            MetadataKey.VERSION: self.version,
+            MetadataKey.LABELS: json.dumps(list(self.labels)),
+            MetadataKey.INPUT_SIZE: json.dumps(list(self.input_size)),
+            MetadataKey.INPUT_LAYOUT: self.input_layout,
+            MetadataKey.PREPROCESSING: json.dumps(self.preprocessing.to_dict()),
+            MetadataKey.OUTPUTS: OUTPUTS_DESCRIPTION,
+            MetadataKey.VAL_ACCURACY: None if self.val_accuracy is None else repr(self.val_accuracy),
+            MetadataKey.ARCHITECTURE: self.architecture,
+            MetadataKey.ACTIVATION: self.activation,
+            MetadataKey.DATASET: self.dataset,
+            MetadataKey.CUSTOM_DOMAIN: self.custom_domain,
+            MetadataKey.CHECKPOINT_SHA256: self.checkpoint_sha256,
+            MetadataKey.EXPORTED_AT: self.exported_at,
+            MetadataKey.MODEL_CARD: None
+            if self.model_card is None
+            else json.dumps(dict(self.model_card), separators=(",", ":")),
+        }
+        return {key: value for key, value in props.items() if value is not None}
+
     @classmethod
     def from_onnx(cls, model: onnx.ModelProto, path: str | Path) -> ModelMetadata:
         """Read and check the contract: graph interface and required metadata.
@@ -156,43 +186,43 @@ class ModelMetadata:
                 f"{where}: metadata_props lacks {missing}; export it with the exporter in export/ "
                 "(docs/model-format.md lists the keys)"
             )
-        labels = _json_metadata(meta, "labels", where)
+        labels = _json_metadata(meta, MetadataKey.LABELS, where)
         if not (isinstance(labels, list) and labels and all(isinstance(label, str) for label in labels)):
             raise ModelFormatError(f"{where}: metadata 'labels' must be a non-empty JSON list of strings")
-        input_size = _json_metadata(meta, "input_size", where)
+        input_size = _json_metadata(meta, MetadataKey.INPUT_SIZE, where)
         if not (
             isinstance(input_size, list)
             and len(input_size) == 2
             and all(isinstance(v, int) and v > 0 for v in input_size)
         ):
             raise ModelFormatError(f"{where}: metadata 'input_size' must be JSON [height, width]")
-        rule = PreprocessingRule.from_metadata(meta["preprocessing"])
+        rule = PreprocessingRule.from_metadata(meta[MetadataKey.PREPROCESSING])
         if rule.crop != tuple(input_size):
             raise ModelFormatError(
                 f"{where}: preprocessing crop {list(rule.crop)} differs from input_size {input_size}"
             )
         _check_graph(model.graph, (input_size[0], input_size[1]), len(labels), where)
         opset = next((entry.version for entry in model.opset_import if entry.domain in ("", "ai.onnx")), None)
-        custom = meta.get("custom_domain") or next(
+        custom = meta.get(MetadataKey.CUSTOM_DOMAIN) or next(
             (entry.domain for entry in model.opset_import if entry.domain not in STANDARD_DOMAINS), None
         )
-        card = _json_metadata(meta, "model_card", where) if "model_card" in meta else None
+        card = _json_metadata(meta, MetadataKey.MODEL_CARD, where) if MetadataKey.MODEL_CARD in meta else None
         return cls(
-            name=meta["name"],
-            version=meta["version"],
+            name=meta[MetadataKey.NAME],
+            version=meta[MetadataKey.VERSION],
             labels=tuple(labels),
             input_size=(input_size[0], input_size[1]),
             preprocessing=rule,
             path=where,
-            input_layout=meta.get("input_layout", "NHWC uint8 RGB"),
-            val_accuracy=_float_or_none(meta.get("val_accuracy")),
-            architecture=meta.get("architecture"),
-            activation=meta.get("activation"),
-            dataset=meta.get("dataset"),
+            input_layout=meta.get(MetadataKey.INPUT_LAYOUT, INPUT_LAYOUT),
+            val_accuracy=_float_or_none(meta.get(MetadataKey.VAL_ACCURACY)),
+            architecture=meta.get(MetadataKey.ARCHITECTURE),
+            activation=meta.get(MetadataKey.ACTIVATION),
+            dataset=meta.get(MetadataKey.DATASET),
             custom_domain=custom,
             opset=opset,
-            checkpoint_sha256=meta.get("checkpoint_sha256"),
-            exported_at=meta.get("exported_at"),
+            checkpoint_sha256=meta.get(MetadataKey.CHECKPOINT_SHA256),
+            exported_at=meta.get(MetadataKey.EXPORTED_AT),
             model_card=card if isinstance(card, dict) else None,
         )
 

@@ -16,7 +16,8 @@ import torch
 from onnx.reference import ReferenceEvaluator
 
 from eluserve.cli import main
-from eluserve.export.exporter import export_and_verify, round_to_fp16
+from eluserve.core.contract import INPUT_NAME, LOGITS_NAME, MetadataKey, read_model_info
+from eluserve.export.exporter import export_and_verify, export_run, round_to_fp16
 from eluserve.export.fusion import CONV_ELU, CONV_MAXPOOL_ELU, DOMAIN
 from eluserve.export.train import TrainConfig, load_trained, train
 from eluserve.export.verify import sample_index
@@ -94,21 +95,35 @@ def test_export_and_verify_round_trip(tiny_run: Path, tmp_path: Path) -> None:
     proto = onnx.load(str(model_path))
     onnx.checker.check_model(proto, full_check=True)
     meta = {p.key: p.value for p in proto.metadata_props}
-    assert json.loads(meta["labels"])[0] == "airplane"
-    assert json.loads(meta["preprocessing"])["crop"] == [32, 32]
-    assert meta["custom_domain"] == DOMAIN and json.loads(meta["model_card"])["name"] == "tiny"
+    assert json.loads(meta[MetadataKey.LABELS])[0] == "airplane"
+    assert json.loads(meta[MetadataKey.PREPROCESSING])["crop"] == [32, 32]
+    assert meta[MetadataKey.CUSTOM_DOMAIN] == DOMAIN
+    assert read_model_info(model_path).model_card == json.loads(json.dumps(card))
     assert not any(n.op_type in ("Elu", "Dropout", "BatchNormalization") for n in proto.graph.node)
 
     images = np.random.default_rng(0).integers(0, 256, (3, 32, 32, 3), dtype=np.uint8)
-    logits, probs = ort.InferenceSession(str(model_path)).run(None, {"image": images})
+    logits, probs = ort.InferenceSession(str(model_path)).run(None, {INPUT_NAME: images})
     np.testing.assert_allclose(probs.sum(1), 1.0, atol=1e-5)
     np.testing.assert_allclose(
-        ReferenceEvaluator(proto).run(["logits"], {"image": images})[0], logits, atol=1e-4
+        ReferenceEvaluator(proto).run([LOGITS_NAME], {INPUT_NAME: images})[0], logits, atol=1e-4
     )
     assert card["macs_per_image"] > 0 and (tmp_path / "MODEL_CARD.md").read_text().startswith(
         "# Model card: tiny"
     )
     assert (tmp_path / "confusion.png").exists() and (tmp_path / "curves.png").exists()
+
+
+def test_what_export_writes_is_what_serving_reads(tiny_run: Path, tmp_path: Path) -> None:
+    """The exporter writes its `ModelMetadata` through the contract; serving's reader gives it back."""
+    classifier, config, summary = load_trained(tiny_run)
+    result = export_run(
+        classifier, dataclasses.asdict(config), summary, tiny_run / "checkpoint.pt", tmp_path, "tiny", "3"
+    )
+    read = read_model_info(result.model_path)
+    assert read == dataclasses.replace(result.metadata, opset=read.opset)
+    assert read.opset == 18 and read.tag == "tiny:3" and read.custom_domain == DOMAIN
+    assert read.val_accuracy == round(summary["val_accuracy_fp32"], 4)
+    assert read.preprocessing.crop == (32, 32) and read.labels[0] == "airplane"
 
 
 def test_cli_lists_models_and_rejects_unknown(capsys: pytest.CaptureFixture[str]) -> None:
