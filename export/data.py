@@ -21,11 +21,12 @@ from PIL import Image
 from tqdm import tqdm
 
 from eluserve.core.errors import ClientError
-from eluserve.core.preprocessing import Limits, PreprocessingRule, load_image
+from eluserve.core.preprocessing import IMAGE_EXTENSIONS, Limits, PreprocessingRule, load_image
 
 log = logging.getLogger(__name__)
 
-IMAGE_EXTENSIONS = frozenset({".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff"})
+#: Suffixes of the image files an ImageFolder (directory or zip) holds: what the service decodes.
+IMAGE_SUFFIXES = frozenset(f".{extension}" for extension in IMAGE_EXTENSIONS)
 
 
 class DatasetError(ValueError):
@@ -119,7 +120,7 @@ def _folder_members(root: Path) -> Iterator[Member]:
 
 def _is_image_name(name: str) -> bool:
     base = name.rsplit("/", 1)[-1]
-    return not base.startswith(".") and Path(base).suffix.lower() in IMAGE_EXTENSIONS
+    return not base.startswith(".") and Path(base).suffix.lower() in IMAGE_SUFFIXES
 
 
 def _decode_all(members: Iterator[Member], input_size: int, source: str) -> ImageDataset:

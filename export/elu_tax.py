@@ -28,6 +28,7 @@ import onnxruntime as ort
 import torch
 from tqdm import tqdm
 
+from eluserve.core.contract import INPUT_NAME
 from eluserve.core.throughput import cpu_session, measure_session
 from eluserve.export.exporter import finalize, to_onnx
 from eluserve.export.fusion import RULES, FuseConvElu, FuseConvMaxPoolElu, StripDropout, fuse_elu
@@ -75,7 +76,7 @@ def profile_ops(path: Path, batch: np.ndarray, runs: int = 20) -> dict[str, floa
         options.profile_file_prefix = str(Path(tmp) / "profile")
         session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         for _ in range(runs):
-            session.run(None, {"image": batch})
+            session.run(None, {INPUT_NAME: batch})
         events = json.loads(Path(session.end_profiling()).read_text())
     totals: dict[str, float] = defaultdict(float)
     for event in events:

@@ -21,18 +21,20 @@ import onnx
 import torch
 from onnx.reference import ReferenceEvaluator
 
+from eluserve.core.contract import INPUT_NAME, LOGITS_NAME, parity_tolerance
 from eluserve.core.throughput import cpu_session, measure_session
 from eluserve.export.data import ImageDataset
 from eluserve.export.fusion import DOMAIN
 
-PARITY_ATOL = 1e-4
-PARITY_RTOL = 1e-5  # of the largest |logit| in the parity batch
 BATCH_SIZES = (1, 8, 32, 64, 128)
 
 
 def _ort_logits(session: Any, images: np.ndarray, batch: int = 256) -> np.ndarray:
     return np.concatenate(
-        [session.run(["logits"], {"image": images[i : i + batch]})[0] for i in range(0, len(images), batch)]
+        [
+            session.run([LOGITS_NAME], {INPUT_NAME: images[i : i + batch]})[0]
+            for i in range(0, len(images), batch)
+        ]
     )
 
 
@@ -76,13 +78,13 @@ def verify_export(
     fused_logits = _ort_logits(fused, images)
     plain_logits = _ort_logits(plain, images)
     parity = float(np.abs(torch_logits[:parity_batch] - fused_logits[:parity_batch]).max())
-    tolerance = PARITY_ATOL + PARITY_RTOL * float(np.abs(torch_logits[:parity_batch]).max())
+    tolerance = parity_tolerance(float(np.abs(torch_logits[:parity_batch]).max()))
     agreement = float((torch_logits.argmax(1) == fused_logits.argmax(1)).mean())
     fused_vs_plain_identical = bool((fused_logits.argmax(1) == plain_logits.argmax(1)).all())
     fused_vs_plain_max_diff = float(np.abs(fused_logits - plain_logits).max())
 
     proto = onnx.load(str(fused_path))
-    reference = ReferenceEvaluator(proto).run(["logits"], {"image": images[:reference_images]})[0]
+    reference = ReferenceEvaluator(proto).run([LOGITS_NAME], {INPUT_NAME: images[:reference_images]})[0]
     reference_diff = float(np.abs(reference - fused_logits[:reference_images]).max())
 
     throughput = {}

@@ -43,8 +43,8 @@ from pathlib import Path
 
 import httpx
 
+from eluserve.core.paths import default_model_file
 from load_tests.soak import (
-    DEFAULT_MODEL,
     SHED,
     Record,
     Shot,
@@ -156,9 +156,9 @@ def kill_worker_under_load(
 
 def slow_batch_shot(images: int = 16) -> Shot:
     """A `/classify_batch` request whose decoding takes a while: `images` full-HD PNG photos."""
-    from load_tests.fixtures import Upload, encode, multipart, photo_like
+    from load_tests.fixtures import Attachment, encode, multipart, photo_like
 
-    png = Upload("photo.png", "image/png", encode(photo_like(1920, 1080), "PNG"))
+    png = Attachment("photo.png", "image/png", encode(photo_like(1920, 1080), "PNG"))
     body, content_type = multipart("images", [png] * images)
     return ("/classify_batch", body, {"Content-Type": content_type})
 
@@ -290,7 +290,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from load_tests.servers import start_service
 
     parser = argparse.ArgumentParser(prog="python -m load_tests.faults", description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model to serve")
+    parser.add_argument("--model", type=Path, default=default_model_file(), help="model to serve")
     parser.add_argument("--rate", type=float, default=30.0, help="requests/s during the kills (30)")
     parser.add_argument("--max-recovery", type=float, default=30.0, help="seconds a recovery may take (30)")
     parser.add_argument("--startup-timeout", type=float, default=60.0, help="seconds to exit on a bad model")

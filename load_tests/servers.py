@@ -26,7 +26,8 @@ from pathlib import Path
 import httpx
 import psutil
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from load_tests import REPO_ROOT
+
 #: Where `load_tests/requirements-triton.txt` is installed by default (ignored by git).
 TRITON_VENV_PYTHON = REPO_ROOT / ".cache" / "triton-venv" / "bin" / "python"
 TRITON_MODEL_PATH = "/v2/models/eluserve"

@@ -42,6 +42,8 @@ import aiohttp
 import numpy as np
 import psutil
 
+from eluserve.core.paths import default_model_file
+
 #: One HTTP request, prepared once: path, body and headers.
 Shot = tuple[str, bytes, dict[str, str]]
 
@@ -49,7 +51,6 @@ WORKER_MODULE = "_bentoml_impl.worker.service"
 #: Idle seconds before each sample: longer than uvicorn's 5 s keep-alive timeout, so that pooled
 #: connections left idle by the load are closed and the samples compare idle server to idle server.
 SETTLE_S = 10.0
-DEFAULT_MODEL = Path(__file__).resolve().parent.parent / "models" / "elufast-cifar10" / "model.onnx"
 #: The outcome of a request the open loop did not send because too many were already waiting.
 SHED = "shed by client"
 
@@ -310,7 +311,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--concurrency", type=int, default=16, help="clients for the capacity run (16)")
     parser.add_argument("--sample-every", type=float, default=30.0, help="seconds between RSS samples")
     parser.add_argument("--max-rss-growth", type=float, default=5.0, help="percent; fail at or above")
-    parser.add_argument("--model", type=Path, default=DEFAULT_MODEL, help="model to serve (without --url)")
+    parser.add_argument(
+        "--model", type=Path, default=default_model_file(), help="model to serve (without --url)"
+    )
     parser.add_argument("--url", help="a running service instead of starting one (needs --pid)")
     parser.add_argument("--pid", type=int, help="pid of that service's `bentoml serve` process")
     parser.add_argument("--log-dir", type=Path, default=Path(".cache/soak"), help="server log folder")

@@ -28,12 +28,12 @@ from pytriton.decorators import batch
 from pytriton.model_config import DynamicBatcher, ModelConfig, Tensor
 from pytriton.triton import Triton, TritonConfig
 
+from eluserve.core.contract import INPUT_NAME, OUTPUT_NAME
 from eluserve.core.preprocessing import Limits, load_image
 from eluserve.core.session import ModelSession
 
+#: The Triton model's name; its input and output tensors carry the contract's names.
 MODEL_NAME = "eluserve"
-INPUT_NAME = "image"
-OUTPUT_NAME = "probabilities"
 
 
 def build_infer(classifier: ModelSession, limits: Limits) -> Callable[..., dict[str, np.ndarray]]:
@@ -45,8 +45,8 @@ def build_infer(classifier: ModelSession, limits: Limits) -> Callable[..., dict[
     rule = classifier.info.preprocessing
 
     @batch
-    def infer(image: np.ndarray) -> dict[str, np.ndarray]:
-        crops = [load_image(bytes(row[0]), rule, limits) for row in image]
+    def infer(**inputs: np.ndarray) -> dict[str, np.ndarray]:
+        crops = [load_image(bytes(row[0]), rule, limits) for row in inputs[INPUT_NAME]]
         return {OUTPUT_NAME: classifier.predict(np.stack(crops))}
 
     return infer

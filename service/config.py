@@ -79,9 +79,7 @@ class Settings:
 
     def limits(self) -> Limits:
         """The per-image limits for `eluserve.core.preprocessing`."""
-        return Limits(
-            max_image_bytes=self.max_image_bytes, max_pixels=self.max_pixels, max_images=self.max_images
-        )
+        return Limits(max_image_bytes=self.max_image_bytes, max_pixels=self.max_pixels)
 
     def provider_list(self) -> list[str] | None:
         """`providers` as a list for `ModelSession.from_path`; None lets it choose."""

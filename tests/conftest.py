@@ -17,9 +17,11 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_MODEL = REPO_ROOT / "models" / "elufast-cifar10" / "model.onnx"
-CIFAR_ZIP = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg" / "train.zip"
+from eluserve.core.contract import INPUT_LAYOUT, INPUT_NAME, LOGITS_NAME, OUTPUT_NAME, MetadataKey
+from eluserve.core.paths import default_model_file
+from eluserve.export.fusion import DOMAIN as CUSTOM_DOMAIN
+from load_tests.fixtures import CIFAR_ZIP
+
 CIFAR10_LABELS = (
     "airplane",
     "automobile",
@@ -32,7 +34,6 @@ CIFAR10_LABELS = (
     "ship",
     "truck",
 )
-CUSTOM_DOMAIN = "ai.eluserve"
 
 
 def _conv_elu_function() -> onnx.FunctionProto:
@@ -99,7 +100,7 @@ def build_tiny_model(
         pads=[1, 1, 1, 1],
     )
     nodes = [
-        helper.make_node("Cast", ["image"], ["as_float"], to=TensorProto.FLOAT),
+        helper.make_node("Cast", [INPUT_NAME], ["as_float"], to=TensorProto.FLOAT),
         helper.make_node("Mul", ["as_float", "scale"], ["scaled"]),
         helper.make_node("Sub", ["scaled", "one"], ["centred"]),
         helper.make_node("Transpose", ["centred"], ["nchw"], perm=[0, 3, 1, 2]),
@@ -107,16 +108,16 @@ def build_tiny_model(
         helper.make_node("GlobalAveragePool", ["features"], ["pooled"]),
         helper.make_node("Flatten", ["pooled"], ["flat"], axis=1),
         helper.make_node("MatMul", ["flat", "fc_w"], ["product"]),
-        helper.make_node("Add", ["product", "fc_b"], ["logits"]),
-        helper.make_node("Softmax", ["logits"], ["probabilities"], axis=1),
+        helper.make_node("Add", ["product", "fc_b"], [LOGITS_NAME]),
+        helper.make_node("Softmax", [LOGITS_NAME], [OUTPUT_NAME], axis=1),
     ]
     graph = helper.make_graph(
         nodes,
         "tiny",
-        [helper.make_tensor_value_info("image", TensorProto.UINT8, ["N", height, width, 3])],
+        [helper.make_tensor_value_info(INPUT_NAME, TensorProto.UINT8, ["N", height, width, 3])],
         [
-            helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["N", classes]),
-            helper.make_tensor_value_info("probabilities", TensorProto.FLOAT, ["N", classes]),
+            helper.make_tensor_value_info(LOGITS_NAME, TensorProto.FLOAT, ["N", classes]),
+            helper.make_tensor_value_info(OUTPUT_NAME, TensorProto.FLOAT, ["N", classes]),
         ],
         initializer=initializers,
     )
@@ -129,12 +130,12 @@ def build_tiny_model(
     model.ir_version = 8
     card = {"name": name, "version": version, "note": "tiny test model, random weights"}
     metadata: dict[str, str | None] = {
-        "name": name,
-        "version": version,
-        "labels": json.dumps(list(labels)),
-        "input_size": json.dumps([height, width]),
-        "input_layout": "NHWC uint8 RGB",
-        "preprocessing": json.dumps(
+        MetadataKey.NAME: name,
+        MetadataKey.VERSION: version,
+        MetadataKey.LABELS: json.dumps(list(labels)),
+        MetadataKey.INPUT_SIZE: json.dumps([height, width]),
+        MetadataKey.INPUT_LAYOUT: INPUT_LAYOUT,
+        MetadataKey.PREPROCESSING: json.dumps(
             {
                 "resize_shorter_side": resize_shorter_side or min(height, width),
                 "crop": [height, width],
@@ -142,14 +143,14 @@ def build_tiny_model(
                 "normalization": "mean_std",
             }
         ),
-        "architecture": "tiny",
-        "activation": "elu",
-        "dataset": "none (random weights)",
-        "val_accuracy": "0.1",
-        "checkpoint_sha256": "0" * 64,
-        "exported_at": "2026-01-01T00:00:00Z",
-        "custom_domain": CUSTOM_DOMAIN,
-        "model_card": json.dumps(card),
+        MetadataKey.ARCHITECTURE: "tiny",
+        MetadataKey.ACTIVATION: "elu",
+        MetadataKey.DATASET: "none (random weights)",
+        MetadataKey.VAL_ACCURACY: "0.1",
+        MetadataKey.CHECKPOINT_SHA256: "0" * 64,
+        MetadataKey.EXPORTED_AT: "2026-01-01T00:00:00Z",
+        MetadataKey.CUSTOM_DOMAIN: CUSTOM_DOMAIN,
+        MetadataKey.MODEL_CARD: json.dumps(card),
     }
     metadata.update(metadata_overrides or {})
     helper.set_model_props(model, {key: value for key, value in metadata.items() if value is not None})
@@ -168,7 +169,8 @@ def tiny_model_path(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def serving_model_path(tiny_model_path: Path) -> Path:
     """The model the integration tests serve: the exported default model once it exists."""
-    return DEFAULT_MODEL if DEFAULT_MODEL.is_file() else tiny_model_path
+    default = default_model_file()
+    return default if default.is_file() else tiny_model_path
 
 
 @pytest.fixture(scope="session")

@@ -10,11 +10,13 @@ from concurrent.futures import Executor, Future
 from typing import TypeVar
 
 from eluserve.core.errors import ClientError, ImageTooLarge
+from eluserve.core.preprocessing import IMAGE_EXTENSIONS
 
 T = TypeVar("T")
 R = TypeVar("R")
 
-DEFAULT_EXTENSIONS = ("jpg", "jpeg", "png", "gif", "webp", "bmp", "tif", "tiff", "avif")
+#: What a folder walk picks up unless `--extensions` says otherwise: every decodable image.
+DEFAULT_EXTENSIONS = IMAGE_EXTENSIONS
 #: The code of files that cannot be read (permissions, broken symlinks); every other code is the service's.
 UNREADABLE = "unreadable_file"
 

@@ -33,9 +33,23 @@ from eluserve.core.errors import (
 
 logger = logging.getLogger(__name__)
 
-#: File formats the service decodes. A short list on purpose: every Pillow plugin is attack surface,
-#: and some (EPS) shell out to other programs. Others are answered with `unsupported_format`.
-DECODABLE_FORMATS: tuple[str, ...] = ("JPEG", "PNG", "GIF", "WEBP", "BMP", "TIFF", "AVIF")
+#: File formats the service decodes, with the file name extensions they go by. A short list on
+#: purpose: every Pillow plugin is attack surface, and some (EPS) shell out to other programs. Others
+#: are answered with `unsupported_format`.
+FORMAT_EXTENSIONS: Mapping[str, tuple[str, ...]] = {
+    "JPEG": ("jpg", "jpeg"),
+    "PNG": ("png",),
+    "GIF": ("gif",),
+    "WEBP": ("webp",),
+    "BMP": ("bmp",),
+    "TIFF": ("tif", "tiff"),
+    "AVIF": ("avif",),
+}
+#: The Pillow format names `Image.open` may use.
+DECODABLE_FORMATS: tuple[str, ...] = tuple(FORMAT_EXTENSIONS)
+#: File name extensions (lower case, no dot) of decodable images: what the folder walks of training
+#: data and of `eluserve classify` pick up.
+IMAGE_EXTENSIONS: tuple[str, ...] = tuple(ext for exts in FORMAT_EXTENSIONS.values() for ext in exts)
 
 #: A JPEG may be decoded at 1/2, 1/4 or 1/8 scale (`Image.draft`) as long as both sides stay at
 #: least this many times the resize target: the bicubic antialiased resize then still does the final
@@ -80,8 +94,6 @@ class Limits:
     max_image_bytes: int = 10 * 1024 * 1024
     #: Declared width × height of one image (40 megapixels), checked before decoding.
     max_pixels: int = 40_000_000
-    #: Images in one batch request.
-    max_images: int = 64
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,6 @@ configuration rendered from deploy/prometheus/prometheus.template.yml, so the sc
 from __future__ import annotations
 
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -26,6 +25,7 @@ from typing import Any, Self
 
 import httpx
 
+from load_tests.servers import free_port
 from tests.deploy.support import DEPLOY_DIR, INSTALL_PROMETHEUS_HINT
 
 CONFIG_TEMPLATE = DEPLOY_DIR / "prometheus" / "prometheus.template.yml"
@@ -41,13 +41,6 @@ def render_config(target: str, scrape_interval: str = "1s", rules_file: Path = A
     return Template(CONFIG_TEMPLATE.read_text()).substitute(
         TARGET=target, SCRAPE_INTERVAL=scrape_interval, RULES_FILE=str(rules_file)
     )
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now (the kernel picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
 
 
 class PrometheusServer:

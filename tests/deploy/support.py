@@ -10,12 +10,12 @@ from __future__ import annotations
 
 import os
 import shutil
-from pathlib import Path
 from typing import NoReturn
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from load_tests import REPO_ROOT
+
 DEPLOY_DIR = REPO_ROOT / "deploy"
 INSTALL_PROMETHEUS_HINT = "run `sudo sh deploy/install-prometheus.sh` (Debian's prometheus package)"
 

@@ -14,7 +14,7 @@ from eluserve.core.errors import ConfigError
 from eluserve.core.paths import default_model_file
 from eluserve.core.session import available_cores
 from eluserve.service.config import Settings, load_settings, resolve_model
-from tests.conftest import REPO_ROOT
+from load_tests import REPO_ROOT
 
 
 def test_defaults_are_the_documented_ones() -> None:
@@ -24,7 +24,7 @@ def test_defaults_are_the_documented_ones() -> None:
     # An editable install resolves the packaged default into the checkout's models/ folder.
     assert default_model_file() == REPO_ROOT / "models" / "elufast-cifar10" / "model.onnx"
     limits = settings.limits()
-    assert (limits.max_image_bytes, limits.max_pixels, limits.max_images) == (
+    assert (limits.max_image_bytes, limits.max_pixels, settings.max_images) == (
         10 * 1024 * 1024,
         40_000_000,
         64,
