@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # the heavy modules load only when the command runs, not for `eluserve --help`
     import numpy as np
 
-    from load_tests.fixtures import Upload
+    from load_tests.fixtures import Attachment
     from load_tests.loadgen import Workload
     from load_tests.report import RawPoint, ServerRun
     from load_tests.servers import ServerProcess
@@ -87,7 +87,6 @@ class BenchConfig:
 @dataclass
 class BenchResult:
     config: BenchConfig
-    model_tag: str
     runs: dict[str, ServerRun]
     raw: list[RawPoint]
     markdown: str
@@ -117,7 +116,7 @@ def measure_raw(
     return points
 
 
-def _classify_workload(url: str, uploads: Sequence[Upload]) -> Workload:
+def _classify_workload(url: str, uploads: Sequence[Attachment]) -> Workload:
     from load_tests.fixtures import multipart
     from load_tests.loadgen import Request, Workload
 
@@ -131,18 +130,20 @@ def _classify_workload(url: str, uploads: Sequence[Upload]) -> Workload:
 def triton_request(data: bytes) -> tuple[bytes, dict[str, str]]:
     """A KServe v2 inference request carrying `data` as a BYTES tensor [1, 1] (binary extension),
     asking for the probabilities as JSON, the same text format the service answers in."""
+    from eluserve.core.contract import INPUT_NAME, OUTPUT_NAME
+
     blob = len(data).to_bytes(4, "little") + data
     header = json.dumps(
         {
             "inputs": [
                 {
-                    "name": "image",
+                    "name": INPUT_NAME,
                     "shape": [1, 1],
                     "datatype": "BYTES",
                     "parameters": {"binary_data_size": len(blob)},
                 }
             ],
-            "outputs": [{"name": "probabilities", "parameters": {"binary_data": False}}],
+            "outputs": [{"name": OUTPUT_NAME, "parameters": {"binary_data": False}}],
         }
     ).encode()
     headers = {
@@ -152,7 +153,7 @@ def triton_request(data: bytes) -> tuple[bytes, dict[str, str]]:
     return header + blob, headers
 
 
-def _triton_workload(url: str, uploads: Sequence[Upload]) -> Workload:
+def _triton_workload(url: str, uploads: Sequence[Attachment]) -> Workload:
     from load_tests.loadgen import Request, Workload
     from load_tests.servers import TRITON_MODEL_PATH
 
@@ -180,7 +181,7 @@ def _bench_server(
     key: str,
     config: BenchConfig,
     model_file: Path,
-    uploads: Sequence[Upload],
+    uploads: Sequence[Attachment],
     expected_label: str,
     labels: Sequence[str],
     max_batch_size: int,
@@ -350,7 +351,7 @@ def run_bench(config: BenchConfig) -> BenchResult:
         )
         + "\n"
     )
-    return BenchResult(config, info.tag, runs, raw, markdown)
+    return BenchResult(config, runs, raw, markdown)
 
 
 def _jsonable(value: Any) -> Any:

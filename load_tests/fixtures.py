@@ -18,8 +18,8 @@ import numpy as np
 from PIL import Image
 
 from eluserve.core.errors import ClientError, EmptyFile, InvalidImage, UnsupportedFormat
+from load_tests import REPO_ROOT
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
 #: The shared CIFAR-10 JPEG training zip (an ImageFolder in a zip: train/<class>/<n>.jpg).
 CIFAR_ZIP = REPO_ROOT.parent / "shared" / "data" / "cifar10-jpeg" / "train.zip"
 #: Sizes of the generated photo-like images: a web photo and a full-HD camera frame.
@@ -30,7 +30,7 @@ CONTENT_TYPES: Mapping[str, str] = {"JPEG": "image/jpeg", "PNG": "image/png"}
 
 
 @dataclass(frozen=True)
-class Upload:
+class Attachment:
     """One file part: what a client would attach."""
 
     filename: str
@@ -42,18 +42,18 @@ class Upload:
 class BadUpload:
     """An upload the service must refuse, and the error it must answer with."""
 
-    upload: Upload
+    upload: Attachment
     code: str
     status: int
 
     @classmethod
-    def of(cls, upload: Upload, error: Callable[[str], ClientError]) -> BadUpload:
+    def of(cls, upload: Attachment, error: Callable[[str], ClientError]) -> BadUpload:
         """Expect the code and status of the `eluserve.core.errors` type `error` (one source of truth)."""
         expected = error("")
         return cls(upload, expected.code, expected.status)
 
 
-def cifar_jpegs(count: int, zip_path: Path = CIFAR_ZIP) -> list[Upload]:
+def cifar_jpegs(count: int, zip_path: Path = CIFAR_ZIP) -> list[Attachment]:
     """`count` JPEGs spread evenly over the whole zip, so every class is present.
 
     Raises:
@@ -70,7 +70,7 @@ def cifar_jpegs(count: int, zip_path: Path = CIFAR_ZIP) -> list[Upload]:
             raise FileNotFoundError(f"{zip_path} holds no .jpg files")
         step = max(1, len(names) // count)
         chosen = names[::step][:count]
-        return [Upload(Path(name).name, "image/jpeg", archive.read(name)) for name in chosen]
+        return [Attachment(Path(name).name, "image/jpeg", archive.read(name)) for name in chosen]
 
 
 def photo_like(width: int, height: int, seed: int = 0) -> Image.Image:
@@ -100,7 +100,7 @@ def encode(img: Image.Image, fmt: str) -> bytes:
     return buffer.getvalue()
 
 
-def photo_uploads(sizes: Sequence[tuple[int, int]] = PHOTO_SIZES) -> list[Upload]:
+def photo_uploads(sizes: Sequence[tuple[int, int]] = PHOTO_SIZES) -> list[Attachment]:
     """One JPEG and one PNG per size, generated (a second or so for full HD)."""
     uploads = []
     for index, (width, height) in enumerate(sizes):
@@ -108,7 +108,7 @@ def photo_uploads(sizes: Sequence[tuple[int, int]] = PHOTO_SIZES) -> list[Upload
         for fmt in ("JPEG", "PNG"):
             extension = "jpg" if fmt == "JPEG" else "png"
             uploads.append(
-                Upload(f"photo-{width}x{height}.{extension}", CONTENT_TYPES[fmt], encode(img, fmt))
+                Attachment(f"photo-{width}x{height}.{extension}", CONTENT_TYPES[fmt], encode(img, fmt))
             )
     return uploads
 
@@ -116,18 +116,20 @@ def photo_uploads(sizes: Sequence[tuple[int, int]] = PHOTO_SIZES) -> list[Upload
 def bad_uploads(valid_jpeg: bytes) -> list[BadUpload]:
     """Uploads that a client gets wrong, each with the error code and status the contract promises."""
     return [
-        BadUpload.of(Upload("empty.jpg", "image/jpeg", b""), EmptyFile),
-        BadUpload.of(Upload("notes.txt", "text/plain", b"this is not an image\n" * 20), InvalidImage),
-        BadUpload.of(Upload("truncated.jpg", "image/jpeg", valid_jpeg[: len(valid_jpeg) // 2]), InvalidImage),
+        BadUpload.of(Attachment("empty.jpg", "image/jpeg", b""), EmptyFile),
+        BadUpload.of(Attachment("notes.txt", "text/plain", b"this is not an image\n" * 20), InvalidImage),
         BadUpload.of(
-            Upload("scan.pdf", "application/pdf", b"%PDF-1.7\n1 0 obj\n<< /Type /Catalog >>\nendobj\n"),
+            Attachment("truncated.jpg", "image/jpeg", valid_jpeg[: len(valid_jpeg) // 2]), InvalidImage
+        ),
+        BadUpload.of(
+            Attachment("scan.pdf", "application/pdf", b"%PDF-1.7\n1 0 obj\n<< /Type /Catalog >>\nendobj\n"),
             UnsupportedFormat,
         ),
     ]
 
 
 def multipart(
-    field: str, uploads: Sequence[Upload], fields: Mapping[str, str] | None = None
+    field: str, uploads: Sequence[Attachment], fields: Mapping[str, str] | None = None
 ) -> tuple[bytes, str]:
     """A multipart/form-data body with every upload in the file field `field`, plus text `fields`.
 

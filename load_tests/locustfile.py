@@ -44,8 +44,8 @@ from locust.contrib.fasthttp import ResponseContextManager
 from eluserve.core.errors import ClientError, InvalidTopK, MissingField, TooManyImages
 from load_tests.fixtures import (
     CIFAR_ZIP,
+    Attachment,
     BadUpload,
-    Upload,
     bad_uploads,
     cifar_jpegs,
     multipart,
@@ -91,8 +91,8 @@ class BadRequest:
 
 @dataclass(frozen=True)
 class Fixtures:
-    cifar: Sequence[Upload]
-    photos: Sequence[Upload]
+    cifar: Sequence[Attachment]
+    photos: Sequence[Attachment]
     #: Uploads refused one by one (a batch answers for them in their slot).
     bad_uploads: Sequence[BadUpload]
     #: Whole /classify requests that must be refused.
@@ -159,7 +159,7 @@ class ClassifierUser(FastHttpUser):
 
     wait_time = between(0.0, MAX_WAIT_S)
 
-    def _image(self) -> tuple[str, Upload]:
+    def _image(self) -> tuple[str, Attachment]:
         data = fixtures()
         if random.random() < PHOTO_SHARE:
             return "photo", random.choice(data.photos)

@@ -24,19 +24,20 @@ _FRAME = re.compile(r"^(.*) \((.*?)(?::\d+)?\)$")
 #: of its file path); py-spy qualifies methods with their class, so "run" also matches "Session.run".
 STAGES: tuple[tuple[str, str, str], ...] = (
     ("ONNX Runtime session.run", "run", "onnxruntime/"),
-    ("decode + crop (eluserve.core.preprocessing)", "load_image", "service/preprocessing"),
+    ("decode + crop (eluserve.core.preprocessing)", "load_image", "core/preprocessing"),
     ("multipart parsing (eluserve.service.forms)", "read_form", "service/forms"),
-    ("top-k + result objects", "format_results", "service/inference"),
+    ("top-k + result objects", "format_results", "core/results"),
     ("JSON rendering", "render", "starlette/responses"),
 )
 #: Self time by the library of the innermost frame (first match wins; py-spy runs with
-#: --full-filenames so that paths are unambiguous): these shares add up to 100 %.
+#: --full-filenames so that paths are unambiguous): these shares add up to 100 %. BentoML comes before
+#: eluserve because its `_bentoml_sdk/service/` would otherwise count as eluserve's `service/`.
 LIBRARIES: tuple[tuple[str, tuple[str, ...]], ...] = (
     ("onnxruntime", ("/onnxruntime/",)),
-    ("eluserve (service/, load_tests/)", ("/service/", "/load_tests/")),
     ("Pillow", ("/PIL/",)),
     ("numpy", ("/numpy/",)),
     ("BentoML", ("/bentoml/", "/_bentoml_impl/", "/_bentoml_sdk/")),
+    ("eluserve (eluserve/, service/, load_tests/)", ("/eluserve/", "/service/", "/load_tests/")),
     ("OpenTelemetry", ("/opentelemetry/",)),
     ("Prometheus client", ("/prometheus_client/",)),
     ("pydantic", ("/pydantic/", "/pydantic_core/")),

@@ -38,8 +38,6 @@ class PaperNetSpec:
     dropout: tuple[float, ...]
 
 
-CLASSIFIER = "C"  # placeholder for the number of classes in the final 1×1 stack
-
 ARCHS: dict[str, PaperNetSpec] = {
     "elu_paper18": PaperNetSpec(
         stacks=(

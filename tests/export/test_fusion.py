@@ -21,7 +21,7 @@ from eluserve.export.fusion import CONV_ELU, CONV_MAXPOOL_ELU, DOMAIN, fuse_elu
 OPSET = 18
 
 
-def _model(nodes, inits, x_shape, outputs, extra_value_names=()) -> onnx.ModelProto:
+def _model(nodes, inits, x_shape, outputs) -> onnx.ModelProto:
     graph = helper.make_graph(
         nodes,
         "tiny",

@@ -51,7 +51,7 @@ def test_cifar_jpegs_cover_every_class(cifar_zip) -> None:
 def test_multipart_body_carries_each_part_and_field() -> None:
     body, content_type = fixtures.multipart(
         "images",
-        [fixtures.Upload("a.jpg", "image/jpeg", b"AAA"), fixtures.Upload("b.png", "image/png", b"B")],
+        [fixtures.Attachment("a.jpg", "image/jpeg", b"AAA"), fixtures.Attachment("b.png", "image/png", b"B")],
         {"top_k": "3"},
     )
     boundary = content_type.split("boundary=")[1]

@@ -19,7 +19,7 @@ from load_tests.faults import (
     slow_batch_shot,
     watch_startup,
 )
-from load_tests.fixtures import Upload, multipart
+from load_tests.fixtures import Attachment, multipart
 from load_tests.soak import Shot
 from tests.service.bento_server import BentoServer, running_server, start_server
 from tests.service.image_samples import encode, gradient
@@ -35,7 +35,7 @@ def classify_shots() -> list[Shot]:
     shots: list[Shot] = []
     for seed in range(4):
         body, content_type = multipart(
-            "image", [Upload("a.jpg", "image/jpeg", encode(gradient(48, 48, seed), "JPEG"))]
+            "image", [Attachment("a.jpg", "image/jpeg", encode(gradient(48, 48, seed), "JPEG"))]
         )
         shots.append(("/classify", body, {"Content-Type": content_type}))
     return shots
