@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # torch==2.13.0 (CPU build) lies in /opt/wheels on the project machines; elsewhere pip finds it on PyPI.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: setup serve test lint elu-tax bench bento wheel triton prometheus clean
+.PHONY: setup serve test lint lint-imports elu-tax bench bento wheel triton prometheus clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,11 +29,40 @@ prometheus:
 
 test: setup prometheus
 	$(BIN)/ruff check .
+	$(MAKE) --no-print-directory lint-imports
 	$(BIN)/pytest -q
 
 lint: setup
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(MAKE) --no-print-directory lint-imports
+
+# The [tool.importlinter] contracts in pyproject.toml. import-linter finds a package's modules by walking
+# its folder, and eluserve.service/.export/.models live outside eluserve/ (package-dir), so it runs in a
+# tree of symlinks laid out as the installed package, made from [tool.setuptools.package-dir].
+IMPORT_GRAPH := build/import-graph
+define IMPORT_GRAPH_TREE
+import pathlib, shutil, tomllib
+root = pathlib.Path.cwd()
+tree = root / "$(IMPORT_GRAPH)"
+shutil.rmtree(tree, ignore_errors=True)
+folders = tomllib.loads((root / "pyproject.toml").read_text())["tool"]["setuptools"]["package-dir"]
+for package, folder in sorted(folders.items()):
+    target = tree.joinpath(*package.split("."))
+    if package == "eluserve":
+        target.mkdir(parents=True)
+        for entry in (root / folder).iterdir():
+            if entry.name != "__pycache__":
+                (target / entry.name).symlink_to(entry)
+    else:
+        target.symlink_to(root / folder)
+(tree / "load_tests").symlink_to(root / "load_tests")
+endef
+export IMPORT_GRAPH_TREE
+
+lint-imports: setup
+	$(BIN)/python -c "$$IMPORT_GRAPH_TREE"
+	cd $(IMPORT_GRAPH) && $(CURDIR)/$(BIN)/lint-imports $(CURDIR)/pyproject.toml
 
 elu-tax: setup
 	$(BIN)/eluserve elu-tax
