@@ -22,6 +22,8 @@ from eluserve.core.paths import default_model_file
 from eluserve.export.fusion import DOMAIN as CUSTOM_DOMAIN
 from load_tests.fixtures import CIFAR_ZIP
 
+#: Fails any test that starts a process without the `integration` marker (see tests/process_guard.py).
+pytest_plugins = ["tests.process_guard"]
 CIFAR10_LABELS = (
     "airplane",
     "automobile",

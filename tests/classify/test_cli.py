@@ -145,6 +145,7 @@ def test_argument_errors_exit_2(classify: Classify, tree: Tree) -> None:
     assert exit_info.value.code == 2
 
 
+@pytest.mark.integration
 def test_installed_command_exit_codes(tree: Tree, tiny_model_path: Path) -> None:
     command = [str(Path(sys.executable).parent / "eluserve"), "classify", "--model", str(tiny_model_path)]
     good = subprocess.run([*command, str(tree.root / "cifar")], capture_output=True, text=True, timeout=120)

@@ -14,6 +14,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
 import yaml
 
 from tests.deploy.known_metrics import KNOWN_METRICS, selected_metrics
@@ -114,6 +115,7 @@ def test_queries_use_only_known_metrics() -> None:
         assert not unknown, f"{where} queries metrics nobody exposes: {sorted(unknown)}"
 
 
+@pytest.mark.integration
 def test_queries_parse_as_promql(promtool: str, tmp_path: Path) -> None:
     """Every query becomes a recording rule, so `promtool check rules` parses all of them at once."""
     rules = [

@@ -44,11 +44,13 @@ def github_anchor(heading: str) -> str:
     return re.sub(r"[^\w\- ]", "", heading.strip().lower()).replace(" ", "-")
 
 
+@pytest.mark.integration
 def test_alert_rules_pass_promtool_check(promtool: str) -> None:
     output = run_promtool(promtool, "check", "rules", ALERTS_FILE)
     assert f"SUCCESS: {len(alerting_rules())} rules found" in output
 
 
+@pytest.mark.integration
 def test_alert_unit_tests_pass(promtool: str) -> None:
     run_promtool(promtool, "test", "rules", ALERTS_TEST_FILE)
 
@@ -91,11 +93,13 @@ def test_alerts_query_only_known_metrics() -> None:
         assert not unknown, f"{rule['alert']} queries metrics nobody exposes: {sorted(unknown)}"
 
 
+@pytest.mark.integration
 def test_local_config_is_valid(promtool: str) -> None:
     """prometheus.yml and, through its rule_files, alerts.yml as Prometheus would load them."""
     run_promtool(promtool, "check", "config", PROMETHEUS_DIR / "prometheus.yml")
 
 
+@pytest.mark.integration
 def test_config_template_renders_to_a_valid_config(promtool: str, tmp_path: Path) -> None:
     config = tmp_path / "prometheus.yml"
     config.write_text(render_config("127.0.0.1:3000", "1s"))
@@ -103,6 +107,7 @@ def test_config_template_renders_to_a_valid_config(promtool: str, tmp_path: Path
     assert "SUCCESS: 1 rule files found" in output
 
 
+@pytest.mark.integration
 def test_kubernetes_config_is_valid_with_static_discovery(promtool: str, tmp_path: Path) -> None:
     """Debian builds Prometheus without kubernetes_sd_configs, so its promtool rejects that block.
 

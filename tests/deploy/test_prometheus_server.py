@@ -15,6 +15,8 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_serv
 
 from tests.deploy.prometheus_server import ALERTS_FILE, PrometheusError, PrometheusServer
 
+pytestmark = pytest.mark.integration  # every test starts a real prometheus
+
 
 @pytest.fixture
 def metrics_target() -> Iterator[str]:

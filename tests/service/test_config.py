@@ -113,6 +113,7 @@ def test_an_unknown_model_says_what_is_accepted(tmp_path: Path) -> None:
         resolve_model(str(tmp_path / "nothing.onnx"))
 
 
+@pytest.mark.integration
 def test_models_resolve_from_the_bentoml_model_store(tmp_path: Path, tiny_model_path: Path) -> None:
     """A tag resolves through the model store (run in a subprocess: BENTOML_HOME is read at import)."""
     script = f"""

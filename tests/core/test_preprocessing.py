@@ -22,6 +22,7 @@ from eluserve.core.errors import (
 )
 from eluserve.core.preprocessing import (
     DRAFT_MARGIN,
+    FORMAT_EXTENSIONS,
     Limits,
     PreprocessingRule,
     decode_image,
@@ -334,3 +335,13 @@ def test_rule_round_trips_through_metadata_json() -> None:
 def test_malformed_rules_are_model_format_errors(text: str) -> None:
     with pytest.raises(ModelFormatError):
         PreprocessingRule.from_metadata(text)
+
+
+def test_image_extensions_name_their_formats_as_pillow_does() -> None:
+    """A file picked up by its extension is opened as the format listed for it (AVIF where this Pillow
+    build registers it)."""
+    registered = Image.registered_extensions()
+    assert {registered[".jpg"], registered[".png"]} == {"JPEG", "PNG"}
+    for fmt, extensions in FORMAT_EXTENSIONS.items():
+        for extension in extensions:
+            assert registered.get(f".{extension}", fmt) == fmt, extension
