@@ -2,7 +2,7 @@
 
     LD_LIBRARY_PATH=$(python -c "import sysconfig; print(sysconfig.get_config_var('LIBDIR'))") \
         PYTHONPATH=. .cache/triton-venv/bin/python -m load_tests.triton_server \
-        --model models/elufast-cifar10/model.onnx --http-port 8000
+        --model models/elufast-cifar10/model.onnx --http-port 8000 --grpc-port 8001 --metrics-port 8002
 
 Not a product path: it exists so the benchmark can hold the service against Triton's dynamic batcher
 on the same model, the same decoder and the same ONNX Runtime session options. Clients send the

@@ -1,6 +1,6 @@
 """Property-based fuzzing of the decoder: whatever the bytes, only `ClientError` escapes.
 
-`tests/service/test_preprocessing.py` already flips bytes in one small image per format. This goes
+`tests/core/test_preprocessing.py` already flips bytes in one small image per format. This goes
 further, from every hostile sample (bombs, polyglots, 16-bit, CMYK, alpha, animations, EXIF): header
 integers are overwritten with extreme values (that is where width and height live), byte runs are
 inserted, deleted and spliced between formats, and the crop rule and limits vary too. Bounded for CI
