@@ -13,7 +13,7 @@ from load_tests import REPO_ROOT
 
 pytestmark = pytest.mark.integration  # runs pytest in a subprocess
 
-SUITE = '''
+SUITE = """
 import os
 import subprocess
 import sys
@@ -39,7 +39,7 @@ def test_unmarked_swallowed():
 @pytest.mark.integration
 def test_marked_subprocess():
     subprocess.run([sys.executable, "-c", "pass"], check=True)
-'''
+"""
 
 
 def test_unmarked_tests_that_start_processes_fail(tmp_path: Path) -> None:
