@@ -82,12 +82,12 @@ def bench(args: argparse.Namespace) -> str:
     if not zip_path.is_file():
         raise UsageError(f"no CIFAR-10 JPEG zip at {zip_path}; pass --data")
     local = LocalEngine.load(args.model, threads=args.threads)
-    session = cpu_session(local.classifier.info.path, threads=available_cores())
+    raw_session = cpu_session(local.session.info.path, threads=available_cores())
     sizes = sorted({*BENCH_BATCH_SIZES, *args.batch_sizes})
     raw: dict[int, list[float]] = {size: [] for size in sizes}
     with contextlib.ExitStack() as stack:
         engines: dict[tuple[str, int], Engine] = {
-            ("classify in-process", size): LocalEngine(local.classifier, local.top_k, size, args.threads)
+            ("classify in-process", size): LocalEngine(local.session, local.top_k, size, args.threads)
             for size in args.batch_sizes
         }
         if args.server:
@@ -102,16 +102,16 @@ def bench(args: argparse.Namespace) -> str:
         runs: dict[tuple[str, int], list[float]] = {key: [] for key in engines}
         for _ in range(args.rounds):
             for size, batch in batches.items():
-                raw[size].append(measure_session(session, batch, seconds=args.seconds).images_per_second)
+                raw[size].append(measure_session(raw_session, batch, seconds=args.seconds).images_per_second)
             for key, engine in engines.items():
                 files = iter_image_files([folder], {"jpg"})
                 runs[key].append(classify_files(files, engine, RowWriter(sink, "jsonl")).images_per_second)
     median = {size: statistics.median(values) for size, values in raw.items()}
     best = max(median, key=median.__getitem__)
-    info = local.classifier.info
+    info = local.session.info
     lines = [
         f"bench-classify: {count} CIFAR-10 JPEGs, model {info.tag} ({info.path}), "
-        f"{local.classifier.provider}, {available_cores()} cores, median of {args.rounds} rounds",
+        f"{local.session.provider}, {available_cores()} cores, median of {args.rounds} rounds",
         "  raw ORT session img/s by batch size: " + ", ".join(f"{n}: {v:.0f}" for n, v in median.items()),
         f"  {f'raw ORT session, best batch {best}':<40} {median[best]:8.1f} img/s",
     ]

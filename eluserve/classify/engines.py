@@ -57,12 +57,12 @@ class LocalEngine:
 
     def __init__(
         self,
-        classifier: ModelSession,
+        session: ModelSession,
         top_k: int,
         batch_size: int = DEFAULT_BATCH_SIZE,
         threads: int | None = None,
     ) -> None:
-        self.classifier = classifier
+        self.session = session
         self.top_k = top_k
         self.batch_size = batch_size
         self.threads = threads or available_cores()
@@ -79,7 +79,7 @@ class LocalEngine:
     ) -> LocalEngine:
         """Load `model`; a missing or malformed file is a `UsageError` naming it."""
         try:
-            classifier = ModelSession.from_path(model)
+            session = ModelSession.from_path(model)
         except (FileNotFoundError, ModelFormatError) as exc:
             hint = (
                 " (export one with `eluserve export`, or pass --model)"
@@ -89,15 +89,15 @@ class LocalEngine:
             raise UsageError(f"{exc}{hint}") from exc
         except Exception as exc:  # onnx/onnxruntime raise their own types for a file that is no model
             raise UsageError(f"cannot load {model} as an ONNX model: {type(exc).__name__}: {exc}") from exc
-        return cls(classifier, _checked_top_k(top_k, classifier.info.num_classes), batch_size, threads)
+        return cls(session, _checked_top_k(top_k, session.info.num_classes), batch_size, threads)
 
     @property
     def model(self) -> str:
-        return self.classifier.info.tag
+        return self.session.info.tag
 
     @property
     def labels(self) -> Sequence[str]:
-        return self.classifier.labels
+        return self.session.labels
 
     def classify(self, paths: Iterable[str]) -> Iterator[Row]:
         # Up to two batches are decoded ahead while the current one runs through the model.
@@ -113,13 +113,13 @@ class LocalEngine:
         """Read, decode and single-crop one file as the service would; a failure is returned, not raised."""
         try:
             data = read_image_file(path, self.limits.max_image_bytes)
-            return path, load_image(data, self.classifier.info.preprocessing, self.limits)
+            return path, load_image(data, self.session.info.preprocessing, self.limits)
         except ClientError as exc:
             return path, exc
 
     def _classify_batch(self, batch: list[tuple[str, np.ndarray | ClientError]]) -> Iterator[Row]:
         crops = [item for _, item in batch if isinstance(item, np.ndarray)]
-        results = iter(self.classifier.classify(crops, top_k=self.top_k))
+        results = iter(self.session.classify(crops, top_k=self.top_k))
         for path, item in batch:
             if isinstance(item, ClientError):
                 yield Row.failed(path, item.code, item.message)

@@ -69,8 +69,8 @@ def test_rows_are_what_the_service_core_computes(tree: Tree, tiny_model_path: Pa
     files = sorted(str(path) for path in (tree.root / "cifar").rglob("*.jpg"))
     rows = list(engine.classify(files))
     assert [row.path for row in rows] == files
-    crops = [load_image(Path(f).read_bytes(), engine.classifier.info.preprocessing, Limits()) for f in files]
-    probs = engine.classifier.predict(np.stack(crops))
+    crops = [load_image(Path(f).read_bytes(), engine.session.info.preprocessing, Limits()) for f in files]
+    probs = engine.session.predict(np.stack(crops))
     for row, expected in zip(rows, probs, strict=True):
         labels = engine.labels
         assert row.label == labels[int(np.argmax(expected))]
