@@ -7,8 +7,7 @@ promtool), in its body, a fixture or a helper, must carry the `integration` mark
 Checked at run time, not by reading sources: an audit hook (PEP 578) sees every process start
 (`subprocess.Popen`, `os.exec*`, `os.posix_spawn`, `os.system`) wherever it happens, including in
 module-scoped fixtures and helpers a source scan would miss, and refuses it while an unmarked test
-runs; the test fails naming the command. Programs that libraries start for themselves (ctypes'
-`ldconfig` lookups) are not the test's doing and pass.
+runs; the test fails naming the command.
 
 tests/conftest.py loads it for the suite; `pytest -p tests.process_guard` loads it anywhere.
 """
@@ -26,8 +25,6 @@ import pytest
 MARKER = "integration"
 #: Audit events of a process start (https://docs.python.org/3/library/audit_events.html).
 PROCESS_EVENTS = frozenset({"subprocess.Popen", "os.exec", "os.posix_spawn", "os.spawn", "os.system"})
-#: Programs libraries run on their own: ctypes.util.find_library asks ldconfig (and gcc, ld as fallbacks).
-LIBRARY_HELPERS = frozenset({"ldconfig", "gcc", "cc", "ld", "objdump"})
 
 #: The test running now, unless it carries the marker (then anything goes).
 _unmarked: pytest.Item | None = None
@@ -57,8 +54,6 @@ def _audit(event: str, args: tuple[Any, ...]) -> None:
     if item is None or event not in PROCESS_EVENTS:
         return
     command = _command(event, args)
-    if command and os.path.basename(command[0]) in LIBRARY_HELPERS:
-        return
     message = (
         f"{item.nodeid} starts a process ({shlex.join(command)[:200]}) but is not marked {MARKER}: "
         f"add `pytestmark = pytest.mark.{MARKER}` to its module (or @pytest.mark.{MARKER} to the test), "
