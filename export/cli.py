@@ -198,7 +198,9 @@ def register(subparsers: Any) -> None:
     )
     pack.set_defaults(func=cmd_pack)
 
-    tax = subparsers.add_parser("elu-tax", help="benchmark: fused ELU vs ReLU twin vs plain ELU on ORT CPU")
+    tax = subparsers.add_parser(
+        "elu-tax", help="benchmark: fused ELU vs ReLU twin vs plain ELU on ORT CPU and OpenVINO"
+    )
     tax.add_argument("--model", default="elufast")
     tax.add_argument("--batch-size", type=int, default=64)
     tax.add_argument("--rounds", type=int, default=7)
