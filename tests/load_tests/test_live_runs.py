@@ -141,12 +141,28 @@ def test_quick_bench_measures_service_and_naive_and_cleans_up(
     for text in (
         "| eluserve (BentoML) | 2 |",
         "| naive Starlette + ORT | 1 |",
-        "raw ORT session",
+        "in-process (limit)",
+        "## wrk (native client)",
         "## Goals",
     ):
         assert text in markdown
     report = json.loads((tmp_path / "bench" / "bench.json").read_text())
     assert set(report["servers"]) == {"service", "naive"} and report["raw"]
+    wrk = result.runs["service"].wrk
+    assert [(r.url.rsplit("/", 1)[-1], r.images_per_request, r.connections) for r in wrk] == [
+        ("classify", 1, 1),
+        ("classify", 1, 4),
+        ("classify_batch", 16, 1),
+        ("classify_batch", 16, 4),
+    ]
+    assert all(r.ok > 0 and r.server_errors == 0 for r in wrk), result.markdown
+    assert {(p["engine"], p["precision"]) for p in report["raw"]} >= {
+        ("onnxruntime", "fp32"),
+        ("openvino", "fp32"),
+    }
+    assert report["limit"]["images_per_second"] == max(
+        p["images_per_second"] for p in report["raw"] if p["precision"] == "fp32"
+    )
     if importlib.util.find_spec("matplotlib") is not None:
         assert (tmp_path / "bench" / "bench.png").stat().st_size > 0
     assert _descendants(os.getpid()) <= before, "the bench left server processes behind"
