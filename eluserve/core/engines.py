@@ -168,7 +168,7 @@ class OpenVinoBackend:
     engine = OPENVINO
 
     def __init__(self, compiled: Any, device: str, precision: str) -> None:
-        self._compiled = compiled
+        self._compiled = compiled  # its infer request needs it alive
         self._request = compiled.create_infer_request()
         self._outputs = {port.get_any_name(): port for port in compiled.outputs}
         # One infer request is reused (creating one per batch costs); the warm-up thread and the
