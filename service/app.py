@@ -100,6 +100,7 @@ class EluClassifier:
             intra_op_threads=settings.threads_per_worker(workers),
             engine=settings.engine,
             precision=settings.precision,
+            agree_with=f"bentoml-serve-{os.getppid()}",
         )
         info = self.classifier.info
         metrics.init_metrics(info)

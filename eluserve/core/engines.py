@@ -23,7 +23,7 @@ import logging
 import tempfile
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -367,8 +367,12 @@ def select_backend(
     providers: Sequence[str] | None = None,
     threads: int = 1,
     precision: str = FP32,
+    agree_with: str | None = None,
 ) -> Selection:
     """Create the backend that `engine` and `precision` ask for (see the module docstring).
+
+    `agree_with` names a group of processes that must choose alike (the workers of one server): the
+    first to get there measures and records its `auto` choice, the others take it (`_agreed_choice`).
 
     Raises:
         ConfigError: an unknown engine or precision, or a precision the model card does not allow.
@@ -410,17 +414,52 @@ def select_backend(
     if engine == OPENVINO or len(candidates) == 1:
         selection.backend = candidates[-1]
         return selection
-    batch = np.resize(crops, (SELECTION_BATCH, *crops.shape[1:]))
-    selection.images_per_second = measure_interleaved(candidates, batch)
-    speed = {_label(c): selection.images_per_second[_label(c)] for c in candidates}
-    best = max(candidates, key=lambda c: speed[_label(c)])
-    if reference in candidates and speed[_label(best)] < (1 + AUTO_MARGIN) * speed[_label(reference)]:
-        best = reference
-    selection.backend = best
+
+    def choose() -> str:
+        batch = np.resize(crops, (SELECTION_BATCH, *crops.shape[1:]))
+        selection.images_per_second = measure_interleaved(candidates, batch)
+        speed = selection.images_per_second
+        best = max(candidates, key=lambda c: speed[_label(c)])
+        if reference in candidates and speed[_label(best)] < (1 + AUTO_MARGIN) * speed[_label(reference)]:
+            best = reference
+        return _label(best)
+
+    key = f"{agree_with}|{model_file.resolve()}|{precision}|{[_label(c) for c in candidates]}"
+    chosen = choose() if agree_with is None else _agreed_choice(key, choose)
+    selection.backend = next((c for c in candidates if _label(c) == chosen), reference)
     logger.info(
-        "engine auto: %s (measured at batch %d: %s)",
+        "engine auto: %s (%s)",
         _label(selection.backend),
-        SELECTION_BATCH,
-        ", ".join(f"{k} {v:.0f} img/s" for k, v in selection.images_per_second.items()),
+        f"measured at batch {SELECTION_BATCH}: "
+        + ", ".join(f"{k} {v:.0f} img/s" for k, v in selection.images_per_second.items())
+        if selection.images_per_second
+        else "as another process of the same group measured",
     )
     return selection
+
+
+def _agreed_choice(key: str, choose: Callable[[], str]) -> str:
+    """`choose()` once per `key` across processes: the first caller measures under an exclusive lock
+    and records its answer; the others wait for the lock and read it.
+
+    Each BentoML worker chooses its engine on its own; on 2 busy cores two measurements of engines
+    within a few per cent of each other can disagree, and one server would then answer from two
+    engines, with two `eluserve_model_info` series. The record lives in the temporary directory,
+    named by a hash of `key` (the service puts its `bentoml serve` process id in it, so that every
+    start measures afresh).
+    """
+    import fcntl
+    import hashlib
+    import json
+    import os
+
+    digest = hashlib.sha256(key.encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / f"eluserve-engine-{digest}.json"
+    with open(path.with_suffix(".lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            return str(json.loads(path.read_text())["choice"])
+        except (OSError, ValueError, KeyError):
+            choice = choose()
+            path.write_text(json.dumps({"key": key, "choice": choice, "pid": os.getpid()}))
+            return choice

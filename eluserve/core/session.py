@@ -75,6 +75,7 @@ class ModelSession:
         intra_op_threads: int | None = None,
         engine: str = ONNXRUNTIME,
         precision: str = FP32,
+        agree_with: str | None = None,
     ) -> ModelSession:
         """Load a model folder or .onnx file.
 
@@ -87,6 +88,8 @@ class ModelSession:
                 default is ONNX Runtime, the reference, which costs no start-up measurement; the
                 service and `eluserve classify` default to `auto`.
             precision: fp32, or a lower precision that the model card's validation record allows.
+            agree_with: processes that pass the same value (a server's workers) make one `auto`
+                choice: the first measures, the others take its answer.
 
         Raises:
             ConfigError: an unknown engine or precision, or a precision the model card does not allow.
@@ -96,7 +99,7 @@ class ModelSession:
         threads = intra_op_threads if intra_op_threads is not None else available_cores()
         if threads < 1:
             raise ValueError(f"intra_op_threads must be at least 1, got {threads}")
-        selection = select_backend(model_file, info, engine, providers, threads, precision)
+        selection = select_backend(model_file, info, engine, providers, threads, precision, agree_with)
         backend = selection.backend
         logger.info(
             "model %s from %s on %s %s %s, %d threads",

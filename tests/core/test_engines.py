@@ -138,3 +138,15 @@ def test_a_passing_record_lets_bf16_serve_on_openvino(
     assert session.info.to_dict()["precision"] == BF16
     with pytest.raises(ConfigError, match="onnxruntime serves fp32"):
         ModelSession.from_path(model, engine=ONNXRUNTIME, precision=BF16)
+
+
+def test_processes_that_agree_make_one_auto_choice(tiny_model_path: Path, tmp_path: Path) -> None:
+    group = f"test-{tmp_path.name}"
+    first = ModelSession.from_path(tiny_model_path, engine=AUTO, intra_op_threads=1, agree_with=group)
+    second = ModelSession.from_path(tiny_model_path, engine=AUTO, intra_op_threads=1, agree_with=group)
+    alone = ModelSession.from_path(tiny_model_path, engine=AUTO, intra_op_threads=1, agree_with=f"{group}-b")
+
+    assert len(first.selection.images_per_second) == 2  # measured
+    assert second.selection.images_per_second == {}  # took the first one's answer
+    assert (second.engine, second.provider) == (first.engine, first.provider)
+    assert len(alone.selection.images_per_second) == 2  # another group measures for itself
