@@ -278,9 +278,12 @@ def check_parity(candidate: Backend, reference: Backend, crops: np.ndarray) -> P
     )
 
 
-def measure_backend(backend: Backend, batch: np.ndarray, seconds: float = SELECTION_SECONDS) -> float:
-    """Images/s of `backend` on `batch` over about `seconds`, after one warm-up run."""
-    backend.run(batch)
+def measure_backend(
+    backend: Backend, batch: np.ndarray, seconds: float = SELECTION_SECONDS, warm_up: bool = True
+) -> float:
+    """Images/s of `backend` on `batch` over about `seconds` (at least one run), after one warm-up run."""
+    if warm_up:
+        backend.run(batch)
     runs = 0
     started = time.perf_counter()
     while True:
@@ -295,11 +298,14 @@ def measure_interleaved(
     backends: Sequence[Backend], batch: np.ndarray, rounds: int = SELECTION_ROUNDS
 ) -> dict[str, float]:
     """Median images/s per backend over `rounds` interleaved short runs, so that a change in the
-    machine's load during the measurement (other workers starting) hits every backend alike."""
+    machine's load during the measurement (other workers starting) hits every backend alike. Only the
+    first round warms up: a slow model (the flagship, ~0.25 s per batch of 32 on 2 cores) then costs
+    four batches per engine, not six."""
     samples: dict[str, list[float]] = {_label(b): [] for b in backends}
-    for _ in range(rounds):
+    for round_ in range(rounds):
         for backend in backends:
-            samples[_label(backend)].append(measure_backend(backend, batch, SELECTION_SECONDS / rounds))
+            seconds = SELECTION_SECONDS / rounds
+            samples[_label(backend)].append(measure_backend(backend, batch, seconds, warm_up=round_ == 0))
     return {label: float(np.median(values)) for label, values in samples.items()}
 
 
