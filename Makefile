@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 # torch==2.13.0 (CPU build) lies in /opt/wheels on the project machines; elsewhere pip finds it on PyPI.
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
 
-.PHONY: setup serve test lint lint-imports elu-tax bench bento wheel triton prometheus clean
+.PHONY: setup serve test lint lint-imports elu-tax bench bento wheel triton prometheus wrk clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -27,7 +27,11 @@ serve: setup
 prometheus:
 	@sh deploy/install-prometheus.sh || echo "prometheus not installed (not root?): tests/deploy will skip"
 
-test: setup prometheus
+# wrk (Debian package): the native HTTP client `eluserve bench` drives the service with; needs root.
+wrk:
+	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) || echo "wrk not installed (not root?): bench runs --client loadgen only"
+
+test: setup prometheus wrk
 	$(BIN)/ruff check .
 	$(MAKE) --no-print-directory lint-imports
 	$(BIN)/pytest -q
@@ -67,7 +71,7 @@ lint-imports: setup
 elu-tax: setup
 	$(BIN)/eluserve elu-tax
 
-bench: setup
+bench: setup wrk
 	$(BIN)/eluserve bench
 
 # The installable product: dist/eluserve-<version>-py3-none-any.whl (package + default model, no torch).

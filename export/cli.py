@@ -1,4 +1,5 @@
-"""`eluserve train | export | pack | elu-tax | compare-activations | zoo`: the training/export commands.
+"""`eluserve train | export | pack | elu-tax | compare-activations | zoo | validate-precision`: the
+training/export commands.
 
 Registered into the single `eluserve` entry point by `eluserve.cli`. This module imports no torch: each
 command imports its stage when it runs, so the serving install (no torch) still answers `--help`.
@@ -16,6 +17,7 @@ from typing import Any
 from eluserve.core.contract import MODEL_FILE
 from eluserve.export.config import TrainConfig
 
+VAL_PER_CLASS = TrainConfig.val_per_class
 OPTIONAL_TYPES = {
     "train_limit": int,
     "threads": int,
@@ -122,6 +124,37 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_validate_precision(args: argparse.Namespace) -> int:
+    """Measure a lower precision on the validation split and record it in the model's card."""
+    from datetime import UTC, datetime
+
+    from eluserve.core.contract import read_model_info, resolve_model_file
+    from eluserve.export.data import load_dataset, split_train_val
+    from eluserve.export.model_card import record_precision
+    from eluserve.export.verify import measure_precision
+
+    configure_logging()
+    model_file = resolve_model_file(args.model)
+    info = read_model_info(model_file)
+    _, val = split_train_val(
+        load_dataset(args.data, info.input_size[0], info.num_classes), args.val_per_class
+    )
+    record = measure_precision(model_file, val, args.precision)
+    record["command"] = (
+        f"eluserve validate-precision {args.model} --precision {args.precision} --data {args.data}"
+        + (f" --val-per-class {args.val_per_class}" if args.val_per_class != VAL_PER_CLASS else "")
+    )
+    record["measured_at"] = datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+    record_precision(model_file.parent, args.precision, record)
+    print(
+        f"{info.tag} {args.precision} on {record['engine']}: top-1 agreement "
+        f"{100 * record['top1_agreement']:.2f} %, accuracy {100 * record['accuracy']:.2f} % "
+        f"(fp32 {100 * record['fp32_accuracy']:.2f} %) on {record['images']} images: "
+        f"{'allowed' if record['passed'] else 'refused'}; recorded in {model_file.parent}"
+    )
+    return 0 if record["passed"] else 1
+
+
 def cmd_zoo(_: argparse.Namespace) -> int:
     from eluserve.export.zoo import DEFAULT_CFGS, list_models
 
@@ -166,7 +199,9 @@ def register(subparsers: Any) -> None:
     )
     pack.set_defaults(func=cmd_pack)
 
-    tax = subparsers.add_parser("elu-tax", help="benchmark: fused ELU vs ReLU twin vs plain ELU on ORT CPU")
+    tax = subparsers.add_parser(
+        "elu-tax", help="benchmark: fused ELU vs ReLU twin vs plain ELU on ORT CPU and OpenVINO"
+    )
     tax.add_argument("--model", default="elufast")
     tax.add_argument("--batch-size", type=int, default=64)
     tax.add_argument("--rounds", type=int, default=7)
@@ -189,6 +224,23 @@ def register(subparsers: Any) -> None:
     compare.add_argument("--label-smoothing", type=float, default=0.0, help="0: the loss is the paper's")
     compare.add_argument("--report", default="docs/elu-vs-relu.md")
     compare.set_defaults(func=cmd_compare)
+
+    precision = subparsers.add_parser(
+        "validate-precision",
+        help="measure a lower precision (bf16 on OpenVINO CPU) against fp32 and record it in the model card",
+    )
+    precision.add_argument("model", help="model folder (its card, MODEL_CARD.md and model.onnx are updated)")
+    precision.add_argument("--precision", choices=("bf16",), default="bf16")
+    precision.add_argument(
+        "--data", required=True, help="the training data (zip or folder) the model was split from"
+    )
+    precision.add_argument(
+        "--val-per-class",
+        type=int,
+        default=VAL_PER_CLASS,
+        help="the validation split: last N images per class",
+    )
+    precision.set_defaults(func=cmd_validate_precision)
 
     zoo = subparsers.add_parser("zoo", help="list the registered architectures (the model zoo)")
     zoo.set_defaults(func=cmd_zoo)

@@ -245,9 +245,53 @@ checkpoint sha256 `{exp["checkpoint_sha256"][:16]}…`. Details: `verification.m
 | --- | --- | --- |
 {throughput}
 
-## Limitations
+{_precision_section(card.get("precision", {}))}## Limitations
 {limitations}
 """
+
+
+def _precision_section(records: dict[str, Any]) -> str:
+    """The lower precisions measured by `eluserve validate-precision`, and whether they may serve."""
+    if not records:
+        return ""
+    rows = "\n".join(
+        f"| {name} | {r['engine']} {r['device']} | {r['images']} | {100 * r['top1_agreement']:.2f} % | "
+        f"{100 * r['accuracy']:.2f} % | {100 * r['fp32_accuracy']:.2f} % | "
+        f"{'allowed' if r['passed'] else 'refused'} |"
+        for name, r in sorted(records.items())
+    )
+    commands = "\n".join(
+        f"- {name}: `{r['command']}` ({r['measured_at']})" for name, r in sorted(records.items())
+    )
+    return f"""## Lower precision
+A precision below fp32 may serve this model (`ELUSERVE_PRECISION`) only where top-1 agreement with fp32
+is at least 99.5 % and accuracy is within 0.2 points of fp32 on the validation split.
+
+| precision | engine | images | top-1 agreement | accuracy | fp32 accuracy | serving |
+| --- | --- | --- | --- | --- | --- | --- |
+{rows}
+
+{commands}
+
+"""
+
+
+def record_precision(model_dir: Path, precision: str, record: dict[str, Any]) -> dict[str, Any]:
+    """Add a precision validation record to the card: model_card.json, MODEL_CARD.md and the ONNX
+    metadata (which serving reads). Only the metadata of model.onnx changes, not its graph."""
+    import onnx
+
+    from eluserve.core.contract import MODEL_CARD_JSON, MODEL_CARD_MD, MODEL_FILE, MetadataKey
+    from eluserve.export.exporter import set_metadata
+
+    card = json.loads((model_dir / MODEL_CARD_JSON).read_text())
+    card.setdefault("precision", {})[precision] = record
+    (model_dir / MODEL_CARD_JSON).write_text(json.dumps(card, indent=2) + "\n")
+    (model_dir / MODEL_CARD_MD).write_text(render_markdown(card))
+    proto = onnx.load(str(model_dir / MODEL_FILE))
+    set_metadata(proto, {MetadataKey.MODEL_CARD: json.dumps(card, separators=(",", ":"))})
+    onnx.save(proto, str(model_dir / MODEL_FILE))
+    return card
 
 
 def write_card(card: dict[str, Any], out_dir: Path, run_dir: Path) -> None:

@@ -1,7 +1,8 @@
-"""`eluserve bench`: the service against a naive server, PyTriton and the raw ONNX Runtime limit.
+"""`eluserve bench`: the service against a naive server, PyTriton and the fastest raw engine (the limit).
 
-    .venv/bin/eluserve bench                      # ≈ 5 min on 2 cores: 4 levels × 18 s × 3 servers
+    .venv/bin/eluserve bench                      # ≈ 10 min on 2 cores: loadgen levels, then wrk
     .venv/bin/eluserve bench --quick              # smoke run: seconds per server
+    .venv/bin/eluserve bench --servers service --client wrk --wrk-concurrency 16,64,256
     .venv/bin/eluserve bench --servers service --profile --service-env ELUSERVE_MAX_LATENCY_MS=50
 
 Everything runs on 127.0.0.1 on free ports and is stopped afterwards. Each server gets the same
@@ -12,8 +13,14 @@ server, decoded server-side by all of them with `eluserve.core.preprocessing`:
 - naive: `load_tests.naive_server`, one inference per request, no batching, `POST /classify`;
 - triton: `load_tests.triton_server`, PyTriton with Triton's dynamic batcher; the JPEG travels as a
   BYTES tensor and is decoded in the inference callable;
-- the limit: a raw in-process ONNX Runtime session (`eluserve.core.throughput`) at its best batch size, fed
-  already-decoded crops, measured while no server runs.
+- the limit: the fastest raw in-process engine (`eluserve.core.engines`: ONNX Runtime fp32, OpenVINO fp32,
+  and OpenVINO bf16 where the CPU and the model card allow it) at its best batch size, among the
+  engines at the service's precision, fed already-decoded crops, measured while no server runs.
+
+The service is also driven by wrk (`load_tests.wrk`, the native client: about 0.1 core where the Python
+load generator takes most of one of the two cores it measures on), for both request kinds: `/classify`
+with one image and `/classify_batch` with 16, at 1, 16, 64 and 256 connections. Only 2xx answers count
+as served images; every other answer is reported by status, 429s included.
 
 Writes `bench.md` (the table, the goal ratios, cold starts, CPU by process), `bench.json` and
 `bench.png` to `--out` (default runs/bench/), and server logs under `logs/`. With `--profile`, py-spy
@@ -37,13 +44,17 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:  # the heavy modules load only when the command runs, not for `eluserve --help`
     import numpy as np
 
+    from eluserve.core.engines import Backend
     from load_tests.fixtures import Attachment
     from load_tests.loadgen import Workload
     from load_tests.report import RawPoint, ServerRun
     from load_tests.servers import ServerProcess
 
 SERVERS = ("service", "naive", "triton")
+CLIENTS = ("loadgen", "wrk")
 DEFAULT_OUT = Path("runs/bench")
+#: The raw engines measured for the limit: (engine, precision).
+RAW_ENGINES = (("onnxruntime", "fp32"), ("openvino", "fp32"), ("openvino", "bf16"))
 
 
 @dataclass(frozen=True)
@@ -69,6 +80,12 @@ class BenchConfig:
     profile: bool = False
     ready_timeout_s: float = 300.0
     cifar_zip: Path | None = None
+    #: Which clients drive the service: the Python closed-loop load generator and/or wrk.
+    clients: tuple[str, ...] = CLIENTS
+    #: wrk connection counts, per request kind; seconds per wrk run; images per /classify_batch.
+    wrk_concurrencies: tuple[int, ...] = (1, 16, 64, 256)
+    wrk_seconds: float = 10.0
+    wrk_batch_images: int = 16
 
     @classmethod
     def quick(cls, **overrides: Any) -> BenchConfig:
@@ -80,6 +97,8 @@ class BenchConfig:
             "images": 8,
             "raw_batch_sizes": (1, 16),
             "raw_seconds": 0.2,
+            "wrk_concurrencies": (1, 4),
+            "wrk_seconds": 1.0,
         }
         return cls(**{**values, **overrides})
 
@@ -96,24 +115,90 @@ class BenchResult:
         return any(run.failed for run in self.runs.values())
 
 
+def raw_backends(model_file: Path, info: Any) -> tuple[dict[tuple[str, str], Backend], dict[str, str]]:
+    """The raw engines of `RAW_ENGINES` that load here, every core each; and why the others do not."""
+    from eluserve.core.engines import OpenVinoBackend, OrtBackend, require_precision
+    from eluserve.core.session import CPU, available_cores
+
+    backends: dict[tuple[str, str], Backend] = {}
+    skipped: dict[str, str] = {}
+    for engine, precision in RAW_ENGINES:
+        try:
+            require_precision(info, precision)
+            if engine == "onnxruntime":
+                backends[engine, precision] = OrtBackend.create(model_file, [CPU], available_cores())
+            else:
+                backends[engine, precision] = OpenVinoBackend.create(model_file, available_cores(), precision)
+        except Exception as exc:  # an engine that cannot run here is reported, the others measured
+            skipped[f"{engine} {precision}"] = f"{type(exc).__name__}: {exc}"
+    return backends, skipped
+
+
 def measure_raw(
-    model_file: Path, crops: np.ndarray, batch_sizes: Sequence[int], seconds: float
+    backends: Mapping[tuple[str, str], Backend], crops: np.ndarray, batch_sizes: Sequence[int], seconds: float
 ) -> list[RawPoint]:
-    """The in-process limit: one CPU session, every core, real crops tiled to each batch size."""
+    """The in-process limits: each engine on every core, real crops tiled to each batch size."""
     import numpy as np
 
-    from eluserve.core.session import available_cores
-    from eluserve.core.throughput import cpu_session, measure_session
+    from eluserve.core.engines import measure_backend
+    from eluserve.core.throughput import Throughput
     from load_tests.report import RawPoint
 
-    session = cpu_session(str(model_file), threads=available_cores())
     points = []
-    for size in batch_sizes:
-        wall, cpu = time.perf_counter(), time.process_time()
-        throughput = measure_session(session, crops[np.arange(size) % len(crops)], seconds=seconds)
-        cores = (time.process_time() - cpu) / (time.perf_counter() - wall)
-        points.append(RawPoint(throughput, 1000 * cores / throughput.images_per_second))
+    for (engine, precision), backend in backends.items():
+        for size in batch_sizes:
+            wall, cpu = time.perf_counter(), time.process_time()
+            images_per_second = measure_backend(backend, crops[np.arange(size) % len(crops)], seconds)
+            cores = (time.process_time() - cpu) / (time.perf_counter() - wall)
+            throughput = Throughput(size, images_per_second, size / images_per_second)
+            points.append(RawPoint(throughput, 1000 * cores / images_per_second, engine, precision))
     return points
+
+
+def limit_point(raw: Sequence[RawPoint], precision: str) -> RawPoint | None:
+    """The fastest raw engine at its best batch, among those at the precision the service runs."""
+    return max(
+        (point for point in raw if point.precision == precision),
+        key=lambda point: point.throughput.images_per_second,
+        default=None,
+    )
+
+
+def _run_wrk(config: BenchConfig, url: str, uploads: Sequence[Attachment], run: ServerRun) -> None:
+    """wrk against /classify (one image) and /classify_batch (`wrk_batch_images`), each count."""
+    from load_tests.fixtures import multipart
+    from load_tests.wrk import run_wrk
+
+    batch = [uploads[i % len(uploads)] for i in range(config.wrk_batch_images)]
+    kinds = (
+        (url + "/classify", multipart("image", uploads[:1]), 1),
+        (url + "/classify_batch", multipart("images", batch), len(batch)),
+    )
+    for target, (body, content_type), images in kinds:
+        for connections in config.wrk_concurrencies:
+            result = run_wrk(
+                target,
+                body,
+                content_type,
+                connections=connections,
+                duration_s=config.wrk_seconds,
+                images_per_request=images,
+                timeout_s=30.0,
+            )
+            run.wrk.append(result)
+            refused = {status: n for status, n in result.statuses.items() if not 200 <= status < 300}
+            _progress(
+                f"{run.name}: wrk {target.rsplit('/', 1)[-1]} c={connections}: {result.images_per_s:.1f} "
+                f"img/s served, p99 {result.latency_ms.get(99.0, 0):.1f} ms, non-2xx {refused or 0}"
+            )
+
+
+def _served_by(url: str) -> str:
+    """Engine, execution provider and precision, as the service's `GET /model` reports them."""
+    import httpx
+
+    document = httpx.get(url + "/model", timeout=30.0).json()
+    return f"{document.get('engine')} {document.get('execution_provider')} {document.get('precision')}"
 
 
 def _classify_workload(url: str, uploads: Sequence[Attachment]) -> Workload:
@@ -208,6 +293,8 @@ def _bench_server(
     try:
         run.cold_start_s = server.wait_ready(config.ready_timeout_s)
         _progress(f"{run.name}: ready after {run.cold_start_s:.1f} s")
+        if key == "service":
+            run.served_by = _served_by(server.url)
         if key == "triton":
             workload = _triton_workload(server.url, uploads)
         else:
@@ -219,7 +306,7 @@ def _bench_server(
                 f"{expected_label!r}: the servers do not run the same model and preprocessing"
             )
         top = max(config.concurrencies)
-        for concurrency in config.concurrencies:
+        for concurrency in config.concurrencies if "loadgen" in config.clients or key != "service" else ():
             recording = None
             if config.profile and key == "service" and concurrency == top:
                 recording = profiling.record(
@@ -234,6 +321,8 @@ def _bench_server(
                 f"{run.name}: c={concurrency}: {level.images_per_second:.1f} img/s, "
                 f"p99 {level.percentile_ms(99):.1f} ms, {level.error_count} errors"
             )
+        if key == "service" and "wrk" in config.clients:
+            _run_wrk(config, server.url, uploads, run)
     except Exception as exc:  # one failing server is reported; the others are still measured
         run.problem = f"{type(exc).__name__}: {exc}"
         run.failed = True
@@ -257,6 +346,7 @@ def run_bench(config: BenchConfig) -> BenchResult:
     from eluserve.service.config import load_settings
     from load_tests import fixtures, profiling, report
     from load_tests.loadgen import busy_seconds
+    from load_tests.wrk import WrkError
 
     unknown = sorted(set(config.servers) - set(SERVERS))
     if unknown:
@@ -271,13 +361,25 @@ def run_bench(config: BenchConfig) -> BenchResult:
     del reference  # its threads would compete with the servers
     config.out.mkdir(parents=True, exist_ok=True)
 
-    _progress(f"raw ONNX Runtime session on {info.tag}: batch sizes {list(config.raw_batch_sizes)}")
+    _progress(f"raw engines on {info.tag}: batch sizes {list(config.raw_batch_sizes)}")
+    backends, raw_skipped = raw_backends(model_file, info)
     raw_started, raw_cpu, raw_machine = time.perf_counter(), time.process_time(), busy_seconds()
-    raw = measure_raw(model_file, crops, config.raw_batch_sizes, config.raw_seconds)
+    raw = measure_raw(backends, crops, config.raw_batch_sizes, config.raw_seconds)
+    del backends  # their threads would compete with the servers
     raw_wall = time.perf_counter() - raw_started
     raw_other = max(0.0, busy_seconds() - raw_machine - (time.process_time() - raw_cpu)) / raw_wall
-    raw_best = max((point.throughput for point in raw), key=lambda t: t.images_per_second)
-    _progress(f"raw: best {raw_best.images_per_second:.1f} img/s at batch {raw_best.batch_size}")
+    limit = limit_point(raw, settings.precision)
+    raw_best = limit.throughput if limit else None
+    if limit is not None:
+        _progress(
+            f"raw limit: {limit.name}, {limit.throughput.images_per_second:.1f} img/s at batch "
+            f"{limit.throughput.batch_size}"
+        )
+    if "wrk" in config.clients and "service" in config.servers:
+        import shutil
+
+        if shutil.which("wrk") is None:
+            raise WrkError("wrk is not installed (apt-get install -y wrk), or run with --client loadgen")
 
     runs = {
         key: _bench_server(
@@ -287,7 +389,7 @@ def run_bench(config: BenchConfig) -> BenchResult:
     }
     ordered = [runs[key] for key in SERVERS if key in runs]
     top = max(config.concurrencies)
-    goal_ratios = report.ratios(runs, raw_best, top, config.p99_budget_ms)
+    goal_ratios = report.ratios(runs, raw_best, top, config.p99_budget_ms, limit.name if limit else "engine")
     plotted = report.plot(ordered, raw_best, config.p99_budget_ms, config.out / "bench.png")
 
     sections = [
@@ -299,7 +401,7 @@ def run_bench(config: BenchConfig) -> BenchResult:
         "which other work on the machine disturbs least. CPU columns: cores busy, for the load "
         "generator, all server processes, and everything else on the machine (other work shares the "
         "cores and skews that level).",
-        report.table(ordered, raw),
+        report.table(ordered, [limit] if limit else []),
         "## Goals",
         report.ratio_table(goal_ratios),
         "## Cold start (process start → ready)",
@@ -309,13 +411,28 @@ def run_bench(config: BenchConfig) -> BenchResult:
         ),
         "## CPU by process",
         report.cpu_table(ordered, top),
-        "## Raw ONNX Runtime session by batch size",
-        f"Other work on the machine used {raw_other:.2f} cores meanwhile.\n\n" + report.raw_table(raw),
+        "## Raw engines by batch size",
+        f"Other work on the machine used {raw_other:.2f} cores meanwhile. The limit is the fastest engine "
+        f"at the service's precision ({settings.precision})"
+        + "".join(f"; {name} not measured: {why}" for name, why in raw_skipped.items())
+        + ".\n\n"
+        + report.raw_table(raw),
     ]
+    service_run = runs.get("service")
+    if service_run is not None and service_run.wrk:
+        sections[5:5] = [
+            f"## wrk (native client), service on {service_run.served_by}",
+            f"-t1, {config.wrk_seconds:g} s per run, keep-alive connections, one fixed multipart body per "
+            f"endpoint. Served img/s counts 2xx answers only; every other answer is listed by status. "
+            f"÷ limit: against raw {limit.name if limit else '—'} at its best batch.\n\n"
+            + report.wrk_table(service_run.wrk, raw_best),
+        ]
+    served_by = runs["service"].served_by if "service" in runs else "—"
     sections.insert(
         2,
-        f"Service settings: {settings.workers} worker(s) × {settings.threads_per_worker()} ONNX Runtime "
-        f"threads, batches ≤ {settings.max_batch_size}, "
+        f"Service settings: {settings.workers} worker(s) × {settings.threads_per_worker()} inference "
+        f"threads, engine {settings.engine} (served by {served_by}), "
+        f"batches ≤ {settings.max_batch_size}, "
         f"max latency {settings.max_latency_ms} ms, max concurrency {settings.max_concurrency}"
         + "".join(f"; `{k}={v}`" for k, v in config.service_env.items()),
     )
@@ -335,13 +452,24 @@ def run_bench(config: BenchConfig) -> BenchResult:
                 "model": info.tag,
                 "config": {k: _jsonable(v) for k, v in dataclasses.asdict(config).items()},
                 "raw": [
-                    {**dataclasses.asdict(p.throughput), "cpu_ms_per_image": p.cpu_ms_per_image} for p in raw
+                    {
+                        **dataclasses.asdict(p.throughput),
+                        "cpu_ms_per_image": p.cpu_ms_per_image,
+                        "engine": p.engine,
+                        "precision": p.precision,
+                    }
+                    for p in raw
                 ],
+                "limit": None
+                if limit is None
+                else {"engine": limit.name, **dataclasses.asdict(limit.throughput)},
                 "servers": {
                     key: {
                         "cold_start_s": run.cold_start_s,
                         "problem": run.problem,
+                        "served_by": run.served_by,
                         "levels": [level.to_dict() for level in run.levels],
+                        "wrk": [result.to_dict() for result in run.wrk],
                     }
                     for key, run in runs.items()
                 },
@@ -378,6 +506,13 @@ def _names(text: str) -> tuple[str, ...]:
     return names
 
 
+def _clients(text: str) -> tuple[str, ...]:
+    names = tuple(part.strip() for part in text.split(",") if part.strip())
+    if not names or set(names) - set(CLIENTS):
+        raise argparse.ArgumentTypeError(f"choose clients from {','.join(CLIENTS)}, got {text!r}")
+    return names
+
+
 def _assignment(text: str) -> tuple[str, str]:
     name, sep, value = text.partition("=")
     if not sep or not name:
@@ -402,6 +537,9 @@ def cmd_bench(args: argparse.Namespace) -> int:
             "triton_python": args.triton_python,
             "profile": args.profile,
             "cifar_zip": Path(args.cifar_zip) if args.cifar_zip else None,
+            "clients": args.client,
+            "wrk_concurrencies": args.wrk_concurrency,
+            "wrk_seconds": args.wrk_seconds,
         }.items()
         if value is not None
     }
@@ -445,4 +583,13 @@ def register(subparsers: Any) -> None:
     )
     bench.add_argument("--profile", action="store_true", help="py-spy the service at the top concurrency")
     bench.add_argument("--cifar-zip", help="the CIFAR-10 JPEG zip (default: ../shared/data/cifar10-jpeg)")
+    bench.add_argument(
+        "--client",
+        type=_clients,
+        help="comma-separated clients for the service: loadgen (Python), wrk (native) (default: both)",
+    )
+    bench.add_argument(
+        "--wrk-concurrency", type=_ints, help="wrk connection counts per endpoint (default 1,16,64,256)"
+    )
+    bench.add_argument("--wrk-seconds", type=float, help="seconds per wrk run (default 10)")
     bench.set_defaults(func=cmd_bench)

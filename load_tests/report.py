@@ -16,6 +16,7 @@ from pathlib import Path
 
 from eluserve.core.throughput import Throughput
 from load_tests.loadgen import LevelResult
+from load_tests.wrk import WrkResult
 
 #: Display names, in table order.
 SERVER_NAMES: Mapping[str, str] = {
@@ -38,6 +39,10 @@ class ServerRun:
     failed: bool = False
     #: py-spy's collapsed stacks of the highest concurrency level, when profiled.
     profile: Path | None = None
+    #: wrk runs (native client): /classify and /classify_batch at each connection count.
+    wrk: list[WrkResult] = field(default_factory=list)
+    #: What `GET /model` says runs the model: engine, execution provider, precision.
+    served_by: str | None = None
 
     @property
     def name(self) -> str:
@@ -59,6 +64,12 @@ class RawPoint:
 
     throughput: Throughput
     cpu_ms_per_image: float
+    engine: str = "onnxruntime"
+    precision: str = "fp32"
+
+    @property
+    def name(self) -> str:
+        return f"{self.engine} {self.precision}"
 
 
 @dataclass(frozen=True)
@@ -75,7 +86,11 @@ def _fmt(value: float | None, digits: int = 1) -> str:
 
 
 def ratios(
-    runs: Mapping[str, ServerRun], raw_best: Throughput | None, top: int, p99_budget_ms: float
+    runs: Mapping[str, ServerRun],
+    raw_best: Throughput | None,
+    top: int,
+    p99_budget_ms: float,
+    limit_name: str = "onnxruntime fp32",
 ) -> list[Ratio]:
     """The three goal ratios; a ratio whose inputs are missing has value None and says why."""
     service = runs.get("service")
@@ -92,7 +107,7 @@ def ratios(
                 f"≥ 0.85 with p99 ≤ {p99_budget_ms:.0f} ms",
                 value >= 0.85 and p99 <= p99_budget_ms,
                 f"{_fmt(service_top.images_per_second)} ÷ {_fmt(raw_best.images_per_second)} img/s "
-                f"(raw at batch {raw_best.batch_size}); service p99 {_fmt(p99)} ms",
+                f"(raw {limit_name} at batch {raw_best.batch_size}); service p99 {_fmt(p99)} ms",
             )
         )
     else:
@@ -142,7 +157,8 @@ def ratios(
 
 
 def table(runs: Sequence[ServerRun], raw: Sequence[RawPoint]) -> str:
-    """Server × concurrency → img/s, p50/p95/p99, errors; the raw session's best batch as the limit."""
+    """Server × concurrency → img/s, p50/p95/p99, errors; the fastest raw point of `raw` (the engines
+    at the service's precision) as the limit."""
     lines = [
         "| server | concurrency | img/s | p50 ms | p95 ms | p99 ms | errors | server CPU ms/img "
         "| client CPU | server CPU | other CPU |",
@@ -166,7 +182,7 @@ def table(runs: Sequence[ServerRun], raw: Sequence[RawPoint]) -> str:
         point = max(raw, key=lambda p: p.throughput.images_per_second)
         best = point.throughput
         lines.append(
-            f"| raw ORT session, in-process (limit) | batch {best.batch_size} | "
+            f"| raw {point.name}, in-process (limit) | batch {best.batch_size} | "
             f"{_fmt(best.images_per_second)} | {_fmt(best.batch_latency_seconds * 1000)} (per batch) "
             f"| — | — | 0 | {_fmt(point.cpu_ms_per_image, 2)} | — | — | — |"
         )
@@ -174,12 +190,37 @@ def table(runs: Sequence[ServerRun], raw: Sequence[RawPoint]) -> str:
 
 
 def raw_table(raw: Sequence[RawPoint]) -> str:
-    lines = ["| batch size | img/s | ms per batch | CPU ms/img |", "| ---: | ---: | ---: | ---: |"]
+    lines = [
+        "| engine | batch size | img/s | ms per batch | CPU ms/img |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
     for point in raw:
         t = point.throughput
         lines.append(
-            f"| {t.batch_size} | {_fmt(t.images_per_second)} | {_fmt(t.batch_latency_seconds * 1000, 2)} "
-            f"| {_fmt(point.cpu_ms_per_image, 2)} |"
+            f"| {point.name} | {t.batch_size} | {_fmt(t.images_per_second)} | "
+            f"{_fmt(t.batch_latency_seconds * 1000, 2)} | {_fmt(point.cpu_ms_per_image, 2)} |"
+        )
+    return "\n".join(lines)
+
+
+def wrk_table(results: Sequence[WrkResult], limit: Throughput | None) -> str:
+    """wrk runs: served images/s (2xx only) against the limit, latency, and every non-2xx by status."""
+    lines = [
+        "| endpoint | images/request | connections | served img/s | ÷ limit | p50 ms | p99 ms | 2xx "
+        "| non-2xx by status | socket errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- | --- |",
+    ]
+    for r in results:
+        ratio = r.images_per_s / limit.images_per_second if limit and limit.images_per_second else None
+        refused = ", ".join(
+            f"{status}×{n}" for status, n in sorted(r.statuses.items()) if not 200 <= status < 300
+        )
+        errors = ", ".join(f"{kind} {n}" for kind, n in r.socket_errors.items()) or "0"
+        endpoint = r.url.rsplit("/", 1)[-1]
+        lines.append(
+            f"| /{endpoint} | {r.images_per_request} | {r.connections} | {_fmt(r.images_per_s)} | "
+            f"{_fmt(ratio, 2)} | {_fmt(r.latency_ms.get(50.0))} | {_fmt(r.latency_ms.get(99.0))} | {r.ok} | "
+            f"{refused or '0'} | {errors} |"
         )
     return "\n".join(lines)
 
@@ -228,7 +269,7 @@ def plot(runs: Sequence[ServerRun], raw_best: Throughput | None, p99_budget_ms: 
             raw_best.images_per_second,
             color="grey",
             linestyle="--",
-            label=f"raw ORT session (batch {raw_best.batch_size})",
+            label=f"raw limit (batch {raw_best.batch_size})",
         )
     right.axhline(p99_budget_ms, color="grey", linestyle="--", label=f"p99 budget {p99_budget_ms:.0f} ms")
     levels = sorted({level.concurrency for run in runs for level in run.levels})

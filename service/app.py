@@ -25,6 +25,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from eluserve.core.contract import read_model_info
+from eluserve.core.engines import require_precision
 from eluserve.core.session import ModelSession, available_cores
 from eluserve.service import bentoml_patches, http_protocol, metrics
 from eluserve.service.batching import Batcher
@@ -34,7 +35,7 @@ from eluserve.service.http_api import Frontend
 logger = logging.getLogger(__name__)
 # BentoML's server logging shows its own logger at INFO and the root at WARNING; let ours (which say
 # which model, provider and thread count a worker runs) follow BentoML's level, quiet and debug included.
-logging.getLogger("service").setLevel(logging.getLogger("bentoml").getEffectiveLevel())
+logging.getLogger("eluserve").setLevel(logging.getLogger("bentoml").getEffectiveLevel())
 settings = load_settings()
 
 # Nothing phones home, however the service is started (`bentoml serve` without the variable too): the
@@ -87,9 +88,9 @@ class EluClassifier:
 
         A missing or unreadable model then stops the start-up with a message naming the file and a
         non-zero exit, instead of workers that fail in `__init__` being restarted forever behind a port
-        that never answers.
+        that never answers. A lower precision that the model card does not allow stops it the same way.
         """
-        read_model_info(settings.model_file())
+        require_precision(read_model_info(settings.model_file()), settings.precision)
 
     def __init__(self) -> None:
         workers = _bentoml_workers("EluClassifier", default=settings.workers)
@@ -97,6 +98,9 @@ class EluClassifier:
             settings.model_file(),
             providers=settings.provider_list(),
             intra_op_threads=settings.threads_per_worker(workers),
+            engine=settings.engine,
+            precision=settings.precision,
+            agree_with=f"bentoml-serve-{os.getppid()}",
         )
         info = self.classifier.info
         metrics.init_metrics(info)

@@ -22,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from eluserve.core.contract import MODEL_FILE, resolve_model_file
+from eluserve.core.engines import ENGINES, PRECISIONS
 from eluserve.core.errors import ConfigError
 from eluserve.core.paths import default_model_file
 from eluserve.core.preprocessing import Limits
@@ -58,6 +59,12 @@ class Settings:
     intra_op_threads: int = 0
     #: ONNX Runtime execution providers, comma-separated; empty means CUDA if it works, else CPU.
     providers: str = ""
+    #: Inference engine: auto (the fastest that works here and passes parity with ONNX Runtime fp32,
+    #: timed when each worker starts), onnxruntime or openvino (`eluserve.core.engines`).
+    engine: str = "auto"
+    #: fp32, or bf16 (OpenVINO CPU) for a model whose card records a passing `eluserve
+    #: validate-precision`; without one the service refuses to start.
+    precision: str = "fp32"
     #: Requests in flight across all workers before BentoML answers 429. BentoML splits it evenly over
     #: the workers, and the kernel does not split connections evenly, so it is twice the 64 in flight
     #: one client may expect to keep.
@@ -116,6 +123,10 @@ _MINIMUM: Mapping[str, float] = {
     "warmup_rounds": 0,
     "warmup_min_seconds": 0.0,
 }
+
+
+#: Settings that take one of a few words.
+_CHOICES: Mapping[str, tuple[str, ...]] = {"engine": ENGINES, "precision": PRECISIONS}
 
 
 def resolve_model(value: str) -> Path:
@@ -192,6 +203,9 @@ def _coerce(name: str, raw: Any, default: Any) -> Any:
             value = str(raw)
     except (TypeError, ValueError) as exc:
         raise ConfigError(f"setting {name}={raw!r}: expected {kind.__name__} ({exc})") from exc
+    choices = _CHOICES.get(name)
+    if choices is not None and value not in choices:
+        raise ConfigError(f"setting {name}={raw!r}: use one of {', '.join(choices)}")
     minimum = _MINIMUM.get(name)
     if minimum is not None and value < minimum:
         raise ConfigError(f"setting {name}={raw!r}: must be at least {minimum}")

@@ -78,8 +78,8 @@ TOP1_PROBABILITY = Histogram(
 )
 MODEL_INFO = Gauge(
     "model_info",
-    "Always 1; the labels say which model version runs on which execution provider.",
-    ["model", "version", "provider"],
+    "Always 1; the labels say which model version runs on which engine, execution provider and precision.",
+    ["model", "version", "engine", "provider", "precision"],
     namespace=NAMESPACE,
     multiprocess_mode="livemax",
 )
@@ -99,4 +99,10 @@ def init_metrics(info: ModelMetadata) -> None:
         PREDICTIONS.labels(model=info.name, label=label)
     INFERENCE_DURATION.labels(model=info.name, provider=provider)
     BATCH_SIZE.labels(model=info.name)
-    MODEL_INFO.labels(model=info.name, version=info.version, provider=provider).set(1)
+    MODEL_INFO.labels(
+        model=info.name,
+        version=info.version,
+        engine=info.engine or "unknown",
+        provider=provider,
+        precision=info.precision or "unknown",
+    ).set(1)

@@ -38,6 +38,7 @@ from eluserve.classify.evaluation import Evaluation, require_matplotlib
 from eluserve.classify.files import DEFAULT_EXTENSIONS, UsageError, iter_image_files, parse_extensions
 from eluserve.classify.rows import FORMATS, RowWriter, format_of, open_text, resume
 from eluserve.classify.run import Summary, classify_files
+from eluserve.core.engines import AUTO, ENGINES
 from eluserve.core.paths import default_model_file
 from eluserve.core.preprocessing import DECODABLE_FORMATS
 from eluserve.core.results import DEFAULT_TOP_K
@@ -92,7 +93,7 @@ def _classify(args: argparse.Namespace) -> int:
             )
         else:
             engine = LocalEngine.load(
-                args.model, args.top_k, batch_size=args.batch_size, threads=args.threads
+                args.model, args.top_k, batch_size=args.batch_size, threads=args.threads, engine=args.engine
             )
         evaluation = Evaluation(engine.labels) if evaluate else None
         done = resume(Path(args.output), fmt, evaluation) if args.resume else set()
@@ -116,7 +117,12 @@ def _classify(args: argparse.Namespace) -> int:
             print(summary.format(), file=sys.stderr)
             return 1 if isinstance(exc, ServerFailed) else 130
 
-    print(f"eluserve classify: model {engine.model}", file=sys.stderr)
+    where = (
+        f" on {engine.session.engine} {engine.session.provider}"
+        if isinstance(engine, LocalEngine)
+        else ""
+    )
+    print(f"eluserve classify: model {engine.model}{where}", file=sys.stderr)
     print(summary.format(), file=sys.stderr)
     if done and not summary.skipped:
         print(
@@ -150,6 +156,13 @@ def register(subparsers: Any) -> None:
         "--model", default=str(default_model_file()), help="model .onnx or folder (in-process engine)"
     )
     engine.add_argument("--server", metavar="URL", help="classify through a running eluserve service")
+    parser.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default=AUTO,
+        help="inference engine of the in-process run (default auto: the fastest that passes parity "
+        "with onnxruntime, timed at start)",
+    )
     parser.add_argument("-o", "--output", help="output file, .csv or .jsonl (default: JSONL on stdout)")
     parser.add_argument("--format", choices=FORMATS, help="output format (default: from --output's suffix)")
     parser.add_argument(

@@ -16,7 +16,8 @@ import numpy as np
 
 from eluserve.classify.files import UsageError, chunks, in_order, read_image_file
 from eluserve.classify.rows import Row
-from eluserve.core.errors import ClientError, InvalidTopK, ModelFormatError
+from eluserve.core.engines import AUTO
+from eluserve.core.errors import ClientError, ConfigError, InvalidTopK, ModelFormatError
 from eluserve.core.paths import default_model_file
 from eluserve.core.preprocessing import Limits, load_image
 from eluserve.core.results import DEFAULT_TOP_K, parse_top_k
@@ -76,11 +77,13 @@ class LocalEngine:
         top_k: int | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         threads: int | None = None,
+        engine: str = AUTO,
     ) -> LocalEngine:
-        """Load `model`; a missing or malformed file is a `UsageError` naming it."""
+        """Load `model` on `engine` (`eluserve.core.engines`: auto times the engines that pass parity
+        with ONNX Runtime and keeps the fastest); a missing or malformed file is a `UsageError` naming it."""
         try:
-            session = ModelSession.from_path(model)
-        except (FileNotFoundError, ModelFormatError) as exc:
+            session = ModelSession.from_path(model, engine=engine)
+        except (FileNotFoundError, ModelFormatError, ConfigError) as exc:
             hint = (
                 " (export one with `eluserve export`, or pass --model)"
                 if Path(model) == default_model_file()

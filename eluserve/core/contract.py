@@ -105,8 +105,13 @@ class ModelMetadata:
     checkpoint_sha256: str | None = None
     exported_at: str | None = None
     model_card: Mapping[str, Any] | None = None
-    #: The ONNX Runtime execution provider in use; None until a session exists.
+    #: Where the graph runs: the ONNX Runtime execution provider, or the OpenVINO device; None until
+    #: a session exists.
     provider: str | None = None
+    #: The inference engine (`onnxruntime`, `openvino`); None until a session exists.
+    engine: str | None = None
+    #: The precision it computes in (fp32, bf16); None until a session exists.
+    precision: str | None = None
 
     @property
     def tag(self) -> str:
@@ -117,8 +122,8 @@ class ModelMetadata:
     def num_classes(self) -> int:
         return len(self.labels)
 
-    def with_provider(self, provider: str) -> ModelMetadata:
-        return dataclasses.replace(self, provider=provider)
+    def with_engine(self, engine: str, provider: str, precision: str) -> ModelMetadata:
+        return dataclasses.replace(self, engine=engine, provider=provider, precision=precision)
 
     def to_dict(self) -> dict[str, Any]:
         """The `GET /model` document."""
@@ -135,7 +140,9 @@ class ModelMetadata:
             "architecture": self.architecture,
             "activation": self.activation,
             "dataset": self.dataset,
+            "engine": self.engine,
             "execution_provider": self.provider,
+            "precision": self.precision,
             "opset": self.opset,
             "custom_domain": self.custom_domain,
             "checkpoint_sha256": self.checkpoint_sha256,

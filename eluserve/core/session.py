@@ -1,7 +1,7 @@
-"""The inference session: a contract-conforming ONNX model on ONNX Runtime.
+"""The inference session: a contract-conforming ONNX model on one engine (`eluserve.core.engines`).
 
 The BentoML service, the folder CLI and the benchmarks all classify through `ModelSession`, so they
-agree on the execution provider choice and the input checks. Inputs are already preprocessed crops
+agree on the engine and execution provider choice and the input checks. Inputs are already preprocessed crops
 (see `eluserve.core.preprocessing`): uint8 RGB, [N, H, W, 3].
 """
 
@@ -17,13 +17,13 @@ from typing import Any
 import numpy as np
 import onnxruntime as ort
 
-from eluserve.core.contract import INPUT_NAME, OUTPUT_NAME, ModelMetadata, read_model_info, resolve_model_file
+from eluserve.core.contract import ModelMetadata, read_model_info, resolve_model_file
+from eluserve.core.engines import CPU, CUDA, FP32, ONNXRUNTIME, Backend, Selection, select_backend
 from eluserve.core.results import DEFAULT_TOP_K, format_results
 
 logger = logging.getLogger(__name__)
 
-CUDA = "CUDAExecutionProvider"
-CPU = "CPUExecutionProvider"
+__all__ = ["CPU", "CUDA", "ModelSession", "available_cores"]
 
 
 def available_cores() -> int:
@@ -34,58 +34,38 @@ def available_cores() -> int:
         return os.cpu_count() or 1
 
 
-def _session_options(intra_op_threads: int) -> ort.SessionOptions:
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.intra_op_num_threads = intra_op_threads
-    # One batch runs at a time per process (the batcher serialises them), so a second pool is waste.
-    options.inter_op_num_threads = 1
-    # Inference shares the cores with the HTTP workers' decoding: idle threads that spin between
-    # batches would take CPU from them. Measured on 2 cores: same batch-1 latency, a shorter tail.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return options
-
-
-def _choose_providers(providers: Sequence[str] | None) -> list[str]:
-    available = ort.get_available_providers()
-    if providers is None:
-        return [CUDA, CPU] if CUDA in available else [CPU]
-    unknown = [name for name in providers if name not in available]
-    if unknown:
-        raise ValueError(f"execution providers {unknown} are not available here; available: {available}")
-    return list(providers)
-
-
-def _create_session(model_file: Path, providers: list[str], intra_op_threads: int) -> ort.InferenceSession:
-    if CUDA in providers and hasattr(ort, "preload_dlls"):
-        # onnxruntime-gpu finds CUDA/cuDNN from the nvidia-* wheels only once they are preloaded.
-        try:
-            ort.preload_dlls()
-        except Exception:
-            logger.debug("onnxruntime.preload_dlls failed", exc_info=True)
-    options = _session_options(intra_op_threads)
-    try:
-        return ort.InferenceSession(str(model_file), sess_options=options, providers=providers)
-    except Exception:
-        if providers == [CPU] or CPU not in providers:
-            raise
-        logger.warning("creating a session with %s failed; retrying on CPU only", providers, exc_info=True)
-        return ort.InferenceSession(str(model_file), sess_options=options, providers=[CPU])
-
-
 class ModelSession:
-    """One ONNX Runtime session over a contract-conforming model."""
+    """One engine's session (`Backend`) over a contract-conforming model."""
 
-    def __init__(self, session: ort.InferenceSession, info: ModelMetadata) -> None:
-        self._session = session
+    def __init__(self, backend: Backend, info: ModelMetadata, selection: Selection | None = None) -> None:
+        self.backend = backend
         self.info = info
+        #: How `from_path` chose the backend (speeds measured, parity, engines skipped and why).
+        self.selection = selection or Selection(backend)
         self._height, self._width = info.input_size
 
     @property
     def session(self) -> ort.InferenceSession:
-        """The ONNX Runtime session, for raw-throughput measurements beside the serving path."""
-        return self._session
+        """The ONNX Runtime session, for raw-throughput measurements beside the serving path.
+
+        Raises:
+            TypeError: when another engine runs the model.
+        """
+        session = getattr(self.backend, "session", None)
+        if not isinstance(session, ort.InferenceSession):
+            raise TypeError(
+                f"model {self.info.tag} runs on {self.backend.engine}, not on an ONNX Runtime session"
+            )
+        return session
+
+    @property
+    def engine(self) -> str:
+        """`onnxruntime` or `openvino`."""
+        return self.backend.engine
+
+    @property
+    def precision(self) -> str:
+        return self.backend.precision
 
     @classmethod
     def from_path(
@@ -93,6 +73,9 @@ class ModelSession:
         path: str | Path,
         providers: Sequence[str] | None = None,
         intra_op_threads: int | None = None,
+        engine: str = ONNXRUNTIME,
+        precision: str = FP32,
+        agree_with: str | None = None,
     ) -> ModelSession:
         """Load a model folder or .onnx file.
 
@@ -101,19 +84,33 @@ class ModelSession:
                 onnxruntime build has it, else CPU; CUDA that fails to initialise falls back to CPU.
             intra_op_threads: threads for one inference. None uses every core this process may run
                 on; the service passes cores ÷ workers so that worker processes do not oversubscribe.
+            engine: `onnxruntime`, `openvino` or `auto` (`eluserve.core.engines`). The library
+                default is ONNX Runtime, the reference, which costs no start-up measurement; the
+                service and `eluserve classify` default to `auto`.
+            precision: fp32, or a lower precision that the model card's validation record allows.
+            agree_with: processes that pass the same value (a server's workers) make one `auto`
+                choice: the first measures, the others take its answer.
+
+        Raises:
+            ConfigError: an unknown engine or precision, or a precision the model card does not allow.
         """
         model_file = resolve_model_file(path)
         info = read_model_info(model_file)
-        chosen = _choose_providers(providers)
         threads = intra_op_threads if intra_op_threads is not None else available_cores()
         if threads < 1:
             raise ValueError(f"intra_op_threads must be at least 1, got {threads}")
-        session = _create_session(model_file, chosen, threads)
-        provider = session.get_providers()[0]
-        if CUDA in chosen and provider != CUDA:
-            logger.warning("%s is installed but unusable (no working GPU?); running on %s", CUDA, provider)
-        logger.info("model %s from %s on %s, %d intra-op threads", info.tag, model_file, provider, threads)
-        return cls(session, info.with_provider(provider))
+        selection = select_backend(model_file, info, engine, providers, threads, precision, agree_with)
+        backend = selection.backend
+        logger.info(
+            "model %s from %s on %s %s %s, %d threads",
+            info.tag,
+            model_file,
+            backend.engine,
+            backend.device,
+            backend.precision,
+            threads,
+        )
+        return cls(backend, info.with_engine(backend.engine, backend.device, backend.precision), selection)
 
     @property
     def provider(self) -> str:
@@ -142,8 +139,7 @@ class ModelSession:
             )
         if batch.shape[0] == 0:
             return np.zeros((0, self.info.num_classes), dtype=np.float32)
-        (probs,) = self._session.run([OUTPUT_NAME], {INPUT_NAME: np.ascontiguousarray(batch)})
-        return np.asarray(probs, dtype=np.float32)
+        return self.backend.run(np.ascontiguousarray(batch))
 
     def classify(self, images: Sequence[np.ndarray], top_k: int = DEFAULT_TOP_K) -> list[dict[str, Any]]:
         """Classify preprocessed crops ([H, W, 3] each) in one batch; results in input order."""

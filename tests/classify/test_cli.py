@@ -280,3 +280,24 @@ def test_undecodable_file_names_survive_a_resume(
     assert classify(folder, "--model", tiny_model_path, "-o", out).code == 0
     again = classify(folder, "--model", tiny_model_path, "-o", out, "--resume")
     assert summary_counts(again.stderr)["skipped"] == 1
+
+
+def test_openvino_rows_carry_onnxruntimes_labels(
+    classify: Classify, tree: Tree, serving_model_path: Path, tmp_path: Path
+) -> None:
+    """`--engine openvino` (checked against ORT fp32 when it starts) labels every file as ORT does."""
+    rows = {}
+    for engine in ("onnxruntime", "openvino"):
+        out = tmp_path / f"{engine}.jsonl"
+        result = classify(
+            tree.root / "cifar", "--model", serving_model_path, "--engine", engine, "--output", out
+        )
+        assert result.code == 0, result.stderr
+        assert f"on {engine} " in result.stderr
+        rows[engine] = relative_rows(read_jsonl(out), tree.root)
+    assert len(rows["openvino"]) >= 10
+    assert {name: row["label"] for name, row in rows["openvino"].items()} == {
+        name: row["label"] for name, row in rows["onnxruntime"].items()
+    }
+    for name, row in rows["openvino"].items():
+        assert abs(row["probability"] - rows["onnxruntime"][name]["probability"]) < 1e-4

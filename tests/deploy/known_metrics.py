@@ -27,7 +27,7 @@ ELUSERVE_COUNTERS_GAUGES = (
     "eluserve_images_total",  # labels: model, outcome=ok|error
     "eluserve_client_errors_total",  # labels: code
     "eluserve_predictions_total",  # labels: model, label
-    "eluserve_model_info",  # gauge 1; labels: model, version, provider
+    "eluserve_model_info",  # gauge 1; labels: model, version, engine, provider, precision
 )
 ELUSERVE_HISTOGRAMS = (
     "eluserve_inference_duration_seconds",  # per batch; labels: model, provider

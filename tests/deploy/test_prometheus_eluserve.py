@@ -30,7 +30,11 @@ BATCH_IMAGES = 4
 def server(tmp_path_factory: pytest.TempPathFactory, serving_model_path: Path) -> Iterator[BentoServer]:
     with running_server(
         tmp_path_factory.mktemp("prom-e2e"),
-        {"ELUSERVE_MODEL": str(serving_model_path), "ELUSERVE_WORKERS": "2"},
+        {
+            "ELUSERVE_MODEL": str(serving_model_path),
+            "ELUSERVE_WORKERS": "2",
+            "ELUSERVE_ENGINE": "onnxruntime",
+        },
     ) as started:
         yield started
 
@@ -85,6 +89,7 @@ def test_prometheus_sees_eluserve_metrics_with_the_right_values(
         assert len(model_info) == 1, json.dumps(model_info)
         labels = model_info[0]["metric"]
         assert labels["model"] == info.name and labels["provider"] == "CPUExecutionProvider"
+        assert (labels["engine"], labels["precision"]) == ("onnxruntime", "fp32")
         assert labels["job"] == "eluserve"
 
         observed = _value(prometheus.query(f"eluserve_top1_probability_count{{{model}}}"))

@@ -91,6 +91,9 @@ def test_export_and_verify_round_trip(tiny_run: Path, tmp_path: Path) -> None:
     assert report["passed"] and report["parity_max_abs_logit_diff"] <= report["parity_tolerance"] <= 2e-4
     assert report["top1_agreement_torch_vs_ort"] == 1.0 and report["fused_vs_plain_identical_predictions"]
     assert report["custom_ops"] == {CONV_ELU: 4, CONV_MAXPOOL_ELU: 3}
+    openvino = report["openvino_parity"]
+    assert openvino["passed"] and openvino["max_abs_logit_diff"] <= openvino["tolerance"]
+    assert "openvino" in (tmp_path / "verification.md").read_text()
 
     proto = onnx.load(str(model_path))
     onnx.checker.check_model(proto, full_check=True)

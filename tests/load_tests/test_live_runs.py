@@ -13,6 +13,7 @@ import importlib.util
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -129,6 +130,7 @@ def test_quick_bench_measures_service_and_naive_and_cleans_up(
         concurrencies=(1, 2),
         seconds=1.0,
         cifar_zip=cifar_zip,
+        clients=("loadgen", "wrk") if shutil.which("wrk") else ("loadgen",),
     )
     result = run_bench(config)
     assert not result.failed, result.markdown
@@ -141,12 +143,29 @@ def test_quick_bench_measures_service_and_naive_and_cleans_up(
     for text in (
         "| eluserve (BentoML) | 2 |",
         "| naive Starlette + ORT | 1 |",
-        "raw ORT session",
+        "in-process (limit)",
         "## Goals",
     ):
         assert text in markdown
     report = json.loads((tmp_path / "bench" / "bench.json").read_text())
     assert set(report["servers"]) == {"service", "naive"} and report["raw"]
+    assert {(p["engine"], p["precision"]) for p in report["raw"]} >= {
+        ("onnxruntime", "fp32"),
+        ("openvino", "fp32"),
+    }
+    assert report["limit"]["images_per_second"] == max(
+        p["images_per_second"] for p in report["raw"] if p["precision"] == "fp32"
+    )
+    if "wrk" in config.clients:
+        wrk = result.runs["service"].wrk
+        assert "## wrk (native client)" in markdown
+        assert [(r.url.rsplit("/", 1)[-1], r.images_per_request, r.connections) for r in wrk] == [
+            ("classify", 1, 1),
+            ("classify", 1, 4),
+            ("classify_batch", 16, 1),
+            ("classify_batch", 16, 4),
+        ]
+        assert all(r.ok > 0 and r.server_errors == 0 for r in wrk), result.markdown
     if importlib.util.find_spec("matplotlib") is not None:
         assert (tmp_path / "bench" / "bench.png").stat().st_size > 0
     assert _descendants(os.getpid()) <= before, "the bench left server processes behind"

@@ -30,6 +30,7 @@ def test_defaults_are_the_documented_ones() -> None:
         64,
     )
     assert settings.provider_list() is None
+    assert (settings.engine, settings.precision) == ("auto", "fp32")
 
 
 def test_environment_variables_override_defaults() -> None:
@@ -69,6 +70,8 @@ def test_config_files_are_read_and_environment_wins(tmp_path: Path, name: str, t
         ({"ELUSERVE_MAX_BATCH_SIZE": "0"}, "at least 1"),
         ({"ELUSERVE_TIMEOUT_S": "soon"}, "expected float"),
         ({"ELUSERVE_TRACING": "maybe"}, "tracing='maybe'"),
+        ({"ELUSERVE_ENGINE": "tensorrt"}, "engine='tensorrt': use one of auto, onnxruntime, openvino"),
+        ({"ELUSERVE_PRECISION": "int8"}, "precision='int8': use one of fp32, bf16, fp16"),
     ],
 )
 def test_bad_values_name_the_setting(environ: dict[str, str], message: str) -> None:

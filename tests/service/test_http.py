@@ -44,6 +44,8 @@ def server(tmp_path_factory: pytest.TempPathFactory, serving_model_path: Path) -
             "ELUSERVE_MAX_REQUEST_BYTES": str(MAX_REQUEST_BYTES),
             "ELUSERVE_MAX_CONCURRENCY": "4",
             "ELUSERVE_MAX_BATCH_SIZE": "16",
+            # The answers are compared with an in-process ONNX Runtime session (`reference`).
+            "ELUSERVE_ENGINE": "onnxruntime",
         },
     ) as running:
         yield running
@@ -342,7 +344,11 @@ def test_model_endpoint(client: httpx.Client, reference: ModelSession) -> None:
     assert body["labels"] == list(info.labels) and body["input_size"] == list(info.input_size)
     assert body["preprocessing"] == info.preprocessing.to_dict()
     assert body["val_accuracy"] == info.val_accuracy
-    assert body["execution_provider"] == "CPUExecutionProvider"
+    assert (body["engine"], body["execution_provider"], body["precision"]) == (
+        "onnxruntime",
+        "CPUExecutionProvider",
+        "fp32",
+    )
     assert body["opset"] == info.opset and body["custom_domain"] == "ai.eluserve"
 
 
