@@ -32,6 +32,7 @@ from eluserve.service.config import load_settings
 from eluserve.service.control import LOADED, ControlState, Follower, ensure_control_dir
 from eluserve.service.models_api import ModelsApi
 from eluserve.service.repository import ModelRegistry, check_repository
+from eluserve.service.v2 import InferenceProtocol
 
 logger = logging.getLogger(__name__)
 # BentoML's server logging shows its own logger at INFO and the root at WARNING; let ours (which say
@@ -73,6 +74,14 @@ def _models_api(method: str) -> Callable[[Request], Awaitable[Response]]:
     return endpoint
 
 
+def _v2(method: str) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        return await getattr(_service().v2, method)(request)
+
+    endpoint.__name__ = f"v2_{method}"
+    return endpoint
+
+
 _VERSION = "/models/{name}/versions/{version}"
 http_app = Starlette(
     routes=[
@@ -89,6 +98,18 @@ http_app = Starlette(
         Route("/v2/repository/index", _models_api("index"), methods=["POST"]),
         Route("/v2/repository/models/{name}/load", _models_api("load"), methods=["POST"]),
         Route("/v2/repository/models/{name}/unload", _models_api("unload"), methods=["POST"]),
+        Route("/v2", _v2("server"), methods=["GET"]),
+        Route("/v2/health/live", _v2("live"), methods=["GET"]),
+        Route("/v2/health/ready", _v2("ready"), methods=["GET"]),
+        *(
+            route
+            for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
+            for route in (
+                Route(prefix, _v2("model"), methods=["GET"]),
+                Route(f"{prefix}/ready", _v2("model_ready"), methods=["GET"]),
+                Route(f"{prefix}/infer", _v2("infer"), methods=["POST"]),
+            )
+        ),
     ]
 )
 #: Every path the service answers; BentoML's OpenTelemetry middleware skips them unless `tracing` is on.
@@ -122,6 +143,7 @@ class EluClassifier:
         # unloads starts in the state the others serve (`eluserve.service.control`).
         self.registry.load_all(skip=self.follower.unloaded())
         self.models_api = ModelsApi(self.registry, self.follower, settings, workers)
+        self.v2 = InferenceProtocol(self.registry, settings)
         self.follower.start()
         # Everything loaded so far (BentoML, Starlette, pydantic, onnx, the sessions) lives as long as
         # the worker: moved out of the garbage collector's generations, it is no longer rescanned by
