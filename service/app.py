@@ -15,19 +15,22 @@ folder (`eluserve.service.repository`); loads and unloads reach every worker thr
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import logging
 import os
+import re
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import bentoml
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from eluserve.core.session import available_cores
-from eluserve.service import bentoml_patches, http_protocol
+from eluserve.service import bentoml_patches, http_protocol, openapi
 from eluserve.service.config import load_settings
 from eluserve.service.control import LOADED, ControlState, Follower, ensure_control_dir
 from eluserve.service.models_api import ModelsApi
@@ -82,6 +85,24 @@ def _v2(method: str) -> Callable[[Request], Awaitable[Response]]:
     return endpoint
 
 
+async def _docs_json(_: Request) -> Response:
+    service = _service()
+    with service.registry.lease() as served:
+        default = served.info
+    loaded = {name: sorted(versions) for name, versions in service.registry.loaded().items()}
+    return JSONResponse(openapi.document(_bentoml_document(), settings, default, loaded))
+
+
+async def _docs(_: Request) -> Response:
+    return openapi.swagger_page()
+
+
+@functools.cache
+def _bentoml_document() -> dict[str, Any]:
+    """BentoML's own document (its infrastructure routes), the base of ours."""
+    return EluClassifier.openapi_spec.asdict()
+
+
 _VERSION = "/models/{name}/versions/{version}"
 http_app = Starlette(
     routes=[
@@ -98,6 +119,8 @@ http_app = Starlette(
         Route("/v2/repository/index", _models_api("index"), methods=["POST"]),
         Route("/v2/repository/models/{name}/load", _models_api("load"), methods=["POST"]),
         Route("/v2/repository/models/{name}/unload", _models_api("unload"), methods=["POST"]),
+        Route("/docs.json", _docs_json, methods=["GET"]),
+        Route("/docs", _docs, methods=["GET"]),
         Route("/v2", _v2("server"), methods=["GET"]),
         Route("/v2/health/live", _v2("live"), methods=["GET"]),
         Route("/v2/health/ready", _v2("ready"), methods=["GET"]),
@@ -112,8 +135,14 @@ http_app = Starlette(
         ),
     ]
 )
-#: Every path the service answers; BentoML's OpenTelemetry middleware skips them unless `tracing` is on.
-UNTRACED_PATHS = (*(route.path for route in http_app.routes), "/livez", "/readyz", "/metrics")
+#: Every path the service answers, as OpenTelemetry's URL patterns (`{name}` matches one segment);
+#: BentoML's OpenTelemetry middleware skips them unless `tracing` is on.
+UNTRACED_PATHS = (
+    *(re.sub(r"\{[^}]+\}", "[^/]+", route.path) for route in http_app.routes),
+    "/livez",
+    "/readyz",
+    "/metrics",
+)
 
 
 @bentoml.asgi_app(http_app, path="/")
