@@ -20,6 +20,7 @@ import gc
 import logging
 import os
 import re
+import threading
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -168,17 +169,27 @@ class EluClassifier:
         workers = _bentoml_workers("EluClassifier", default=settings.workers)
         self.registry = ModelRegistry(settings, workers)
         self.follower = Follower(ControlState(control_dir), self._apply, settings.control_poll_s)
-        # Loaded and warmed before the worker takes requests; a worker restarted after loads and
-        # unloads starts in the state the others serve (`eluserve.service.control`).
+        # A worker restarted after loads and unloads starts in the state the others serve
+        # (`eluserve.service.control`); it turns ready once every version is warmed up.
         self.registry.load_all(skip=self.follower.unloaded())
         self.models_api = ModelsApi(self.registry, self.follower, settings, workers)
-        self.v2 = InferenceProtocol(self.registry, settings)
+        self.v2 = InferenceProtocol(self.registry, settings, ready=self.__is_ready__)
         self.follower.start()
         # Everything loaded so far (BentoML, Starlette, pydantic, onnx, the sessions) lives as long as
         # the worker: moved out of the garbage collector's generations, it is no longer rescanned by
         # every generation-2 collection, which otherwise pauses the event loop for tens of ms.
         gc.collect()
         gc.freeze()
+        self._warm = threading.Event()
+        threading.Thread(target=self._warm_up, name="eluserve-warm-up", daemon=True).start()
+
+    def _warm_up(self) -> None:
+        try:
+            self.registry.warm_up_all()
+        except Exception:
+            logger.exception("warm-up failed; the service stays not ready")
+            return
+        self._warm.set()
 
     def _apply(self, name: str, state: str) -> None:
         if state == LOADED:
@@ -187,7 +198,7 @@ class EluClassifier:
             self.registry.unload(name)
 
     def __is_ready__(self) -> bool:
-        return self.registry.is_loaded(self.registry.default_name)
+        return self._warm.is_set() and self.registry.is_loaded(self.registry.default_name)
 
     @bentoml.on_shutdown
     def close(self) -> None:

@@ -152,8 +152,16 @@ class ServedVersion:
         return self.session.info
 
 
-def serve_version(model_file: Path, settings: Settings, workers: int) -> ServedVersion:
-    """Open, wrap and warm up one version; nothing is published until this returns."""
+def warm_up(session: ModelSession, settings: Settings) -> None:
+    session.warm_up(
+        batch_sizes=sorted({1, settings.max_batch_size}),
+        rounds=settings.warmup_rounds,
+        min_seconds=settings.warmup_min_seconds,
+    )
+
+
+def serve_version(model_file: Path, settings: Settings, workers: int, *, warm: bool = True) -> ServedVersion:
+    """Open, wrap and (`warm`) warm up one version; nothing is published until this returns."""
     session = open_session(model_file, settings, workers)
     info = session.info
     metrics.init_metrics(info)
@@ -172,11 +180,8 @@ def serve_version(model_file: Path, settings: Settings, workers: int) -> ServedV
         max_latency_s=settings.max_latency_ms / 1000,
         observe=observe,
     )
-    session.warm_up(
-        batch_sizes=sorted({1, settings.max_batch_size}),
-        rounds=settings.warmup_rounds,
-        min_seconds=settings.warmup_min_seconds,
-    )
+    if warm:
+        warm_up(session, settings)
     return ServedVersion(session, batcher, Frontend(info, settings, infer=batcher))
 
 
@@ -285,20 +290,27 @@ class ModelRegistry:
     # --- changes ------------------------------------------------------------------------------------
 
     def load_all(self, skip: frozenset[str] = frozenset()) -> None:
-        """Load every model of the repository but `skip`; a broken model is logged, not fatal."""
+        """Load every model of the repository but `skip`, not warmed up (`warm_up_all` does that, while
+        the worker already answers /livez); a broken model is logged, not fatal."""
         for name, entry in self.scan().items():
             if name in skip and name != self.default_name:
                 continue
             for problem in entry.problems:
                 logger.warning("model %s: %s is not served", name, problem)
             try:
-                self.load(name, strict=False)
+                self.load(name, strict=False, warm=False)
             except ModelLoadError:
                 if name == self.default_name:
                     raise
                 logger.exception("model %s is not served", name)
 
-    def load(self, name: str, *, strict: bool = True) -> list[str]:
+    def warm_up_all(self) -> None:
+        """Warm up every loaded version (the first requests then do not pay for lazy initialisation)."""
+        for versions in self.loaded().values():
+            for served in versions.values():
+                warm_up(served.session, self.settings)
+
+    def load(self, name: str, *, strict: bool = True, warm: bool = True) -> list[str]:
         """(Re)load every version of `name` from disk: built and warmed first, then swapped in.
 
         `strict` (an operator's load) refuses the whole model when any of its files is unusable, so a
@@ -323,7 +335,7 @@ class ModelRegistry:
             fresh: dict[str, ServedVersion] = {}
             for version, model_file in entry.versions.items():
                 try:
-                    fresh[version] = serve_version(model_file, self.settings, self.workers)
+                    fresh[version] = serve_version(model_file, self.settings, self.workers, warm=warm)
                 except Exception as exc:
                     metrics.MODEL_LOADS.labels(model=name, version=version, outcome="error").inc()
                     for built in fresh.values():

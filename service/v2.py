@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import struct
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
@@ -92,8 +92,9 @@ def model_metadata(info: ModelMetadata, versions: Sequence[str]) -> dict[str, An
 class InferenceProtocol:
     """The v2 handlers of one worker."""
 
-    def __init__(self, registry: ModelRegistry, settings: Settings) -> None:
+    def __init__(self, registry: ModelRegistry, settings: Settings, ready: Callable[[], bool]) -> None:
         self.registry = registry
+        self._ready = ready
         self.limits: Limits = settings.limits()
         self.max_body_bytes = settings.max_request_bytes
         self.read_timeout_s = settings.timeout_s * BODY_TIMEOUT_SHARE
@@ -107,8 +108,7 @@ class InferenceProtocol:
         return Response(status_code=200)
 
     async def ready(self, _: Request) -> Response:
-        ready = self.registry.is_loaded(self.registry.default_name)
-        return Response(status_code=200 if ready else 503)
+        return Response(status_code=200 if self._ready() else 503)
 
     async def model(self, request: Request) -> Response:
         try:
