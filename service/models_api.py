@@ -18,6 +18,7 @@ and changes nothing.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 
@@ -45,6 +46,8 @@ class ModelsApi:
         self.follower = follower
         self.settings = settings
         self.workers = workers
+        #: Loads and unloads under way (held here: the event loop keeps tasks only weakly).
+        self._changes: set[asyncio.Task[Response]] = set()
 
     async def list_models(self, _: Request) -> Response:
         loaded = self.registry.loaded()
@@ -102,6 +105,20 @@ class ModelsApi:
         return await _guarded(lambda: self._change(request.path_params["name"], UNLOADED))
 
     async def _change(self, name: str, state: str) -> Response:
+        """Apply a load or unload here and in every worker, even if the request itself gives up.
+
+        Loading a large model (building and warming its sessions) can outlast BentoML's request
+        timeout, which cancels the handler: measured with the 97 MB flagship on the shared 2-core
+        machine, 30 s and a 504. The change therefore runs as a task of its own that the request only
+        waits for, so it still completes and reaches the other workers, and the index then shows it.
+        """
+        task = asyncio.ensure_future(self._apply_everywhere(name, state))
+        self._changes.add(task)
+        task.add_done_callback(self._changes.discard)
+        task.add_done_callback(_log_failure)
+        return await asyncio.shield(task)
+
+    async def _apply_everywhere(self, name: str, state: str) -> Response:
         if not self.settings.explicit_model_control:
             raise ClientError(
                 "model_control_disabled",
@@ -126,6 +143,13 @@ class ModelsApi:
                 "model_change_incomplete", f"{state} {name}: applied here, but " + "; ".join(errors), 500
             )
         return JSONResponse({"name": name, "state": state, "versions": versions, "workers": applied})
+
+
+def _log_failure(task: asyncio.Task[Response]) -> None:
+    """Log a change that failed unexpectedly (contract errors are answers, already given)."""
+    error = None if task.cancelled() else task.exception()
+    if error is not None and not isinstance(error, ClientError | ServiceError):
+        logger.error("model change failed", exc_info=error)
 
 
 async def _guarded(handler: Callable[[], Awaitable[Response]]) -> Response:
