@@ -96,6 +96,9 @@ def test_a_new_version_reaches_every_worker(server: BentoServer, repository: Pat
     assert probe(server, "/models/tiny-b/classify") == {"tiny-b:2"}
     assert probe(server, "/models/tiny-b/versions/1/classify") == {"tiny-b:1"}
     after = Scrape.of(server.url)
+    # Every series carries the version it was served by.
+    assert after.value("eluserve_images_total", model="tiny-b", version="2", outcome="ok") == PROBES
+    assert after.value("eluserve_predictions_total", model="tiny-b", version="2") == PROBES
     loads = {"model": "tiny-b", "version": "2", "outcome": "ok"}
     assert after.value("eluserve_model_loads_total", **loads) == 2  # once per worker
     assert before.value("eluserve_model_loads_total", **loads) is None
