@@ -82,15 +82,14 @@ class ModelsApi:
     async def _on_model(self, request: Request, endpoint: str, name: str | None) -> Response:
         """Run `Frontend.<endpoint>` on a leased version: it stays served until the answer is out."""
         try:
-            lease = self.registry.lease(name, request.path_params.get("version"))
-            served = lease.__enter__()
+            served = self.registry.acquire(name, request.path_params.get("version"))
         except ClientError as exc:
             count_client_error(exc)
             return error_response(exc)
         try:
             return await getattr(served.frontend, endpoint)(request)
         finally:
-            lease.__exit__(None, None, None)
+            self.registry.release(served)
 
     async def index(self, _: Request) -> Response:
         return await _guarded(lambda: self._index())

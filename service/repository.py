@@ -211,9 +211,8 @@ class ModelRegistry:
 
     # --- requests -----------------------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def lease(self, name: str | None = None, version: str | None = None) -> Iterator[ServedVersion]:
-        """The version a request runs on (default model, latest version when None), held until exit.
+    def acquire(self, name: str | None = None, version: str | None = None) -> ServedVersion:
+        """The version a request runs on (default model, latest version when None); `release` it.
 
         Raises:
             ModelNotFound: the model or version is not loaded.
@@ -221,11 +220,20 @@ class ModelRegistry:
         with self._lock:
             served = self._find(name or self.default_name, version)
             served.leases += 1
+        return served
+
+    def release(self, served: ServedVersion) -> None:
+        with self._lock:
+            served.leases -= 1
+
+    @contextlib.contextmanager
+    def lease(self, name: str | None = None, version: str | None = None) -> Iterator[ServedVersion]:
+        """`acquire` and `release` around a block."""
+        served = self.acquire(name, version)
         try:
             yield served
         finally:
-            with self._lock:
-                served.leases -= 1
+            self.release(served)
 
     def _find(self, name: str, version: str | None) -> ServedVersion:
         versions = self._models.get(name)
