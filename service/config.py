@@ -52,8 +52,6 @@ class Settings:
     model_control: str = "none"
     #: Seconds between a worker's checks of the shared control state (loads asked of another worker).
     control_poll_s: float = 0.25
-    #: Folder the workers of one server share for load/unload propagation; set by the service itself.
-    control_dir: str = ""
     #: Encoded bytes of one image.
     max_image_bytes: int = 10 * 1024 * 1024
     #: Declared width × height of one image, checked before decoding.
