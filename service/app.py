@@ -171,7 +171,7 @@ class EluClassifier:
         self.follower = Follower(ControlState(control_dir), self._apply, settings.control_poll_s)
         # A worker restarted after loads and unloads starts in the state the others serve
         # (`eluserve.service.control`); it turns ready once every version is warmed up.
-        self.registry.load_all(skip=self.follower.unloaded())
+        self.registry.load_all(self.follower.to_serve)
         self.models_api = ModelsApi(self.registry, self.follower, settings, workers)
         self.v2 = InferenceProtocol(self.registry, settings, ready=self.__is_ready__)
         self.follower.start()

@@ -29,7 +29,7 @@ import os
 import tempfile
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -52,7 +52,7 @@ def ensure_control_dir() -> Path:
 
 
 class ControlState:
-    """`state.json`: ``{"generation": g, "models": {name: {"state": loaded|unloaded, "generation": g}}}``."""
+    """`state.json`: ``{"generation": g, "initial": [names], "models": {name: {"state", "generation"}}}``."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -81,6 +81,20 @@ class ControlState:
         except FileNotFoundError:
             return {"generation": 0, "models": {}}
 
+    def initial(self, on_disk: Iterable[str]) -> dict[str, Any]:
+        """The state, with the models on disk recorded as `initial` by the first worker to ask."""
+        with self._locked():
+            current = self.read()
+            if "initial" not in current:
+                current["initial"] = sorted(on_disk)
+                self._write(current)
+        return current
+
+    def _write(self, current: dict[str, Any]) -> None:
+        scratch = self.path.with_name(f".state-{os.getpid()}.json")
+        scratch.write_text(json.dumps(current))
+        os.replace(scratch, self.path)
+
     def record(self, name: str, state: str) -> int:
         """Record that `name` is now `state`; returns the new generation."""
         with self._locked():
@@ -88,9 +102,7 @@ class ControlState:
             generation = int(current["generation"]) + 1
             current["generation"] = generation
             current["models"][name] = {"state": state, "generation": generation}
-            scratch = self.path.with_name(f".state-{os.getpid()}.json")
-            scratch.write_text(json.dumps(current))
-            os.replace(scratch, self.path)
+            self._write(current)
         return generation
 
     def acknowledge(self, generation: int, errors: dict[str, str]) -> None:
@@ -154,15 +166,22 @@ class Follower:
         self._signature: tuple[int, int] | None = None
         self._stop = threading.Event()
 
-    def unloaded(self) -> frozenset[str]:
-        """Models recorded as unloaded (a worker that starts late skips them); marks all as applied."""
-        self._signature = self.state.signature()
-        current = self.state.read()
+    def to_serve(self, on_disk: Iterable[str]) -> frozenset[str]:
+        """The models a starting worker loads, so that it serves what the others serve.
+
+        The first worker records the models on disk at start (`initial`); a worker (re)started later
+        serves those, plus what was loaded since, minus what was unloaded since, even if other model
+        folders have appeared on disk meanwhile. Marks every recorded change as applied.
+        """
+        current = self.state.initial(on_disk)
         with self._lock:
             for name, entry in current["models"].items():
                 self._applied[name] = entry["generation"]
             self._generation = current["generation"]
-        return frozenset(name for name, entry in current["models"].items() if entry["state"] == UNLOADED)
+        self._signature = self.state.signature()
+        states = {name: entry["state"] for name, entry in current["models"].items()}
+        serve = {name for name in current["initial"] if states.get(name, LOADED) == LOADED}
+        return frozenset(serve | {name for name, state in states.items() if state == LOADED})
 
     def start(self) -> None:
         self.state.acknowledge(self._generation, {})

@@ -26,7 +26,7 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -297,11 +297,14 @@ class ModelRegistry:
 
     # --- changes ------------------------------------------------------------------------------------
 
-    def load_all(self, skip: frozenset[str] = frozenset()) -> None:
-        """Load every model of the repository but `skip`, not warmed up (`warm_up_all` does that, while
-        the worker already answers /livez); a broken model is logged, not fatal."""
-        for name, entry in self.scan().items():
-            if name in skip and name != self.default_name:
+    def load_all(self, choose: Callable[[Iterable[str]], Collection[str]] = set) -> None:
+        """Load the models `choose` picks from those on disk (default: all; the default model always), not
+        warmed up (`warm_up_all` does that, while the worker already answers /livez); a broken model is
+        logged, not fatal."""
+        entries = self.scan()
+        chosen = choose(entries)
+        for name, entry in entries.items():
+            if name not in chosen and name != self.default_name:
                 continue
             for problem in entry.problems:
                 logger.warning("model %s: %s is not served", name, problem)

@@ -149,7 +149,7 @@ def test_changes_recorded_by_one_worker_reach_another(tmp_path: Path) -> None:
     state = ControlState(tmp_path)
     asker = Follower(state, lambda name, change: None, poll_s=60)
     other = Follower(ControlState(tmp_path), lambda name, change: applied.append((name, change)), poll_s=60)
-    assert other.unloaded() == frozenset()
+    assert other.to_serve(["tiny-a", "tiny-b", "tiny-c"]) == {"tiny-a", "tiny-b", "tiny-c"}
 
     generation = asker.changed("tiny-b", UNLOADED)
     other.poll()
@@ -160,7 +160,14 @@ def test_changes_recorded_by_one_worker_reach_another(tmp_path: Path) -> None:
 
     asker.changed("tiny-b", LOADED)
     asker.changed("tiny-c", UNLOADED)
+    asker.changed("tiny-new", LOADED)
     other.poll()
-    assert applied[1:] == [("tiny-b", LOADED), ("tiny-c", UNLOADED)]
-    # A worker that starts now skips what is unloaded.
-    assert Follower(state, lambda name, change: None, poll_s=60).unloaded() == {"tiny-c"}
+    assert applied[1:] == [("tiny-b", LOADED), ("tiny-c", UNLOADED), ("tiny-new", LOADED)]
+    # A worker (re)started now serves what the others serve: the models on disk at the first start,
+    # plus loads, minus unloads; a folder that appeared since but was never loaded stays unserved.
+    restarted = Follower(state, lambda name, change: None, poll_s=60)
+    assert restarted.to_serve(["tiny-a", "tiny-b", "tiny-c", "tiny-new", "tiny-later"]) == {
+        "tiny-a",
+        "tiny-b",
+        "tiny-new",
+    }
