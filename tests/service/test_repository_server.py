@@ -6,11 +6,16 @@ fresh connections (the kernel spreads them over both workers) must all see the n
 
 from __future__ import annotations
 
+import contextlib
+import os
 import shutil
+import signal
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from eluserve.core.preprocessing import Limits, load_image
@@ -136,4 +141,30 @@ def test_unload_reaches_every_worker_and_load_brings_it_back(server: BentoServer
     again = httpx.post(server.url + "/v2/repository/models/tiny-b/load", json={}, timeout=120)
     assert again.status_code == 200
     assert probe(server, "/models/tiny-b/classify") == {"tiny-b:2"}
+
+
+def worker_pids(server: BentoServer) -> set[int]:
+    """BentoML's worker processes now (a killed one lingers as a zombie until reaped: skipped)."""
+    pids = set()
+    for child in psutil.Process(server.process.pid).children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            if child.status() != psutil.STATUS_ZOMBIE and "worker" in " ".join(child.cmdline()):
+                pids.add(child.pid)
+    return pids
+
+
+def test_a_restarted_worker_serves_what_the_others_serve(server: BentoServer) -> None:
+    unload = httpx.post(server.url + "/v2/repository/models/tiny-b/unload", json={}, timeout=120)
+    assert unload.status_code == 200, unload.text
+    before = worker_pids(server)
+    assert len(before) == 2, before
+    victim = min(before)
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 120
+    while len(worker_pids(server) - before) < 1 and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert worker_pids(server) - before, "BentoML did not restart the killed worker"
+    server.wait_for("/readyz", timeout=120)
+    assert probe(server, "/models/tiny-b/classify") == {"model_not_found"}
+    assert probe(server, "/classify") == {"tiny-a:1"}
     assert "Traceback" not in server.log(), server.log()[-3000:]
