@@ -4,33 +4,39 @@
 
 Each HTTP worker process reads multipart bodies itself (see `eluserve.service.forms`), decodes and crops in
 `eluserve.service.http_api`, and pools the crops of concurrent requests into ONNX Runtime batches with
-`eluserve.service.batching.Batcher` on its own session (threads = cores ÷ workers, so workers do not
-oversubscribe the machine). `/readyz` turns ready once the worker has warmed its session up (BentoML
-asks `__is_ready__`); `/livez` and `/metrics` are BentoML's. Settings come from `eluserve.service.config`
-(``ELUSERVE_*``).
+`eluserve.service.batching.Batcher`, one session and batcher per model version it serves (threads =
+cores ÷ workers, so workers do not oversubscribe the machine). The models come from a repository
+folder (`eluserve.service.repository`); loads and unloads reach every worker through
+`eluserve.service.control`. `/readyz` turns ready once the worker has loaded and warmed its models up
+(BentoML asks `__is_ready__`); `/livez` and `/metrics` are BentoML's. Settings come from
+`eluserve.service.config` (``ELUSERVE_*``).
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import gc
 import logging
 import os
+import re
 import threading
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import bentoml
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from eluserve.core.contract import read_model_info
-from eluserve.core.engines import require_precision
-from eluserve.core.session import ModelSession, available_cores
-from eluserve.service import bentoml_patches, http_protocol, metrics
-from eluserve.service.batching import Batcher
+from eluserve.core.session import available_cores
+from eluserve.service import bentoml_patches, http_protocol, openapi
 from eluserve.service.config import load_settings
-from eluserve.service.http_api import Frontend
+from eluserve.service.control import LOADED, ControlState, Follower, ensure_control_dir
+from eluserve.service.models_api import ModelsApi
+from eluserve.service.repository import ModelRegistry, check_repository
+from eluserve.service.v2 import InferenceProtocol
 
 logger = logging.getLogger(__name__)
 # BentoML's server logging shows its own logger at INFO and the root at WARNING; let ours (which say
@@ -48,29 +54,96 @@ with contextlib.suppress(ImportError, AttributeError):
     do_not_track.cache_clear()
 bentoml_patches.apply()
 http_protocol.install(settings.header_timeout_s)
+# Created by the `bentoml serve` process, inherited by its workers: see `eluserve.service.control`.
+control_dir = ensure_control_dir()
 
 
 async def _classify(request: Request) -> Response:
-    return await _frontend().classify(request)
+    return await _service().models_api.on_default(request, "classify")
 
 
 async def _classify_batch(request: Request) -> Response:
-    return await _frontend().classify_batch(request)
+    return await _service().models_api.on_default(request, "classify_batch")
 
 
 async def _model(request: Request) -> Response:
-    return await _frontend().model(request)
+    return await _service().models_api.on_default(request, "model")
 
 
+def _models_api(method: str) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        return await getattr(_service().models_api, method)(request)
+
+    endpoint.__name__ = method
+    return endpoint
+
+
+def _v2(method: str) -> Callable[[Request], Awaitable[Response]]:
+    async def endpoint(request: Request) -> Response:
+        return await getattr(_service().v2, method)(request)
+
+    endpoint.__name__ = f"v2_{method}"
+    return endpoint
+
+
+async def _docs_json(_: Request) -> Response:
+    service = _service()
+    with service.registry.lease() as served:
+        default = served.info
+    loaded = {name: sorted(versions) for name, versions in service.registry.loaded().items()}
+    return JSONResponse(openapi.document(_bentoml_document(), settings, default, loaded))
+
+
+async def _docs(_: Request) -> Response:
+    return openapi.swagger_page()
+
+
+@functools.cache
+def _bentoml_document() -> dict[str, Any]:
+    """BentoML's own document (its infrastructure routes), the base of ours."""
+    return EluClassifier.openapi_spec.asdict()
+
+
+_VERSION = "/models/{name}/versions/{version}"
 http_app = Starlette(
     routes=[
         Route("/classify", _classify, methods=["POST"]),
         Route("/classify_batch", _classify_batch, methods=["POST"]),
         Route("/model", _model, methods=["GET"]),
+        Route("/models", _models_api("list_models"), methods=["GET"]),
+        Route("/models/{name}", _models_api("get_model"), methods=["GET"]),
+        Route("/models/{name}/classify", _models_api("classify"), methods=["POST"]),
+        Route("/models/{name}/classify_batch", _models_api("classify_batch"), methods=["POST"]),
+        Route(_VERSION, _models_api("get_model"), methods=["GET"]),
+        Route(f"{_VERSION}/classify", _models_api("classify"), methods=["POST"]),
+        Route(f"{_VERSION}/classify_batch", _models_api("classify_batch"), methods=["POST"]),
+        Route("/v2/repository/index", _models_api("index"), methods=["POST"]),
+        Route("/v2/repository/models/{name}/load", _models_api("load"), methods=["POST"]),
+        Route("/v2/repository/models/{name}/unload", _models_api("unload"), methods=["POST"]),
+        Route("/docs.json", _docs_json, methods=["GET"]),
+        Route("/docs", _docs, methods=["GET"]),
+        Route("/v2", _v2("server"), methods=["GET"]),
+        Route("/v2/health/live", _v2("live"), methods=["GET"]),
+        Route("/v2/health/ready", _v2("ready"), methods=["GET"]),
+        *(
+            route
+            for prefix in ("/v2/models/{name}", "/v2/models/{name}/versions/{version}")
+            for route in (
+                Route(prefix, _v2("model"), methods=["GET"]),
+                Route(f"{prefix}/ready", _v2("model_ready"), methods=["GET"]),
+                Route(f"{prefix}/infer", _v2("infer"), methods=["POST"]),
+            )
+        ),
     ]
 )
-#: Every path the service answers; BentoML's OpenTelemetry middleware skips them unless `tracing` is on.
-UNTRACED_PATHS = (*(route.path for route in http_app.routes), "/livez", "/readyz", "/metrics")
+#: Every path the service answers, as OpenTelemetry's URL patterns (`{name}` matches one segment);
+#: BentoML's OpenTelemetry middleware skips them unless `tracing` is on.
+UNTRACED_PATHS = (
+    *(re.sub(r"\{[^}]+\}", "[^/]+", route.path) for route in http_app.routes),
+    "/livez",
+    "/readyz",
+    "/metrics",
+)
 
 
 @bentoml.asgi_app(http_app, path="/")
@@ -80,45 +153,29 @@ UNTRACED_PATHS = (*(route.path for route in http_app.routes), "/livez", "/readyz
     tracing={} if settings.tracing else {"excluded_urls": list(UNTRACED_PATHS)},
 )
 class EluClassifier:
-    """Public endpoints (`eluserve.service.http_api` has the HTTP contract) over one session per worker."""
+    """Public endpoints (`eluserve.service.http_api` has the HTTP contract) over the repository's models."""
 
     @bentoml.on_deployment
     def check_model() -> None:
-        """Read the model once in the `bentoml serve` process, before any worker starts.
+        """Read the models once in the `bentoml serve` process, before any worker starts.
 
-        A missing or unreadable model then stops the start-up with a message naming the file and a
-        non-zero exit, instead of workers that fail in `__init__` being restarted forever behind a port
-        that never answers. A lower precision that the model card does not allow stops it the same way.
+        A missing or unreadable default model then stops the start-up with a message naming the file
+        and a non-zero exit, instead of workers that fail in `__init__` being restarted forever behind
+        a port that never answers.
         """
-        require_precision(read_model_info(settings.model_file()), settings.precision)
+        check_repository(settings)
 
     def __init__(self) -> None:
         workers = _bentoml_workers("EluClassifier", default=settings.workers)
-        self.classifier = ModelSession.from_path(
-            settings.model_file(),
-            providers=settings.provider_list(),
-            intra_op_threads=settings.threads_per_worker(workers),
-            engine=settings.engine,
-            precision=settings.precision,
-            agree_with=f"bentoml-serve-{os.getppid()}",
-        )
-        info = self.classifier.info
-        metrics.init_metrics(info)
-        inference = metrics.INFERENCE_DURATION.labels(model=info.name, provider=self.classifier.provider)
-        batch_size = metrics.BATCH_SIZE.labels(model=info.name)
-
-        def observe(images: int, seconds: float) -> None:
-            batch_size.observe(images)
-            inference.observe(seconds)
-
-        self.batcher = Batcher(
-            self.classifier.predict,
-            max_batch_size=settings.max_batch_size,
-            max_latency_s=settings.max_latency_ms / 1000,
-            observe=observe,
-        )
-        self.frontend = Frontend(info, settings, infer=self.batcher)
-        # Everything loaded so far (BentoML, Starlette, pydantic, onnx, the session) lives as long as
+        self.registry = ModelRegistry(settings, workers)
+        self.follower = Follower(ControlState(control_dir), self._apply, settings.control_poll_s)
+        # A worker restarted after loads and unloads starts in the state the others serve
+        # (`eluserve.service.control`); it turns ready once every version is warmed up.
+        self.registry.load_all(self.follower.to_serve)
+        self.models_api = ModelsApi(self.registry, self.follower, settings, workers)
+        self.v2 = InferenceProtocol(self.registry, settings, ready=self.__is_ready__)
+        self.follower.start()
+        # Everything loaded so far (BentoML, Starlette, pydantic, onnx, the sessions) lives as long as
         # the worker: moved out of the garbage collector's generations, it is no longer rescanned by
         # every generation-2 collection, which otherwise pauses the event loop for tens of ms.
         gc.collect()
@@ -128,23 +185,26 @@ class EluClassifier:
 
     def _warm_up(self) -> None:
         try:
-            self.classifier.warm_up(
-                batch_sizes=sorted({1, settings.max_batch_size}),
-                rounds=settings.warmup_rounds,
-                min_seconds=settings.warmup_min_seconds,
-            )
+            self.registry.warm_up_all()
         except Exception:
             logger.exception("warm-up failed; the service stays not ready")
             return
         self._warm.set()
 
+    def _apply(self, name: str, state: str) -> None:
+        if state == LOADED:
+            self.registry.load(name)
+        elif self.registry.is_loaded(name):
+            self.registry.unload(name)
+
     def __is_ready__(self) -> bool:
-        return self._warm.is_set()
+        return self._warm.is_set() and self.registry.is_loaded(self.registry.default_name)
 
     @bentoml.on_shutdown
     def close(self) -> None:
-        """Release the inference thread once the worker has answered what it held."""
-        self.batcher.close()
+        """Release the inference threads once the worker has answered what it held."""
+        self.follower.stop()
+        self.registry.close()
 
 
 def _bentoml_workers(service_name: str, default: int) -> int:
@@ -164,8 +224,8 @@ def _bentoml_workers(service_name: str, default: int) -> int:
     return workers if isinstance(workers, int) and workers > 0 else default
 
 
-def _frontend() -> Frontend:
+def _service() -> EluClassifier:
     service = bentoml.get_current_service()
     if service is None:
         raise RuntimeError("EluClassifier is not initialised in this worker")
-    return service.frontend
+    return service

@@ -5,8 +5,11 @@ as a key of the file that ``ELUSERVE_CONFIG`` points to (YAML, JSON or TOML, by 
 are read when `eluserve.service.app` is imported, because BentoML takes workers, traffic limits and batching
 parameters from its decorators; each worker process imports it again with the same environment.
 
-``ELUSERVE_MODEL`` is an .onnx file, a model folder holding ``model.onnx``, or a BentoML model-store
-tag (``name:version``, ``name:latest``) whose folder holds ``model.onnx``.
+The service serves every model of a repository folder (``ELUSERVE_MODEL_REPOSITORY``, default the
+packaged models; layout in `eluserve.service.repository`), with ``ELUSERVE_DEFAULT_MODEL`` behind
+/classify. ``ELUSERVE_MODEL`` (an .onnx file, a model folder holding ``model.onnx``, or a BentoML
+model-store tag ``name:version``) names the default model instead; set alone, it is the only model
+served, as before the repository existed.
 """
 
 from __future__ import annotations
@@ -21,10 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from eluserve.core.contract import MODEL_FILE, resolve_model_file
+from eluserve.core.contract import MODEL_FILE, read_model_info, resolve_model_file
 from eluserve.core.engines import ENGINES, PRECISIONS
 from eluserve.core.errors import ConfigError
-from eluserve.core.paths import default_model_file
+from eluserve.core.paths import DEFAULT_MODEL_NAME, packaged_models_dir
 from eluserve.core.preprocessing import Limits
 from eluserve.core.session import available_cores
 
@@ -37,8 +40,19 @@ _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*:[A-Za-z0-9_.-]+$")
 class Settings:
     """Everything an operator may tune; see the module docstring for how to set it."""
 
-    #: .onnx file, model folder, or BentoML model-store tag.
-    model: str = str(default_model_file())
+    #: .onnx file, model folder, or BentoML model-store tag: the default model; empty means
+    #: `default_model` from the repository.
+    model: str = ""
+    #: Folder of model folders to serve; empty means the packaged models (or, when `model` is set,
+    #: that model alone).
+    model_repository: str = ""
+    #: The repository model that /classify, /classify_batch and /model serve (unless `model` is set).
+    default_model: str = DEFAULT_MODEL_NAME
+    #: `none`: the models are fixed at start; `explicit`: /v2/repository/... may load and unload them
+    #: (Triton's --model-control-mode). Off by default, since it changes what the server serves.
+    model_control: str = "none"
+    #: Seconds between a worker's checks of the shared control state (loads asked of another worker).
+    control_poll_s: float = 0.25
     #: Encoded bytes of one image.
     max_image_bytes: int = 10 * 1024 * 1024
     #: Declared width × height of one image, checked before decoding.
@@ -104,8 +118,31 @@ class Settings:
         return max(1, available_cores() // (workers or self.workers))
 
     def model_file(self) -> Path:
-        """The .onnx file that `model` names."""
-        return resolve_model(self.model)
+        """The default model's .onnx file (for a versioned default, see `eluserve.service.repository`)."""
+        if self.model:
+            return resolve_model(self.model)
+        return self.repository_dir() / self.default_model / MODEL_FILE
+
+    def serves_repository(self) -> bool:
+        """Whether the repository is served (otherwise only the model `model` names)."""
+        return bool(self.model_repository) or not self.model
+
+    def repository_dir(self) -> Path:
+        return Path(self.model_repository).expanduser() if self.model_repository else packaged_models_dir()
+
+    def pinned_model_file(self) -> Path | None:
+        """The file `model` names, served beside (or instead of) the repository; None when unset."""
+        return resolve_model(self.model) if self.model else None
+
+    def default_model_name(self) -> str:
+        """The name /classify serves: the metadata name of `model` when set, else `default_model`."""
+        if self.model:
+            return read_model_info(resolve_model(self.model)).name
+        return self.default_model
+
+    @property
+    def explicit_model_control(self) -> bool:
+        return self.model_control == "explicit"
 
 
 _MINIMUM: Mapping[str, float] = {
@@ -122,11 +159,14 @@ _MINIMUM: Mapping[str, float] = {
     "header_timeout_s": 0.001,
     "warmup_rounds": 0,
     "warmup_min_seconds": 0.0,
+    "control_poll_s": 0.01,
 }
-
-
 #: Settings that take one of a few words.
-_CHOICES: Mapping[str, tuple[str, ...]] = {"engine": ENGINES, "precision": PRECISIONS}
+_CHOICES: Mapping[str, tuple[str, ...]] = {
+    "engine": ENGINES,
+    "precision": PRECISIONS,
+    "model_control": ("none", "explicit"),
+}
 
 
 def resolve_model(value: str) -> Path:

@@ -19,7 +19,7 @@ goes through `infer`, which in the service is the adaptive batcher (`eluserve.se
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import anyio.to_thread
@@ -62,11 +62,18 @@ def error_response(error: ClientError | ServiceError) -> JSONResponse:
     return JSONResponse({"error": error.to_dict()}, status_code=error.status, headers=headers)
 
 
+def count_client_error(error: ClientError, info: ModelMetadata | None = None) -> None:
+    """Count a client error against the model version it was sent to (none: empty labels)."""
+    model, version = (info.name, info.version) if info is not None else ("", "")
+    metrics.CLIENT_ERRORS.labels(model=model, version=version, code=error.code).inc()
+
+
 class Frontend:
     """Parses, validates and preprocesses requests for one model; `infer` does the rest."""
 
     def __init__(self, info: ModelMetadata, settings: Settings, infer: Infer) -> None:
         self.info = info
+        self.model_labels = {"model": info.name, "version": info.version}
         self.limits: Limits = settings.limits()
         self._infer = infer
         self.single_form = FormLimits(
@@ -107,7 +114,7 @@ class Frontend:
         try:
             return await handler(request)
         except ClientError as exc:
-            metrics.CLIENT_ERRORS.labels(code=exc.code).inc()
+            count_client_error(exc, self.info)
             return error_response(exc)
         except ServiceError as exc:
             return error_response(exc)
@@ -171,19 +178,22 @@ class Frontend:
             try:
                 if upload.error is not None:
                     raise upload.error
-                with metrics.PREPROCESS_DURATION.labels(model=self.info.name).time():
+                with metrics.PREPROCESS_DURATION.labels(**self.model_labels).time():
                     items.append(load_image(upload.data, self.info.preprocessing, self.limits))
             except ClientError as exc:
-                metrics.IMAGES.labels(model=self.info.name, outcome="error").inc()
-                metrics.CLIENT_ERRORS.labels(code=exc.code).inc()
+                metrics.IMAGES.labels(**self.model_labels, outcome="error").inc()
+                count_client_error(exc, self.info)
                 items.append(exc)
         return items
 
     def _results(self, probs: np.ndarray, k: int) -> list[dict[str, Any]]:
         results = format_results(probs, self.info.labels, k)
-        name = self.info.name
-        for result in results:
-            metrics.IMAGES.labels(model=name, outcome="ok").inc()
-            metrics.PREDICTIONS.labels(model=name, label=result["label"]).inc()
-            metrics.TOP1_PROBABILITY.labels(model=name).observe(result["probability"])
+        self.count_results(results)
         return results
+
+    def count_results(self, results: Sequence[Mapping[str, Any]]) -> None:
+        """Count classified images (the top-1 label and probability of each result)."""
+        for result in results:
+            metrics.IMAGES.labels(**self.model_labels, outcome="ok").inc()
+            metrics.PREDICTIONS.labels(**self.model_labels, label=result["label"]).inc()
+            metrics.TOP1_PROBABILITY.labels(**self.model_labels).observe(result["probability"])

@@ -26,8 +26,7 @@ import uvicorn.config
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from eluserve.core.errors import RequestTimeout
-from eluserve.service import metrics
-from eluserve.service.http_api import error_response
+from eluserve.service.http_api import count_client_error, error_response
 
 logger = logging.getLogger(__name__)
 
@@ -82,7 +81,7 @@ class HeaderDeadlineProtocol(H11Protocol):
         head += b"".join(name + b": " + value + b"\r\n" for name, value in response.raw_headers)
         self.transport.write(head + b"connection: close\r\n\r\n" + response.body)
         self.transport.close()
-        metrics.CLIENT_ERRORS.labels(code=error.code).inc()
+        count_client_error(error)  # no request, so no model to blame
         # Debug only: a slowloris attack would otherwise write a log line per connection.
         logger.debug(
             "closed a connection from %s: no complete request headers in %gs",

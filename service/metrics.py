@@ -6,8 +6,12 @@ the workers: each process writes its own file and the scrape sums counters and h
 worker. The one gauge uses ``livemax`` so that N workers report one series, not N, and a stopped
 worker's value disappears.
 
-Label values are bounded (model name, provider, class label, error code, outcome) and pre-initialised
-by `init_metrics`, so every series exists at zero before the first request.
+Every series carries `model` and `version` (the service serves a repository of models, see
+`eluserve.service.repository`); a client error that no model can be blamed for (an unknown model, a
+body that never named one) has both empty. Label values are bounded (names and versions of models on
+disk, provider, class label, error code, outcome) and pre-initialised by `init_metrics` when a version
+loads, so every series exists at zero before the first request. Loads, failed loads and unloads are
+counted per worker: with N workers one load is N loads.
 Buckets come from measurements on the 2-core development machine (tiny and CIFAR models, 32×32 JPEGs
 to 12-megapixel photos): a 32×32 decode + crop takes about 0.1 ms, a photo 5-30 ms; one inference
 takes 0.05-2 ms for batch 1 and up to a few tens of ms for batch 64; a loaded machine adds a tail.
@@ -33,76 +37,109 @@ OUTCOMES = ("ok", "error")
 INFERENCE_DURATION = Histogram(
     "inference_duration_seconds",
     "ONNX Runtime time for one batch.",
-    ["model", "provider"],
+    ["model", "version", "provider"],
     namespace=NAMESPACE,
     buckets=LATENCY_BUCKETS,
 )
 PREPROCESS_DURATION = Histogram(
     "preprocess_duration_seconds",
     "Decode and single crop of one image, failures included.",
-    ["model"],
+    ["model", "version"],
     namespace=NAMESPACE,
     buckets=LATENCY_BUCKETS,
 )
 BATCH_SIZE = Histogram(
     "batch_size",
     "Images per batch that reached ONNX Runtime after adaptive batching.",
-    ["model"],
+    ["model", "version"],
     namespace=NAMESPACE,
     buckets=BATCH_SIZE_BUCKETS,
 )
 IMAGES = Counter(
     "images",
     "Images received, by outcome: ok = classified, error = refused with a client error.",
-    ["model", "outcome"],
+    ["model", "version", "outcome"],
     namespace=NAMESPACE,
 )
 CLIENT_ERRORS = Counter(
     "client_errors",
     "Client errors by code, per request error and per image error in batches.",
-    ["code"],
+    ["model", "version", "code"],
     namespace=NAMESPACE,
 )
 PREDICTIONS = Counter(
     "predictions",
     "Top-1 predictions by class label.",
-    ["model", "label"],
+    ["model", "version", "label"],
     namespace=NAMESPACE,
 )
 TOP1_PROBABILITY = Histogram(
     "top1_probability",
     "Probability of the top-1 class; a shift in this distribution is a cheap drift signal.",
-    ["model"],
+    ["model", "version"],
     namespace=NAMESPACE,
     buckets=PROBABILITY_BUCKETS,
 )
 MODEL_INFO = Gauge(
     "model_info",
-    "Always 1; the labels say which model version runs on which engine, execution provider and precision.",
+    "1 while a model version is loaded, 0 once unloaded; the labels say which engine, execution provider "
+    "and precision run it.",
     ["model", "version", "engine", "provider", "precision"],
     namespace=NAMESPACE,
     multiprocess_mode="livemax",
 )
 
-for _code in CLIENT_ERROR_CODES:
-    CLIENT_ERRORS.labels(code=_code)
+MODEL_LOADS = Counter(
+    "model_loads",
+    "Model version loads per worker, by outcome: ok = serving, error = the file could not be served.",
+    ["model", "version", "outcome"],
+    namespace=NAMESPACE,
+)
+MODEL_UNLOADS = Counter(
+    "model_unloads",
+    "Model versions unloaded per worker.",
+    ["model", "version"],
+    namespace=NAMESPACE,
+)
+
+#: Client error codes of the model repository and the inference protocol, beside the core's.
+SERVICE_ERROR_CODES = (
+    "model_not_found",
+    "default_model",
+    "model_control_disabled",
+    "model_load_failed",
+    "protocol_error",
+)
+ERROR_CODES = (*CLIENT_ERROR_CODES, *SERVICE_ERROR_CODES)
+
+for _code in ERROR_CODES:
+    CLIENT_ERRORS.labels(model="", version="", code=_code)
 
 
 def init_metrics(info: ModelMetadata) -> None:
-    """Create a worker's series at zero, and publish `eluserve_model_info`."""
+    """Create a version's series at zero (`set_model_info` publishes it once it serves)."""
+    model = {"model": info.name, "version": info.version}
     provider = info.provider or "unknown"
-    PREPROCESS_DURATION.labels(model=info.name)
-    TOP1_PROBABILITY.labels(model=info.name)
+    PREPROCESS_DURATION.labels(**model)
+    TOP1_PROBABILITY.labels(**model)
     for outcome in OUTCOMES:
-        IMAGES.labels(model=info.name, outcome=outcome)
+        IMAGES.labels(**model, outcome=outcome)
+        MODEL_LOADS.labels(**model, outcome=outcome)
+    MODEL_UNLOADS.labels(**model)
     for label in info.labels:
-        PREDICTIONS.labels(model=info.name, label=label)
-    INFERENCE_DURATION.labels(model=info.name, provider=provider)
-    BATCH_SIZE.labels(model=info.name)
+        PREDICTIONS.labels(**model, label=label)
+    for code in ERROR_CODES:
+        CLIENT_ERRORS.labels(**model, code=code)
+    INFERENCE_DURATION.labels(**model, provider=provider)
+    BATCH_SIZE.labels(**model)
+
+
+def set_model_info(info: ModelMetadata, provider: str, *, loaded: bool) -> None:
+    """`eluserve_model_info`: 1 while the version serves in this worker, 0 after it is unloaded."""
     MODEL_INFO.labels(
         model=info.name,
         version=info.version,
         engine=info.engine or "unknown",
         provider=provider,
         precision=info.precision or "unknown",
-    ).set(1)
+    ).set(1 if loaded else 0)

@@ -118,9 +118,7 @@ def _classify(args: argparse.Namespace) -> int:
             return 1 if isinstance(exc, ServerFailed) else 130
 
     where = (
-        f" on {engine.session.engine} {engine.session.provider}"
-        if isinstance(engine, LocalEngine)
-        else ""
+        f" on {engine.session.engine} {engine.session.provider}" if isinstance(engine, LocalEngine) else ""
     )
     print(f"eluserve classify: model {engine.model}{where}", file=sys.stderr)
     print(summary.format(), file=sys.stderr)

@@ -23,17 +23,20 @@ BENTOML_COUNTERS_GAUGES = (
     "bentoml_service_last_request_timestamp_seconds",
 )
 BENTOML_HISTOGRAMS = ("bentoml_service_request_duration_seconds",)
+# Every eluserve series carries `model` and `version` (empty for client errors no model is blamed for).
 ELUSERVE_COUNTERS_GAUGES = (
-    "eluserve_images_total",  # labels: model, outcome=ok|error
-    "eluserve_client_errors_total",  # labels: code
-    "eluserve_predictions_total",  # labels: model, label
-    "eluserve_model_info",  # gauge 1; labels: model, version, engine, provider, precision
+    "eluserve_images_total",  # labels: model, version, outcome=ok|error
+    "eluserve_client_errors_total",  # labels: model, version, code
+    "eluserve_predictions_total",  # labels: model, version, label
+    "eluserve_model_info",  # gauge 1 loaded, 0 unloaded; labels: model, version, engine, provider, precision
+    "eluserve_model_loads_total",  # per worker; labels: model, version, outcome=ok|error
+    "eluserve_model_unloads_total",  # per worker; labels: model, version
 )
 ELUSERVE_HISTOGRAMS = (
-    "eluserve_inference_duration_seconds",  # per batch; labels: model, provider
-    "eluserve_preprocess_duration_seconds",  # per image; labels: model
-    "eluserve_batch_size",  # labels: model
-    "eluserve_top1_probability",  # labels: model
+    "eluserve_inference_duration_seconds",  # per batch; labels: model, version, provider
+    "eluserve_preprocess_duration_seconds",  # per image; labels: model, version
+    "eluserve_batch_size",  # labels: model, version
+    "eluserve_top1_probability",  # labels: model, version
 )
 # Series that Prometheus itself writes for every scrape target.
 PROMETHEUS_SERIES = ("up",)

@@ -30,6 +30,7 @@ GRAFANA_VARIABLES = {
     "$namespace": ".*",
     "$instance": ".*",
     "$model": ".*",
+    "$version": ".*",
 }
 # Issue #8's panel list: a word of each required panel's title.
 REQUIRED_PANELS = (

@@ -20,7 +20,11 @@ from load_tests import REPO_ROOT
 def test_defaults_are_the_documented_ones() -> None:
     settings = load_settings({})
     assert settings == Settings()
-    assert settings.model == str(default_model_file())
+    # No ELUSERVE_MODEL: the packaged repository is served, its default model behind /classify.
+    assert settings.model == "" and settings.serves_repository()
+    assert settings.model_file() == default_model_file()
+    assert settings.default_model_name() == "elufast-cifar10"
+    assert settings.model_control == "none"
     # An editable install resolves the packaged default into the checkout's models/ folder.
     assert default_model_file() == REPO_ROOT / "models" / "elufast-cifar10" / "model.onnx"
     limits = settings.limits()

@@ -29,6 +29,10 @@ def test_the_served_engine_is_reported_and_classifies(
         if engine == "openvino":
             assert (document["engine"], document["execution_provider"]) == ("openvino", "CPU")
         else:  # one worker measured, the other took its choice: one engine serves
+            # /readyz answered from one worker; the other may still be starting, so wait for its line.
+            deadline = time.monotonic() + 60
+            while server.log().count("engine auto:") < 2 and time.monotonic() < deadline:
+                time.sleep(0.2)
             log = server.log()
             assert log.count("engine auto:") == 2, log
             assert log.count("as another process of the same group measured") == 1, log

@@ -403,3 +403,12 @@ def test_the_server_is_still_healthy_after_everything(client: httpx.Client, serv
     assert post_classify(client, encode(gradient(32, 32), "PNG")).status_code == 200
     log = server.log()
     assert "Traceback" not in log, log[-3000:]
+
+
+def test_loading_models_is_off_unless_the_operator_turns_it_on(client: httpx.Client) -> None:
+    for action in ("load", "unload"):
+        response = client.post(f"/v2/repository/models/anything/{action}", json={})
+        assert response.status_code == 403
+        error = response.json()["error"]
+        assert error["code"] == "model_control_disabled"
+        assert "ELUSERVE_MODEL_CONTROL=explicit" in error["message"]

@@ -1,0 +1,453 @@
+"""The OpenAPI document of the service: BentoML's infrastructure routes plus every route of ours.
+
+BentoML builds `/docs.json` from its own APIs and adds mounted apps' routes for FastAPI apps only;
+ours is a plain Starlette app (the multipart endpoints read their bodies themselves, see
+`eluserve.service.forms`), so its document listed none of them. The service therefore answers
+`/docs.json` itself (its routes come before BentoML's), with BentoML's document as the base and the
+paths below added, and `/docs` shows it in Swagger UI from the assets BentoML already serves.
+
+The document is built per request from what the worker serves: `{name}` and `{version}` enumerate
+the loaded models and versions, `top_k` and labels follow the default model, and the limits follow
+the settings. Schemathesis fuzzes the live service from it (tests/reliability/test_openapi_fuzz.py),
+so every status and body written here is checked against real answers.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from starlette.responses import HTMLResponse
+
+from eluserve.core.contract import ModelMetadata
+from eluserve.service.config import Settings
+
+JSON = "application/json"
+#: A model folder name as the routes accept it (one path segment; other paths are not ours).
+NAME = "^[A-Za-z0-9][A-Za-z0-9_.-]*$"
+ERROR = {"$ref": "#/components/schemas/EluserveError"}
+V2_ERROR = {"$ref": "#/components/schemas/InferenceError"}
+CLIENT_STATUSES = {
+    "400": "not multipart, a missing field, a bad top_k, or an image that is not one",
+    "408": "the body did not arrive in time",
+    "413": "too many images, bytes or pixels",
+    "415": "not multipart/form-data, or an image format the service does not decode",
+    "429": "overloaded: retry after the Retry-After seconds",
+}
+
+SWAGGER_PAGE = """<!doctype html>
+<html lang="en"><head><meta charset="utf-8"><title>eluserve API</title>
+<link rel="stylesheet" href="/static_content/swagger-ui.css"></head>
+<body><div id="swagger-ui"></div>
+<script src="/static_content/swagger-ui-bundle.js"></script>
+<script>window.ui = SwaggerUIBundle({url: "/docs.json", dom_id: "#swagger-ui", deepLinking: true});</script>
+</body></html>
+"""
+
+
+def swagger_page() -> HTMLResponse:
+    """`/docs`: Swagger UI over `/docs.json`."""
+    return HTMLResponse(SWAGGER_PAGE)
+
+
+def _json(description: str, schema: Mapping[str, Any]) -> dict[str, Any]:
+    return {"description": description, "content": {JSON: {"schema": dict(schema)}}}
+
+
+def _errors(statuses: Mapping[str, str], schema: Mapping[str, Any] = ERROR) -> dict[str, Any]:
+    answers = {status: _json(description, schema) for status, description in statuses.items()}
+    if "404" in answers:
+        # A path parameter that is no path segment (an encoded "/") makes a path that is not ours:
+        # BentoML answers it with a plain-text 404.
+        answers["404"]["content"]["text/plain"] = {"schema": {"type": "string"}}
+    return answers
+
+
+def _components(info: ModelMetadata) -> dict[str, Any]:
+    ranked = {
+        "type": "object",
+        "required": ["label", "index", "probability"],
+        "properties": {
+            "label": {"type": "string"},
+            "index": {"type": "integer", "minimum": 0},
+            "probability": {"type": "number", "minimum": 0, "maximum": 1},
+        },
+    }
+    result = {
+        "type": "object",
+        "required": ["label", "probability", "top_k"],
+        "properties": {
+            "label": {"type": "string"},
+            "probability": {"type": "number", "minimum": 0, "maximum": 1},
+            "top_k": {"type": "array", "items": {"$ref": "#/components/schemas/RankedLabel"}, "minItems": 1},
+        },
+    }
+    tensor = {
+        "type": "object",
+        "required": ["name", "shape", "datatype"],
+        "properties": {
+            "name": {"type": "string", "enum": ["image", "image_bytes"]},
+            "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
+            "datatype": {"type": "string", "enum": ["UINT8", "BYTES"]},
+            "parameters": {"type": "object"},
+            "data": {"type": "array"},
+        },
+    }
+    return {
+        "EluserveError": {
+            "type": "object",
+            "required": ["error"],
+            "additionalProperties": False,
+            "properties": {
+                "error": {
+                    "type": "object",
+                    "required": ["code", "message"],
+                    "additionalProperties": False,
+                    "properties": {"code": {"type": "string"}, "message": {"type": "string", "minLength": 1}},
+                }
+            },
+        },
+        "InferenceError": {
+            "type": "object",
+            "required": ["error"],
+            "properties": {"error": {"type": "string", "minLength": 1}},
+        },
+        "RankedLabel": ranked,
+        "Classification": {
+            **result,
+            "required": ["model", *result["required"]],
+            "properties": {"model": {"type": "string"}, **result["properties"]},
+        },
+        "BatchClassification": {
+            "type": "object",
+            "required": ["model", "results"],
+            "properties": {
+                "model": {"type": "string"},
+                "results": {"type": "array", "items": {"oneOf": [result, ERROR]}},
+            },
+        },
+        "ModelDocument": {
+            "type": "object",
+            "required": ["model", "name", "version", "labels", "num_classes", "input_size", "preprocessing"],
+            "properties": {
+                "model": {"type": "string"},
+                "name": {"type": "string"},
+                "version": {"type": "string"},
+                "labels": {"type": "array", "items": {"type": "string"}},
+                "num_classes": {"type": "integer", "minimum": 1},
+                "input_size": {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2},
+                "preprocessing": {"type": "object"},
+            },
+        },
+        "ModelDescription": {
+            "type": "object",
+            "required": ["name", "default", "latest_version", "state", "versions"],
+            "properties": {
+                "name": {"type": "string"},
+                "default": {"type": "boolean"},
+                "latest_version": {"type": "string"},
+                "state": {"type": "string", "enum": ["READY"]},
+                "versions": {
+                    "type": "array",
+                    "items": {
+                        "type": "object",
+                        "required": ["version", "model", "state", "execution_provider"],
+                        "properties": {
+                            "version": {"type": "string"},
+                            "model": {"type": "string"},
+                            "state": {"type": "string"},
+                            "execution_provider": {"type": "string"},
+                        },
+                    },
+                },
+            },
+        },
+        "InferenceTensor": tensor,
+        "InferenceRequest": {
+            "type": "object",
+            "required": ["inputs"],
+            "properties": {
+                "id": {"type": "string"},
+                "parameters": {"type": "object"},
+                "inputs": {"type": "array", "items": tensor, "minItems": 1, "maxItems": 1},
+                "outputs": {
+                    "type": "array",
+                    "maxItems": 1,
+                    "items": {
+                        "type": "object",
+                        "required": ["name"],
+                        "properties": {
+                            "name": {"type": "string", "enum": ["probabilities"]},
+                            "parameters": {
+                                "type": "object",
+                                "properties": {
+                                    "classification": {
+                                        "type": "integer",
+                                        "minimum": 1,
+                                        "maximum": info.num_classes,
+                                    },
+                                    "binary_data": {"type": "boolean"},
+                                },
+                            },
+                        },
+                    },
+                },
+            },
+        },
+        "InferenceResponse": {
+            "type": "object",
+            "required": ["model_name", "model_version", "outputs"],
+            "properties": {
+                "model_name": {"type": "string"},
+                "model_version": {"type": "string"},
+                "id": {"type": "string"},
+                "outputs": {
+                    "type": "array",
+                    "items": {"type": "object", "required": ["name", "datatype", "shape"]},
+                },
+            },
+        },
+        "ModelMetadataV2": {
+            "type": "object",
+            "required": ["name", "versions", "platform", "inputs", "outputs"],
+            "properties": {
+                "name": {"type": "string"},
+                "versions": {"type": "array", "items": {"type": "string"}},
+                "platform": {"type": "string"},
+                "inputs": {"type": "array", "items": {"type": "object"}},
+                "outputs": {"type": "array", "items": {"type": "object"}},
+            },
+        },
+    }
+
+
+def _form(field: str, file: Mapping[str, Any], top_k: Mapping[str, Any]) -> dict[str, Any]:
+    schema = {"type": "object", "required": [field], "properties": {field: dict(file), "top_k": dict(top_k)}}
+    return {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
+
+
+def _classify_operations(settings: Settings, num_classes: int | None, per_model: bool) -> dict[str, Any]:
+    """POST operations of /classify and /classify_batch (per model: plus 404 for an unknown one)."""
+    top_k: dict[str, Any] = {"type": "integer", "minimum": 1, "description": "labels to return (default 5)"}
+    if num_classes is not None:
+        top_k["maximum"] = num_classes
+    single = {"type": "string", "format": "binary"}
+    many = {"type": "array", "items": single, "minItems": 1, "maxItems": settings.max_images}
+    errors = _errors({**CLIENT_STATUSES, **({"404": "no such model or version"} if per_model else {})})
+    ref = "#/components/schemas/"
+    return {
+        "classify": {
+            "post": {
+                "summary": "Classify one image (file field `image`)",
+                "requestBody": _form("image", single, top_k),
+                "responses": {"200": _json("the prediction", {"$ref": ref + "Classification"}), **errors},
+            }
+        },
+        "classify_batch": {
+            "post": {
+                "summary": "Classify up to max_images images (repeated file field `images`)",
+                "requestBody": _form("images", many, top_k),
+                "responses": {
+                    "200": _json("per-image results", {"$ref": ref + "BatchClassification"}),
+                    **errors,
+                },
+            }
+        },
+    }
+
+
+def _parameters(names: Sequence[str], versions: Sequence[str], with_version: bool) -> list[dict[str, Any]]:
+    params = [
+        {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "enum": list(names)}}
+    ]
+    if with_version:
+        params.append(
+            {
+                "name": "version",
+                "in": "path",
+                "required": True,
+                "schema": {"type": "string", "enum": list(versions)},
+            }
+        )
+    return params
+
+
+def paths(
+    settings: Settings, default: ModelMetadata, loaded: Mapping[str, Sequence[str]]
+) -> dict[str, dict[str, Any]]:
+    """Every route of ours; `loaded` is model name → versions served now."""
+    names = sorted(loaded)
+    versions = sorted({version for served in loaded.values() for version in served})
+    ref = "#/components/schemas/"
+    default_ops = _classify_operations(settings, default.num_classes, per_model=False)
+    model_ops = _classify_operations(settings, None, per_model=True)
+    not_found = _errors({"404": "no such model or version"})
+    document: dict[str, dict[str, Any]] = {
+        "/classify": default_ops["classify"],
+        "/classify_batch": default_ops["classify_batch"],
+        "/model": {
+            "get": {
+                "summary": "The default model",
+                "responses": {"200": _json("metadata", {"$ref": ref + "ModelDocument"})},
+            }
+        },
+        "/models": {
+            "get": {
+                "summary": "Every loaded model: versions, state, execution provider",
+                "responses": {
+                    "200": _json(
+                        "loaded models",
+                        {
+                            "type": "object",
+                            "required": ["default_model", "model_control", "models"],
+                            "properties": {
+                                "models": {"type": "array", "items": {"$ref": ref + "ModelDescription"}}
+                            },
+                        },
+                    )
+                },
+            }
+        },
+        "/models/{name}": {
+            "get": {
+                "summary": "One loaded model",
+                "parameters": _parameters(names, versions, False),
+                "responses": {"200": _json("the model", {"$ref": ref + "ModelDescription"}), **not_found},
+            }
+        },
+        "/models/{name}/versions/{version}": {
+            "get": {
+                "summary": "One loaded version's metadata (the /model document)",
+                "parameters": _parameters(names, versions, True),
+                "responses": {"200": _json("metadata", {"$ref": ref + "ModelDocument"}), **not_found},
+            }
+        },
+    }
+    for prefix, with_version in (("/models/{name}", False), ("/models/{name}/versions/{version}", True)):
+        for endpoint, operations in model_ops.items():
+            operation = dict(operations["post"], parameters=_parameters(names, versions, with_version))
+            document[f"{prefix}/{endpoint}"] = {"post": operation}
+    control = _errors(
+        {
+            "400": "the model's files cannot be loaded (the message names them), or it is the default model",
+            "403": "model control is off: ELUSERVE_MODEL_CONTROL=explicit turns it on",
+            "404": "no such model in the repository",
+            "500": "applied in this worker, but another worker failed to",
+        }
+    )
+    optional_json = {"required": False, "content": {JSON: {"schema": {"type": "object"}}}}
+    name_param = [
+        {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "pattern": NAME}}
+    ]
+    document["/v2/repository/index"] = {
+        "post": {
+            "summary": "Triton repository index: every model on disk, its versions and state",
+            "responses": {
+                "200": _json(
+                    "the index", {"type": "array", "items": {"type": "object", "required": ["name", "state"]}}
+                )
+            },
+        }
+    }
+    for action in ("load", "unload"):
+        document[f"/v2/repository/models/{{name}}/{action}"] = {
+            "post": {
+                "summary": f"Triton repository extension: {action} a model in every worker",
+                "parameters": name_param,
+                "requestBody": optional_json,
+                "responses": {
+                    "200": _json(
+                        "applied in every worker", {"type": "object", "required": ["name", "state"]}
+                    ),
+                    **control,
+                },
+            }
+        }
+    document.update(_v2_paths(names, versions))
+    return document
+
+
+def _v2_paths(names: Sequence[str], versions: Sequence[str]) -> dict[str, dict[str, Any]]:
+    ref = "#/components/schemas/"
+    empty = {"description": "yes"}
+    v2_not_found = _errors({"404": "no such model or version"}, V2_ERROR)
+    document: dict[str, dict[str, Any]] = {
+        "/v2": {
+            "get": {
+                "summary": "Open Inference Protocol server metadata",
+                "responses": {
+                    "200": _json("server", {"type": "object", "required": ["name", "version", "extensions"]})
+                },
+            }
+        },
+        "/v2/health/live": {"get": {"summary": "Liveness", "responses": {"200": empty}}},
+        "/v2/health/ready": {
+            "get": {"summary": "Readiness", "responses": {"200": empty, "503": {"description": "not ready"}}}
+        },
+    }
+    infer_errors = _errors(
+        {
+            "400": "a malformed request or tensor, or an image that is not one",
+            "404": "no such model or version",
+            "408": "the body did not arrive in time",
+            "413": "too many images or bytes",
+            "415": "an image format the service does not decode",
+            "429": "overloaded: retry later",
+        },
+        V2_ERROR,
+    )
+    for prefix, with_version in (
+        ("/v2/models/{name}", False),
+        ("/v2/models/{name}/versions/{version}", True),
+    ):
+        params = _parameters(names, versions, with_version)
+        document[prefix] = {
+            "get": {
+                "summary": "Model metadata",
+                "parameters": params,
+                "responses": {"200": _json("metadata", {"$ref": ref + "ModelMetadataV2"}), **v2_not_found},
+            }
+        }
+        document[f"{prefix}/ready"] = {
+            "get": {
+                "summary": "Model readiness",
+                "parameters": params,
+                "responses": {"200": empty, **v2_not_found},
+            }
+        }
+        document[f"{prefix}/infer"] = {
+            "post": {
+                "summary": "Inference: JSON tensors, or the binary tensor data extension",
+                "parameters": params,
+                "requestBody": {
+                    "required": True,
+                    "content": {JSON: {"schema": {"$ref": ref + "InferenceRequest"}}},
+                },
+                "responses": {
+                    "200": {
+                        "description": "the outputs (binary: after Inference-Header-Content-Length bytes)",
+                        "content": {
+                            JSON: {"schema": {"$ref": ref + "InferenceResponse"}},
+                            "application/octet-stream": {},
+                        },
+                    },
+                    **infer_errors,
+                },
+            }
+        }
+    return document
+
+
+def document(
+    base: Mapping[str, Any], settings: Settings, default: ModelMetadata, loaded: Mapping[str, Sequence[str]]
+) -> dict[str, Any]:
+    """BentoML's document `base` with our paths and schemas added."""
+    components = dict(base.get("components") or {})
+    components["schemas"] = {**(components.get("schemas") or {}), **_components(default)}
+    info = {**base.get("info", {}), "title": "eluserve", "description": (__doc__ or "").split("\n\n")[0]}
+    return {
+        **base,
+        "info": info,
+        "paths": {**base.get("paths", {}), **paths(settings, default, loaded)},
+        "components": components,
+    }

@@ -1,0 +1,345 @@
+"""Open Inference Protocol v2 (KServe v2, Triton's HTTP API) over the same models and batchers.
+
+    GET  /v2                                         server metadata and extensions
+    GET  /v2/health/live, /v2/health/ready
+    GET  /v2/models/{name}[/versions/{version}]      model metadata: inputs, outputs, platform
+    GET  /v2/models/{name}[/versions/{version}]/ready
+    POST /v2/models/{name}[/versions/{version}]/infer
+
+A request sends exactly one input, either of
+
+- ``image`` UINT8 ``[N, H, W, 3]``: crops already preprocessed to the model's input size (what
+  `eluserve.core.preprocessing.load_image` returns), in JSON or as binary data;
+- ``image_bytes`` BYTES ``[N]``: encoded images (JPEG, PNG, WebP...), decoded and single-cropped here
+  exactly as /classify does; in practice binary data, since JSON strings cannot carry arbitrary bytes.
+
+The one output is ``probabilities`` FP32 ``[N, classes]``. Triton's classification extension
+(``"parameters": {"classification": k}`` on a requested output) answers BYTES ``[N, k]`` strings
+``"score:index:label"`` instead, best first. Binary tensor data works both ways: a request whose
+body starts with ``Inference-Header-Content-Length`` bytes of JSON followed by the inputs' raw data
+(``"parameters": {"binary_data_size": n}``), and outputs asked with ``"binary_data": true`` (or the
+request parameter ``binary_data_output``), which come back the same way (BYTES elements as 4-byte
+little-endian length + bytes).
+
+Inference goes through the model version's adaptive batcher, so v2 requests and /classify requests
+share batches. Errors have the protocol's shape, ``{"error": "message"}``, with a 4xx status; the
+limits are the service's (images per request, bytes per request and image, body read timeout).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import struct
+from collections.abc import Callable, Sequence
+from importlib.metadata import PackageNotFoundError, version
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import numpy as np
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import JSONResponse, Response
+
+from eluserve.core.contract import INPUT_NAME, OUTPUT_NAME, ModelMetadata
+from eluserve.core.errors import ClientError, ServiceError
+from eluserve.core.preprocessing import Limits, load_image
+from eluserve.core.results import format_results
+from eluserve.service.config import Settings
+from eluserve.service.http_api import BODY_TIMEOUT_SHARE, count_client_error
+from eluserve.service.repository import ModelRegistry, ServedVersion, version_key
+
+logger = logging.getLogger(__name__)
+
+#: The BYTES input: encoded images.
+ENCODED_INPUT = "image_bytes"
+INPUTS_HINT = f"send {INPUT_NAME!r} (UINT8 crops) or {ENCODED_INPUT!r} (BYTES, encoded images)"
+HEADER_LENGTH = "Inference-Header-Content-Length"
+PLATFORM = "onnxruntime_onnx"
+EXTENSIONS = ("classification", "binary_tensor_data", "model_repository")
+
+
+class ProtocolError(ClientError):
+    """A v2 request the service refuses; answered as ``{"error": message}``."""
+
+    def __init__(self, message: str, status: int = 400, code: str = "protocol_error") -> None:
+        super().__init__(code, message, status)
+
+
+def _server_version() -> str:
+    try:
+        return version("eluserve")
+    except PackageNotFoundError:
+        return "unknown"
+
+
+def v2_error(error: ClientError | ServiceError) -> JSONResponse:
+    headers = {"Retry-After": "1"} if error.status == 429 else None
+    return JSONResponse({"error": error.message}, status_code=error.status, headers=headers)
+
+
+def model_metadata(info: ModelMetadata, versions: Sequence[str]) -> dict[str, Any]:
+    height, width = info.input_size
+    return {
+        "name": info.name,
+        "versions": list(versions),
+        "platform": PLATFORM,
+        "inputs": [
+            {"name": INPUT_NAME, "datatype": "UINT8", "shape": [-1, height, width, 3]},
+            {"name": ENCODED_INPUT, "datatype": "BYTES", "shape": [-1]},
+        ],
+        "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, info.num_classes]}],
+    }
+
+
+class InferenceProtocol:
+    """The v2 handlers of one worker."""
+
+    def __init__(self, registry: ModelRegistry, settings: Settings, ready: Callable[[], bool]) -> None:
+        self.registry = registry
+        self._ready = ready
+        self.limits: Limits = settings.limits()
+        self.max_images = settings.max_images
+        self.max_body_bytes = settings.max_request_bytes
+        self.read_timeout_s = settings.timeout_s * BODY_TIMEOUT_SHARE
+
+    async def server(self, _: Request) -> Response:
+        return JSONResponse(
+            {"name": "eluserve", "version": _server_version(), "extensions": list(EXTENSIONS)}
+        )
+
+    async def live(self, _: Request) -> Response:
+        return Response(status_code=200)
+
+    async def ready(self, _: Request) -> Response:
+        return Response(status_code=200 if self._ready() else 503)
+
+    async def model(self, request: Request) -> Response:
+        try:
+            with self._lease(request) as served:
+                versions = sorted(self.registry.loaded().get(served.info.name, {}), key=version_key)
+                return JSONResponse(model_metadata(served.info, versions))
+        except ClientError as exc:
+            count_client_error(exc)
+            return v2_error(exc)
+
+    async def model_ready(self, request: Request) -> Response:
+        name, version = request.path_params["name"], request.path_params.get("version")
+        if self.registry.is_loaded(name, version):
+            return Response(status_code=200)
+        return JSONResponse({"error": f"model {name!r} version {version or 'latest'} is not ready"}, 404)
+
+    async def infer(self, request: Request) -> Response:
+        info: ModelMetadata | None = None
+        try:
+            with self._lease(request) as served:
+                info = served.info
+                return await self._infer(request, served)
+        except ClientError as exc:
+            count_client_error(exc, info)
+            return v2_error(exc)
+        except ServiceError as exc:
+            return v2_error(exc)
+        except ClientDisconnect:
+            return Response(status_code=400)
+        except Exception:  # a bug: logged, and answered in the protocol's error body, never a bare 500
+            logger.exception("unhandled error in %s %s", request.method, request.url.path)
+            bug = ServiceError("internal_error", "an unexpected error occurred; it has been logged", 500)
+            return v2_error(bug)
+
+    def _lease(self, request: Request) -> Any:
+        return self.registry.lease(request.path_params["name"], request.path_params.get("version"))
+
+    async def _infer(self, request: Request, served: ServedVersion) -> Response:
+        body = await self._read_body(request)
+        header, binary = _split(body, request.headers.get(HEADER_LENGTH))
+        if not isinstance(header.get("inputs"), list) or len(header["inputs"]) != 1:
+            raise ProtocolError(
+                f"send exactly one input: {INPUT_NAME!r} (UINT8) or {ENCODED_INPUT!r} (BYTES)"
+            )
+        (tensor,) = header["inputs"]
+        if not isinstance(tensor, dict):
+            raise ProtocolError("an input must be an object with name, shape, datatype and data")
+        data, rest = _tensor_data(tensor, binary)
+        if rest:
+            raise ProtocolError(f"{len(rest)} bytes of binary data follow the inputs that no input claims")
+        crops = await self._crops(tensor, data, served.info)
+        probs = await served.batcher(crops)
+        served.frontend.count_results(format_results(probs, served.info.labels, 1))
+        return _answer(header, served.info, probs)
+
+    async def _read_body(self, request: Request) -> bytes:
+        declared = request.headers.get("content-length", "")
+        if declared.isdigit() and int(declared) > self.max_body_bytes:
+            raise _too_large(int(declared), self.max_body_bytes)
+        chunks = []
+        size = 0
+        try:
+            with anyio.fail_after(self.read_timeout_s):
+                async for chunk in request.stream():
+                    size += len(chunk)
+                    if size > self.max_body_bytes:
+                        raise _too_large(size, self.max_body_bytes)
+                    chunks.append(chunk)
+        except TimeoutError as exc:
+            raise ProtocolError(
+                f"the body did not arrive within {self.read_timeout_s:.0f} s", 408, "request_timeout"
+            ) from exc
+        return b"".join(chunks)
+
+    async def _crops(self, tensor: dict[str, Any], data: Any, info: ModelMetadata) -> np.ndarray:
+        name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
+        if not (isinstance(shape, list) and shape and all(isinstance(d, int) and d >= 0 for d in shape)):
+            raise ProtocolError(f"input {name!r}: shape must be a list of non-negative integers")
+        if shape[0] > self.max_images:
+            raise ProtocolError(
+                f"input {name!r} holds {shape[0]} images; at most {self.max_images} per request",
+                413,
+                "too_many_images",
+            )
+        if shape[0] == 0:
+            raise ProtocolError(f"input {name!r} holds no images")
+        if name == INPUT_NAME:
+            expected = [shape[0], *info.input_size, 3]
+            if datatype != "UINT8" or shape != expected:
+                raise ProtocolError(f"input {INPUT_NAME!r} must be UINT8 {expected}, got {datatype} {shape}")
+            return _uint8(data, shape)
+        if name == ENCODED_INPUT:
+            if datatype != "BYTES" or shape not in ([shape[0]], [shape[0], 1]):
+                raise ProtocolError(f"input {ENCODED_INPUT!r} must be BYTES [N], got {datatype} {shape}")
+            images = _bytes_elements(data, shape[0])
+            return await anyio.to_thread.run_sync(self._decode, images, info)
+        raise ProtocolError(
+            f"unknown input {name!r}; send {INPUT_NAME!r} (UINT8) or {ENCODED_INPUT!r} (BYTES)"
+        )
+
+    def _decode(self, images: list[bytes], info: ModelMetadata) -> np.ndarray:
+        crops = []
+        for index, data in enumerate(images):
+            try:
+                crops.append(load_image(data, info.preprocessing, self.limits))
+            except ClientError as exc:
+                raise ProtocolError(f"{ENCODED_INPUT}[{index}]: {exc.message}", exc.status, exc.code) from exc
+        return np.stack(crops)
+
+
+def _too_large(size: int, limit: int) -> ProtocolError:
+    return ProtocolError(f"the request is {size} bytes; at most {limit} bytes", 413, "request_too_large")
+
+
+def _split(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
+    """The JSON inference header and the binary data after it."""
+    if header_length is None:
+        json_part, binary = body, b""
+    else:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            raise ProtocolError(
+                f"{HEADER_LENGTH} must be a byte count within the body, got {header_length!r}"
+            )
+        json_part, binary = body[: int(header_length)], body[int(header_length) :]
+    try:
+        header = json.loads(json_part)
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise ProtocolError(f"the inference request is not valid JSON: {exc}") from exc
+    if not isinstance(header, dict):
+        raise ProtocolError("the inference request must be a JSON object")
+    return header, binary
+
+
+def _tensor_data(tensor: dict[str, Any], binary: bytes) -> tuple[Any, bytes]:
+    """The input's data (a JSON value or its binary slice) and the binary data left over."""
+    parameters = tensor.get("parameters") or {}
+    size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
+    if size is None:
+        if "data" not in tensor:
+            raise ProtocolError(f"input {tensor.get('name')!r} has neither data nor binary_data_size")
+        return tensor["data"], binary
+    if not isinstance(size, int) or size < 0 or size > len(binary):
+        raise ProtocolError(f"binary_data_size {size!r} exceeds the {len(binary)} binary bytes sent")
+    return binary[:size], binary[size:]
+
+
+def _uint8(data: Any, shape: list[int]) -> np.ndarray:
+    count = int(np.prod(shape))
+    if isinstance(data, bytes):
+        if len(data) != count:
+            raise ProtocolError(f"UINT8 {shape} needs {count} bytes of binary data, got {len(data)}")
+        return np.frombuffer(data, dtype=np.uint8).reshape(shape)
+    try:
+        array = np.asarray(data, dtype=np.int64).reshape(-1)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise ProtocolError(f"UINT8 data must be integers 0..255 ({exc})") from exc
+    if array.size != count or (array.size and (array.min() < 0 or array.max() > 255)):
+        raise ProtocolError(f"UINT8 {shape} needs {count} integers in 0..255, got {array.size} values")
+    return array.astype(np.uint8).reshape(shape)
+
+
+def _bytes_elements(data: Any, count: int) -> list[bytes]:
+    if isinstance(data, bytes):
+        elements, offset = [], 0
+        while offset < len(data):
+            if offset + 4 > len(data):
+                raise ProtocolError("BYTES binary data is cut short inside a length prefix")
+            (length,) = struct.unpack_from("<I", data, offset)
+            offset += 4
+            if offset + length > len(data):
+                raise ProtocolError("BYTES binary data is cut short inside an element")
+            elements.append(data[offset : offset + length])
+            offset += length
+    elif isinstance(data, list) and all(isinstance(item, str) for item in data):
+        elements = [item.encode("utf-8") for item in data]
+    else:
+        raise ProtocolError("BYTES data must be binary data or a JSON list of strings")
+    if len(elements) != count:
+        raise ProtocolError(f"the shape says {count} images, the data holds {len(elements)}")
+    return elements
+
+
+def _answer(header: dict[str, Any], info: ModelMetadata, probs: np.ndarray) -> Response:
+    parameters = header.get("parameters") if isinstance(header.get("parameters"), dict) else {}
+    binary_default = bool(parameters.get("binary_data_output", False))
+    requested = header.get("outputs") or [{"name": OUTPUT_NAME}]
+    if not isinstance(requested, list) or len(requested) > 1:
+        raise ProtocolError(f"outputs must be a list of at most one output, {OUTPUT_NAME!r}")
+    outputs, chunks = [], []
+    for output in requested:
+        if not isinstance(output, dict) or output.get("name") != OUTPUT_NAME:
+            name = output.get("name") if isinstance(output, dict) else output
+            raise ProtocolError(f"unknown output {name!r}; the model has {OUTPUT_NAME!r}")
+        options = output.get("parameters") if isinstance(output.get("parameters"), dict) else {}
+        k = options.get("classification")
+        if k is not None:
+            if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= info.num_classes:
+                raise ProtocolError(f"classification must be an integer in 1..{info.num_classes}, got {k!r}")
+            entry, raw = _classification(probs, info, k)
+        else:
+            entry = {"name": OUTPUT_NAME, "datatype": "FP32", "shape": list(probs.shape)}
+            raw = probs.astype("<f4").tobytes()
+            entry["data"] = probs.reshape(-1).tolist()
+        if options.get("binary_data", binary_default):
+            entry.pop("data")
+            entry["parameters"] = {"binary_data_size": len(raw)}
+            chunks.append(raw)
+        outputs.append(entry)
+    document: dict[str, Any] = {"model_name": info.name, "model_version": info.version, "outputs": outputs}
+    if "id" in header:
+        document["id"] = header["id"]
+    text = json.dumps(document).encode()
+    if not chunks:
+        return Response(text, media_type="application/json")
+    return Response(
+        text + b"".join(chunks),
+        media_type="application/octet-stream",
+        headers={HEADER_LENGTH: str(len(text))},
+    )
+
+
+def _classification(probs: np.ndarray, info: ModelMetadata, k: int) -> tuple[dict[str, Any], bytes]:
+    """Triton's classification output: `"score:index:label"` for the top k of each image."""
+    rows = []
+    for row in probs:
+        best = np.argsort(-row, kind="stable")[:k]
+        rows.append([f"{row[i]:f}:{i}:{info.labels[i]}" for i in best])
+    flat = [item for row in rows for item in row]
+    raw = b"".join(struct.pack("<I", len(item.encode())) + item.encode() for item in flat)
+    return {"name": OUTPUT_NAME, "datatype": "BYTES", "shape": [len(rows), k], "data": flat}, raw
