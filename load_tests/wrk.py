@@ -1,0 +1,288 @@
+"""Drive a service with `wrk` (the Debian package): a fixed multipart body, N keep-alive connections.
+
+    .venv/bin/python -m load_tests.wrk http://127.0.0.1:3000/classify -c 1,4,16,64 -d 10
+    .venv/bin/python -m load_tests.wrk http://127.0.0.1:3000/classify_batch --images 16 -c 4,16,64
+
+Why wrk and not locust or an httpx loop: on a 2-core machine the client shares the cores with the
+server it measures. wrk sends one pre-built request from C with about 0.1 core at several thousand
+requests/s, where a Python client needs a core of its own for a few hundred. The body is built once
+(`load_tests.fixtures`: one 32×32 CIFAR JPEG as field `image`, or N as repeated `images`) and written to
+a file that the Lua script reads; `response()` counts answers per HTTP status and `done()` prints them
+with wrk's own summary and latency percentiles as one JSON line, so a 429 or a 5xx is never mistaken
+for a served image: only 2xx answers count as served images.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+import subprocess
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from load_tests.fixtures import cifar_jpegs, multipart
+
+#: The line of wrk's output that carries the Lua script's JSON summary.
+MARKER = "ELUSERVE_WRK "
+PERCENTILES = (50.0, 90.0, 99.0)
+
+# Per-thread Lua states count statuses; `done()` runs in the main state and collects them through
+# `thread:get`, which copies tables between states.
+LUA_SCRIPT = """
+local body_file = assert(io.open(%(body_path)s, "rb"))
+wrk.method = "POST"
+wrk.body = body_file:read("*a")
+body_file:close()
+wrk.headers["Content-Type"] = %(content_type)s
+
+local threads = {}
+statuses = {}
+
+function setup(thread)
+  table.insert(threads, thread)
+end
+
+function response(status, headers, body)
+  statuses[status] = (statuses[status] or 0) + 1
+end
+
+function done(summary, latency, requests)
+  local counts = {}
+  for _, thread in ipairs(threads) do
+    for status, n in pairs(thread:get("statuses")) do
+      counts[status] = (counts[status] or 0) + n
+    end
+  end
+  local parts = {}
+  for status, n in pairs(counts) do
+    table.insert(parts, string.format('"%%d": %%d', status, n))
+  end
+  local percentiles = {}
+  for _, p in ipairs({%(percentiles)s}) do
+    table.insert(percentiles, string.format('"%%g": %%d', p, latency:percentile(p)))
+  end
+  local e = summary.errors
+  io.write(string.format(
+    '%(marker)s{"duration_us": %%d, "requests": %%d, "bytes": %%d, "statuses": {%%s}, ' ..
+    '"latency_us": {%%s}, "latency_max_us": %%d, "latency_mean_us": %%f, ' ..
+    '"errors": {"connect": %%d, "read": %%d, "write": %%d, "timeout": %%d, "status": %%d}}\\n',
+    summary.duration, summary.requests, summary.bytes, table.concat(parts, ", "),
+    table.concat(percentiles, ", "), latency.max, latency.mean,
+    e.connect, e.read, e.write, e.timeout, e.status))
+end
+"""
+
+
+class WrkError(RuntimeError):
+    """wrk is missing, failed, or printed no summary; the message carries its output."""
+
+
+@dataclass(frozen=True)
+class WrkResult:
+    """One wrk run: what was answered, how fast, and with which statuses."""
+
+    url: str
+    connections: int
+    images_per_request: int
+    duration_s: float
+    requests: int
+    #: Completed responses per HTTP status.
+    statuses: Mapping[int, int]
+    #: Latency percentiles (50, 90, 99) in milliseconds, over all completed responses.
+    latency_ms: Mapping[float, float]
+    latency_max_ms: float
+    #: Socket errors by kind (connect, read, write, timeout); a timeout is a request that took longer
+    #: than wrk's `--timeout`, never answered.
+    socket_errors: Mapping[str, int] = field(default_factory=dict)
+
+    @property
+    def ok(self) -> int:
+        """Requests answered with a 2xx status."""
+        return sum(n for status, n in self.statuses.items() if 200 <= status < 300)
+
+    @property
+    def requests_per_s(self) -> float:
+        return self.ok / self.duration_s if self.duration_s else 0.0
+
+    @property
+    def images_per_s(self) -> float:
+        """Served images per second: only 2xx answers count."""
+        return self.ok * self.images_per_request / self.duration_s if self.duration_s else 0.0
+
+    def count(self, status: int) -> int:
+        return self.statuses.get(status, 0)
+
+    @property
+    def server_errors(self) -> int:
+        """5xx answers."""
+        return sum(n for status, n in self.statuses.items() if status >= 500)
+
+    def to_dict(self) -> dict[str, object]:
+        return {
+            "url": self.url,
+            "connections": self.connections,
+            "images_per_request": self.images_per_request,
+            "duration_s": round(self.duration_s, 3),
+            "requests": self.requests,
+            "ok": self.ok,
+            "statuses": {str(status): n for status, n in sorted(self.statuses.items())},
+            "images_per_s": round(self.images_per_s, 1),
+            "latency_ms": {f"p{p:g}": round(ms, 2) for p, ms in self.latency_ms.items()},
+            "latency_max_ms": round(self.latency_max_ms, 2),
+            "socket_errors": dict(self.socket_errors),
+        }
+
+
+def lua_string(text: str) -> str:
+    """`text` as a Lua string literal (decimal escapes for anything but plain printable ASCII)."""
+    escaped = "".join(
+        ch if (32 <= ord(ch) < 127 and ch not in '"\\') else f"\\{byte}"
+        for ch in text
+        for byte in ch.encode()
+    )
+    return f'"{escaped}"'
+
+
+def cifar_body(images: int = 1) -> tuple[bytes, str]:
+    """The benchmark body: one CIFAR JPEG as field `image`, or `images` of them as repeated `images`.
+
+    Returns:
+        (body, Content-Type with its boundary)
+    """
+    uploads = cifar_jpegs(images)
+    return multipart("image", uploads) if images == 1 else multipart("images", uploads)
+
+
+def run_wrk(
+    url: str,
+    body: bytes,
+    content_type: str,
+    *,
+    connections: int,
+    duration_s: float,
+    images_per_request: int = 1,
+    threads: int = 1,
+    timeout_s: float = 10.0,
+    wrk: str = "wrk",
+) -> WrkResult:
+    """POST `body` to `url` over `connections` keep-alive connections for `duration_s` seconds.
+
+    Raises:
+        WrkError: wrk is not installed, exited non-zero, or printed no summary.
+    """
+    executable = shutil.which(wrk)
+    if executable is None:
+        raise WrkError(f"{wrk} is not installed (Debian/Ubuntu: apt-get install wrk)")
+    with tempfile.TemporaryDirectory(prefix="eluserve-wrk-") as tmp:
+        body_path = Path(tmp) / "body.bin"
+        body_path.write_bytes(body)
+        script_path = Path(tmp) / "post.lua"
+        script_path.write_text(
+            LUA_SCRIPT
+            % {
+                "body_path": lua_string(str(body_path)),
+                "content_type": lua_string(content_type),
+                "percentiles": ", ".join(f"{p:g}" for p in PERCENTILES),
+                "marker": MARKER,
+            }
+        )
+        command = [
+            executable,
+            f"-t{threads}",
+            f"-c{max(connections, threads)}",
+            f"-d{max(1, round(duration_s))}s",
+            f"--timeout={max(1, round(timeout_s))}s",
+            "-s",
+            str(script_path),
+            url,
+        ]
+        completed = subprocess.run(
+            command, capture_output=True, text=True, timeout=duration_s + timeout_s + 30, check=False
+        )
+    if completed.returncode != 0:
+        raise WrkError(f"{' '.join(command)} exited with {completed.returncode}:\n{completed.stderr}")
+    return parse_output(completed.stdout, url, connections, images_per_request)
+
+
+def parse_output(stdout: str, url: str, connections: int, images_per_request: int) -> WrkResult:
+    """The `WrkResult` from wrk's output with the Lua script's summary line."""
+    lines = [line for line in stdout.splitlines() if line.startswith(MARKER)]
+    if not lines:
+        raise WrkError(f"wrk printed no summary line (is the URL reachable?):\n{stdout}")
+    data = json.loads(lines[-1][len(MARKER) :])
+    errors = {kind: int(data["errors"][kind]) for kind in ("connect", "read", "write", "timeout")}
+    return WrkResult(
+        url=url,
+        connections=connections,
+        images_per_request=images_per_request,
+        duration_s=data["duration_us"] / 1e6,
+        requests=int(data["requests"]),
+        statuses={int(status): int(n) for status, n in data["statuses"].items()},
+        latency_ms={float(p): us / 1000 for p, us in data["latency_us"].items()},
+        latency_max_ms=data["latency_max_us"] / 1000,
+        socket_errors={kind: n for kind, n in errors.items() if n},
+    )
+
+
+def sweep(
+    url: str,
+    connection_counts: Sequence[int],
+    *,
+    images: int = 1,
+    duration_s: float = 10.0,
+    timeout_s: float = 10.0,
+) -> list[WrkResult]:
+    """One wrk run per connection count, same body, one after the other."""
+    body, content_type = cifar_body(images)
+    return [
+        run_wrk(
+            url,
+            body,
+            content_type,
+            connections=connections,
+            duration_s=duration_s,
+            images_per_request=images,
+            timeout_s=timeout_s,
+        )
+        for connections in connection_counts
+    ]
+
+
+def markdown_table(results: Sequence[WrkResult]) -> str:
+    """A table of served images/s, latency and non-2xx answers per connection count."""
+    lines = [
+        "| connections | served img/s | req/s | p50 ms | p99 ms | 2xx | 429 | 5xx | socket errors |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+    ]
+    for r in results:
+        errors = ", ".join(f"{kind} {n}" for kind, n in r.socket_errors.items()) or "0"
+        lines.append(
+            f"| {r.connections} | {r.images_per_s:.0f} | {r.requests_per_s:.0f} | "
+            f"{r.latency_ms.get(50.0, 0):.1f} | {r.latency_ms.get(99.0, 0):.1f} | {r.ok} | {r.count(429)} | "
+            f"{r.server_errors} | {errors} |"
+        )
+    return "\n".join(lines)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m load_tests.wrk", description=__doc__.split("\n\n")[0])
+    parser.add_argument("url", help="e.g. http://127.0.0.1:3000/classify")
+    parser.add_argument("-c", "--connections", default="1,4,16", help="comma-separated counts")
+    parser.add_argument("-d", "--duration", type=float, default=10.0, help="seconds per run")
+    parser.add_argument("--images", type=int, default=1, help="1 = field `image`; more = repeated `images`")
+    parser.add_argument("--timeout", type=float, default=10.0, help="wrk's per-request timeout, seconds")
+    parser.add_argument("--json", type=Path, help="also write the results here as JSON")
+    args = parser.parse_args(argv)
+    counts = [int(part) for part in args.connections.split(",") if part.strip()]
+    results = sweep(args.url, counts, images=args.images, duration_s=args.duration, timeout_s=args.timeout)
+    print(markdown_table(results))
+    if args.json is not None:
+        args.json.write_text(json.dumps([r.to_dict() for r in results], indent=2) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
