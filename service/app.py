@@ -2,12 +2,13 @@
 
     BENTOML_DO_NOT_TRACK=True bentoml serve eluserve.service.app:EluClassifier --port 3000
 
-Each HTTP worker process reads multipart bodies itself (see `eluserve.service.forms`), decodes and crops in
-`eluserve.service.http_api`, and pools the crops of concurrent requests into ONNX Runtime batches with
-`eluserve.service.batching.Batcher` on its own session (threads = cores ÷ workers, so workers do not
-oversubscribe the machine). `/readyz` turns ready once the worker has warmed its session up (BentoML
-asks `__is_ready__`); `/livez` and `/metrics` are BentoML's. Settings come from `eluserve.service.config`
-(``ELUSERVE_*``).
+Connections spread evenly over the HTTP worker processes (`eluserve.service.accept_balance`: each
+worker accepts only while it holds the fewest open connections). Each worker reads multipart bodies
+itself (see `eluserve.service.forms`), decodes and crops in `eluserve.service.http_api`, and pools the
+crops of concurrent requests into ONNX Runtime batches with `eluserve.service.batching.Batcher` on its
+own session (threads = cores ÷ workers, so workers do not oversubscribe the machine). `/readyz` turns
+ready once the worker has warmed its session up (BentoML asks `__is_ready__`); `/livez` and `/metrics`
+are BentoML's. Settings come from `eluserve.service.config` (``ELUSERVE_*``).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from starlette.routing import Route
 
 from eluserve.core.contract import read_model_info
 from eluserve.core.session import ModelSession, available_cores
-from eluserve.service import bentoml_patches, http_protocol, metrics
+from eluserve.service import accept_balance, bentoml_patches, http_protocol, metrics
 from eluserve.service.batching import Batcher
 from eluserve.service.config import load_settings
 from eluserve.service.http_api import Frontend
@@ -47,6 +48,7 @@ with contextlib.suppress(ImportError, AttributeError):
     do_not_track.cache_clear()
 bentoml_patches.apply()
 http_protocol.install(settings.header_timeout_s)
+accept_balance.install()
 
 
 async def _classify(request: Request) -> Response:
@@ -102,10 +104,12 @@ class EluClassifier:
         metrics.init_metrics(info)
         inference = metrics.INFERENCE_DURATION.labels(model=info.name, provider=self.classifier.provider)
         batch_size = metrics.BATCH_SIZE.labels(model=info.name)
+        worker_images = metrics.WORKER_IMAGES.labels(worker=str(accept_balance.worker_index() or 0))
 
         def observe(images: int, seconds: float) -> None:
             batch_size.observe(images)
             inference.observe(seconds)
+            worker_images.inc(images)
 
         self.batcher = Batcher(
             self.classifier.predict,

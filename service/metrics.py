@@ -76,6 +76,12 @@ TOP1_PROBABILITY = Histogram(
     namespace=NAMESPACE,
     buckets=PROBABILITY_BUCKETS,
 )
+WORKER_IMAGES = Counter(
+    "worker_images",
+    "Images classified by each HTTP worker (BentoML's worker index): how evenly the load spreads.",
+    ["worker"],
+    namespace=NAMESPACE,
+)
 MODEL_INFO = Gauge(
     "model_info",
     "Always 1; the labels say which model version runs on which execution provider.",
