@@ -6,9 +6,11 @@ Connections spread evenly over the HTTP worker processes (`eluserve.service.acce
 worker accepts only while it holds the fewest open connections). Each worker reads multipart bodies
 itself (see `eluserve.service.forms`), decodes and crops in `eluserve.service.http_api`, and pools the
 crops of concurrent requests into ONNX Runtime batches with `eluserve.service.batching.Batcher` on its
-own session (threads = cores ÷ workers, so workers do not oversubscribe the machine). `/readyz` turns
-ready once the worker has warmed its session up (BentoML asks `__is_ready__`); `/livez` and `/metrics`
-are BentoML's. Settings come from `eluserve.service.config` (``ELUSERVE_*``).
+own session (threads = cores ÷ workers, so workers do not oversubscribe the machine). Overload is
+answered with the contract's 429 `overloaded` and `Retry-After`, whether the batcher's latency budget or
+BentoML's concurrency limit refuses (`eluserve.service.bentoml_patches`). `/readyz` turns ready once the
+worker has warmed its session up (BentoML asks `__is_ready__`); `/livez` and `/metrics` are BentoML's.
+Settings come from `eluserve.service.config` (``ELUSERVE_*``).
 """
 
 from __future__ import annotations

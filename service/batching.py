@@ -13,7 +13,8 @@ Running the model in the same process also lets a worker finish the requests it 
 stopped (graceful shutdown), which two services stopped at once could not.
 
 Overload is bounded, not queued: a request whose images would, by the measured per-image time, wait
-longer than `max_latency_s` behind what is already queued is refused with 429 `overloaded`.
+longer than `max_latency_s` behind what is already queued is refused with 429 `overloaded`, counted in
+`eluserve_requests_rejected_total{reason="latency_budget"}`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from eluserve.core.errors import ServiceError
+from eluserve.service import metrics
 
 Predict = Callable[[np.ndarray], np.ndarray]
 #: Called after every batch with its size and its ONNX Runtime seconds (metrics).
@@ -106,6 +108,7 @@ class Batcher:
     def _admit(self, images: int) -> None:
         wait = self.estimated_wait_s(images)
         if wait > self.max_latency_s and (self._queued_images or self._running_images):
+            metrics.REQUESTS_REJECTED.labels(reason="latency_budget").inc()
             raise ServiceError(
                 "overloaded",
                 f"the model is at capacity: about {wait * 1000:.0f} ms of work is queued ahead, over the "
