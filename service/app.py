@@ -28,11 +28,12 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from eluserve.core.contract import read_model_info
+from eluserve.core.errors import ServiceError
 from eluserve.core.session import ModelSession, available_cores
 from eluserve.service import accept_balance, bentoml_patches, http_protocol, metrics
 from eluserve.service.batching import Batcher
 from eluserve.service.config import load_settings
-from eluserve.service.http_api import Frontend
+from eluserve.service.http_api import Frontend, error_response
 
 logger = logging.getLogger(__name__)
 # BentoML's server logging shows its own logger at INFO and the root at WARNING; let ours (which say
@@ -54,11 +55,11 @@ accept_balance.install()
 
 
 async def _classify(request: Request) -> Response:
-    return await _frontend().classify(request)
+    return _refused_early() or await _frontend().classify(request)
 
 
 async def _classify_batch(request: Request) -> Response:
-    return await _frontend().classify_batch(request)
+    return _refused_early() or await _frontend().classify_batch(request)
 
 
 async def _model(request: Request) -> Response:
@@ -164,6 +165,23 @@ def _bentoml_workers(service_name: str, default: int) -> int:
     if workers == "cpu_count":
         return available_cores()
     return workers if isinstance(workers, int) and workers > 0 else default
+
+
+def _refused_early() -> Response | None:
+    """The 429 for a request that even one image could not join the queue with, before its body is read.
+
+    Under overload a refusal then costs the headers and a small JSON answer, not the multipart parsing
+    and decoding of an upload that the batcher would refuse anyway, so the cores stay with the
+    requests that are served. A request that passes is checked again with its real image count.
+    """
+    service = bentoml.get_current_service()
+    if service is None:
+        return None
+    try:
+        service.batcher.admit(1)
+    except ServiceError as exc:
+        return error_response(exc)
+    return None
 
 
 def _frontend() -> Frontend:

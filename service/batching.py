@@ -88,7 +88,7 @@ class Batcher:
         Raises:
             ServiceError: 429 `overloaded` when the queue ahead is longer than `max_latency_s`.
         """
-        self._admit(len(images))
+        self.admit(len(images))
         job = _Job(images, asyncio.get_running_loop().create_future())
         self._pending.append(job)
         self._queued_images += len(images)
@@ -105,7 +105,15 @@ class Batcher:
         """Let the inference thread finish the batch it runs and end."""
         self._executor.shutdown(wait=False)
 
-    def _admit(self, images: int) -> None:
+    def admit(self, images: int) -> None:
+        """Refuse `images` more if they would wait longer than `max_latency_s` behind the queue.
+
+        `__call__` checks this itself; the service also asks it for one image before it reads and
+        decodes a request, so that under overload a refusal costs no decoding (see `eluserve.service.app`).
+
+        Raises:
+            ServiceError: 429 `overloaded`.
+        """
         wait = self.estimated_wait_s(images)
         if wait > self.max_latency_s and (self._queued_images or self._running_images):
             metrics.REQUESTS_REJECTED.labels(reason="latency_budget").inc()
