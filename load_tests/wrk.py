@@ -2,6 +2,13 @@
 
     .venv/bin/python -m load_tests.wrk http://127.0.0.1:3000/classify -c 1,4,16,64 -d 10
     .venv/bin/python -m load_tests.wrk http://127.0.0.1:3000/classify_batch --images 16 -c 4,16,64
+    .venv/bin/python -m load_tests.wrk --cpu http://127.0.0.1:3001/classify http://127.0.0.1:3002/classify
+
+Several URLs (two builds of the service, say) are measured interleaved, one connection count at a time,
+so that both see the same machine: on a shared machine, figures from one sitting compare, figures from
+two do not. `--cpu` also reads the CPU seconds of the processes that listen on each URL's port
+(BentoML's arbiter and workers) and reports served images per CPU-second, which other tenants of the
+machine disturb far less than images per wall-clock second.
 
 Why wrk and not locust or an httpx loop: on a 2-core machine the client shares the cores with the
 server it measures. wrk sends one pre-built request from C with about 0.1 core at several thousand
@@ -20,10 +27,15 @@ import shutil
 import subprocess
 import tempfile
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
 
 from load_tests.fixtures import cifar_jpegs, multipart
+
+if TYPE_CHECKING:
+    import psutil
 
 #: The line of wrk's output that carries the Lua script's JSON summary.
 MARKER = "ELUSERVE_WRK "
@@ -97,6 +109,8 @@ class WrkResult:
     #: Socket errors by kind (connect, read, write, timeout); a timeout is a request that took longer
     #: than wrk's `--timeout`, never answered.
     socket_errors: Mapping[str, int] = field(default_factory=dict)
+    #: CPU seconds (user + system) the server's processes used during the run, where measured.
+    server_cpu_s: float | None = None
 
     @property
     def ok(self) -> int:
@@ -111,6 +125,13 @@ class WrkResult:
     def images_per_s(self) -> float:
         """Served images per second: only 2xx answers count."""
         return self.ok * self.images_per_request / self.duration_s if self.duration_s else 0.0
+
+    @property
+    def images_per_cpu_s(self) -> float | None:
+        """Served images per CPU-second of the server, where its CPU was measured."""
+        if not self.server_cpu_s:
+            return None
+        return self.ok * self.images_per_request / self.server_cpu_s
 
     def count(self, status: int) -> int:
         return self.statuses.get(status, 0)
@@ -133,6 +154,8 @@ class WrkResult:
             "latency_ms": {f"p{p:g}": round(ms, 2) for p, ms in self.latency_ms.items()},
             "latency_max_ms": round(self.latency_max_ms, 2),
             "socket_errors": dict(self.socket_errors),
+            "server_cpu_s": None if self.server_cpu_s is None else round(self.server_cpu_s, 2),
+            "images_per_cpu_s": None if self.images_per_cpu_s is None else round(self.images_per_cpu_s, 1),
         }
 
 
@@ -227,40 +250,76 @@ def parse_output(stdout: str, url: str, connections: int, images_per_request: in
     )
 
 
+def listening_processes(url: str) -> list[psutil.Process]:
+    """The processes that hold a listening socket on `url`'s port: a `bentoml serve` arbiter and its
+    workers (they share the arbiter's socket). Reading other users' sockets needs root."""
+    import psutil
+
+    port = urlsplit(url).port
+    pids = {
+        conn.pid
+        for conn in psutil.net_connections(kind="tcp")
+        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid
+    }
+    return [psutil.Process(pid) for pid in sorted(pids)]
+
+
+def _cpu_seconds(processes: Sequence[psutil.Process]) -> float:
+    import psutil
+
+    total = 0.0
+    for process in processes:
+        try:
+            times = process.cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
 def sweep(
-    url: str,
+    urls: Sequence[str],
     connection_counts: Sequence[int],
     *,
     images: int = 1,
     duration_s: float = 10.0,
     timeout_s: float = 10.0,
+    cpu: bool = False,
 ) -> list[WrkResult]:
-    """One wrk run per connection count, same body, one after the other."""
+    """One wrk run per connection count and URL, same body; URLs interleaved at each count."""
     body, content_type = cifar_body(images)
-    return [
-        run_wrk(
-            url,
-            body,
-            content_type,
-            connections=connections,
-            duration_s=duration_s,
-            images_per_request=images,
-            timeout_s=timeout_s,
-        )
-        for connections in connection_counts
-    ]
+    processes = {url: listening_processes(url) if cpu else [] for url in urls}
+    results = []
+    for connections in connection_counts:
+        for url in urls:
+            before = _cpu_seconds(processes[url])
+            result = run_wrk(
+                url,
+                body,
+                content_type,
+                connections=connections,
+                duration_s=duration_s,
+                images_per_request=images,
+                timeout_s=timeout_s,
+            )
+            if processes[url]:
+                result = replace(result, server_cpu_s=_cpu_seconds(processes[url]) - before)
+            results.append(result)
+    return results
 
 
 def markdown_table(results: Sequence[WrkResult]) -> str:
-    """A table of served images/s, latency and non-2xx answers per connection count."""
+    """A table of served images/s, latency and non-2xx answers per URL and connection count."""
     lines = [
-        "| connections | served img/s | req/s | p50 ms | p99 ms | 2xx | 429 | 5xx | socket errors |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
+        "| url | connections | served img/s | img/CPU-s | req/s | p50 ms | p99 ms | 2xx | 429 | 5xx "
+        "| socket errors |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | --- |",
     ]
     for r in results:
         errors = ", ".join(f"{kind} {n}" for kind, n in r.socket_errors.items()) or "0"
+        per_cpu = "" if r.images_per_cpu_s is None else f"{r.images_per_cpu_s:.0f}"
         lines.append(
-            f"| {r.connections} | {r.images_per_s:.0f} | {r.requests_per_s:.0f} | "
+            f"| {r.url} | {r.connections} | {r.images_per_s:.0f} | {per_cpu} | {r.requests_per_s:.0f} | "
             f"{r.latency_ms.get(50.0, 0):.1f} | {r.latency_ms.get(99.0, 0):.1f} | {r.ok} | {r.count(429)} | "
             f"{r.server_errors} | {errors} |"
         )
@@ -269,15 +328,23 @@ def markdown_table(results: Sequence[WrkResult]) -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m load_tests.wrk", description=__doc__.split("\n\n")[0])
-    parser.add_argument("url", help="e.g. http://127.0.0.1:3000/classify")
+    parser.add_argument("urls", nargs="+", metavar="URL", help="e.g. http://127.0.0.1:3000/classify")
     parser.add_argument("-c", "--connections", default="1,4,16", help="comma-separated counts")
     parser.add_argument("-d", "--duration", type=float, default=10.0, help="seconds per run")
     parser.add_argument("--images", type=int, default=1, help="1 = field `image`; more = repeated `images`")
     parser.add_argument("--timeout", type=float, default=10.0, help="wrk's per-request timeout, seconds")
+    parser.add_argument("--cpu", action="store_true", help="also measure the servers' CPU seconds")
     parser.add_argument("--json", type=Path, help="also write the results here as JSON")
     args = parser.parse_args(argv)
     counts = [int(part) for part in args.connections.split(",") if part.strip()]
-    results = sweep(args.url, counts, images=args.images, duration_s=args.duration, timeout_s=args.timeout)
+    results = sweep(
+        args.urls,
+        counts,
+        images=args.images,
+        duration_s=args.duration,
+        timeout_s=args.timeout,
+        cpu=args.cpu,
+    )
     print(markdown_table(results))
     if args.json is not None:
         args.json.write_text(json.dumps([r.to_dict() for r in results], indent=2) + "\n")

@@ -6,6 +6,7 @@ body and Content-Type as built, and the per-status counts and served images/s co
 
 from __future__ import annotations
 
+import os
 import shutil
 import threading
 from collections import Counter
@@ -15,7 +16,15 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from load_tests.wrk import WrkError, cifar_body, lua_string, run_wrk
+from load_tests.wrk import (
+    WrkError,
+    cifar_body,
+    listening_processes,
+    lua_string,
+    markdown_table,
+    run_wrk,
+    sweep,
+)
 
 pytestmark = pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
 
@@ -99,3 +108,18 @@ def test_unreachable_url_is_an_error_not_an_empty_result() -> None:
 def test_lua_string_escapes_quotes_backslashes_and_non_ascii() -> None:
     assert lua_string('a"b\\c') == '"a\\34b\\92c"'
     assert lua_string("é") == '"\\195\\169"'
+
+
+def test_sweep_interleaves_urls_and_measures_the_listening_processes_cpu(
+    server: tuple[str, Received],
+) -> None:
+    url, _ = server
+    results = sweep([url, url], [2], images=16, duration_s=1, cpu=True)
+    assert [r.url for r in results] == [url, url]
+    # The tiny server runs in this process: it is what listens on the port.
+    assert [p.pid for p in listening_processes(url)] == [os.getpid()]
+    for result in results:
+        assert result.server_cpu_s is not None and result.server_cpu_s > 0
+        assert result.images_per_cpu_s == pytest.approx(result.ok * 16 / result.server_cpu_s)
+    table = markdown_table(results)
+    assert table.count(url) == 2 and "img/CPU-s" in table
