@@ -19,11 +19,14 @@ Alternatives, measured (docs/bench/serving-engine-v2.md):
 Least-connections accepting balances the unit the workers own, the connection, whatever the clients'
 pattern: each worker publishes its count of open connections in a small shared table (`ConnectionTable`,
 one mmap-ed file per listening socket) and `BalancedEventLoop` accepts one connection per wake-up, and
-only while no live worker holds fewer. Equal counts race for the socket as before (the loser's accept
-finds nothing). A worker that holds more leaves the socket to the others for `RETRY_S` and looks again;
-a connection that waited `MAX_DEFER_S` (the others are stuck or gone) is accepted anyway, so a hung or
-dead worker never blocks new connections. Short-lived connections (one per request) balance the same
-way, by the connections open at each accept.
+only while no candidate worker holds fewer. Equal counts race for the socket as before (the loser's
+accept finds nothing). A worker that holds more leaves the socket to the others for `RETRY_S` and looks
+again. A candidate is a worker that serves (its slot is cleared when it stops listening, so a worker
+draining its connections for a graceful shutdown takes no new ones and blocks nobody), runs (its pid
+exists) and whose event loop beat within `STALE_S` (a heartbeat every `HEARTBEAT_S`): a worker that is
+stuck, or too busy to run its loop, stops being deferred to within `STALE_S`, so new connections never
+wait for it longer than that. Short-lived connections (one per request) balance the same way, by the
+connections open at each accept.
 
 `install` makes uvicorn's `auto` and `asyncio` loop choices build this loop; BentoML's worker builds its
 uvicorn config after importing the service, so installing at import is in time. The loop is asyncio's
@@ -37,9 +40,9 @@ import contextlib
 import logging
 import mmap
 import os
-import select
 import socket
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -50,12 +53,16 @@ logger = logging.getLogger(__name__)
 
 #: Worker slots in a table; BentoML numbers workers from 1, slot 0 is unused.
 SLOTS = 64
-#: int64 pid, int64 open connections.
-_FIELDS = 2
+#: int64 each: pid (0: not serving), open connections, last heartbeat (CLOCK_MONOTONIC ns, system-wide).
+_FIELDS = 3
+_PID, _OPEN, _BEAT = range(_FIELDS)
 #: How long a worker holding more connections than another leaves the socket alone before looking again.
 RETRY_S = 0.002
-#: How long a pending connection may wait for a less loaded worker before any worker accepts it.
-MAX_DEFER_S = 0.05
+#: How often a serving worker's event loop writes its heartbeat (40 wake-ups a second: no measurable CPU).
+HEARTBEAT_S = 0.025
+#: A worker whose loop has not beaten for this long is not deferred to: at most this wait for a
+#: connection that a stuck or overwhelmed worker would have been given.
+STALE_S = 0.1
 #: Where uvicorn looks the loop factory up (`import_from_string`).
 LOOP_FACTORY_PATH = f"{__name__}:balanced_loop_factory"
 TABLE_PREFIX = "eluserve-connections-"
@@ -64,8 +71,8 @@ TABLE_PREFIX = "eluserve-connections-"
 class ConnectionTable:
     """Open connections per worker of one listening socket, shared through an mmap-ed file.
 
-    Each worker writes only its own slot (pid, count); aligned 8-byte stores are not torn, so readers
-    need no lock. A slot whose pid no longer runs is ignored, and a restarted worker takes its slot over.
+    Each worker writes only its own slot (pid, open connections, heartbeat); aligned 8-byte stores are
+    not torn, so readers need no lock. A restarted worker takes its slot over.
     """
 
     def __init__(self, path: Path, worker: int) -> None:
@@ -82,8 +89,10 @@ class ConnectionTable:
         finally:
             os.close(fd)
         self._slots = memoryview(self._mmap).cast("q")
-        self._slots[worker * _FIELDS + 1] = 0
-        self._slots[worker * _FIELDS] = os.getpid()
+        self._mine = worker * _FIELDS
+        self._slots[self._mine + _OPEN] = 0
+        self.beat()
+        self._slots[self._mine + _PID] = os.getpid()
 
     @classmethod
     def for_socket(cls, sock: socket.socket, worker: int, folder: Path | None = None) -> ConnectionTable:
@@ -102,37 +111,46 @@ class ConnectionTable:
 
     @property
     def open_connections(self) -> int:
-        return self._slots[self.worker * _FIELDS + 1]
+        return self._slots[self._mine + _OPEN]
 
     def opened(self) -> None:
-        self._slots[self.worker * _FIELDS + 1] += 1
+        self._slots[self._mine + _OPEN] += 1
 
     def closed(self) -> None:
-        self._slots[self.worker * _FIELDS + 1] -= 1
+        self._slots[self._mine + _OPEN] -= 1
+
+    def beat(self) -> None:
+        self._slots[self._mine + _BEAT] = time.monotonic_ns()
+
+    def retire(self) -> None:
+        """Stop being a candidate (the worker stopped listening); connections are still counted."""
+        self._slots[self._mine + _PID] = 0
 
     def counts(self) -> dict[int, int]:
-        """Open connections by worker index, live workers only."""
+        """Open connections by worker index, candidates only (this worker always)."""
         slots = self._slots.tolist()
+        now = time.monotonic_ns()
         return {
-            index: slots[index * _FIELDS + 1]
+            index: slots[index * _FIELDS + _OPEN]
             for index in range(1, SLOTS)
-            if slots[index * _FIELDS] and (index == self.worker or _alive(slots[index * _FIELDS]))
+            if index == self.worker or _candidate(slots, index, now)
         }
 
     def least_loaded(self) -> bool:
-        """Whether no live worker holds fewer open connections than this one."""
+        """Whether no candidate worker holds fewer open connections than this one."""
         slots = self._slots.tolist()
-        mine = slots[self.worker * _FIELDS + 1]
-        for index in range(1, SLOTS):
-            pid = slots[index * _FIELDS]
-            if pid and index != self.worker and slots[index * _FIELDS + 1] < mine and _alive(pid):
-                return False
-        return True
+        mine = slots[self._mine + _OPEN]
+        now = time.monotonic_ns()
+        return not any(
+            index != self.worker and slots[index * _FIELDS + _OPEN] < mine and _candidate(slots, index, now)
+            for index in range(1, SLOTS)
+        )
 
-    def close(self) -> None:
-        self._slots[self.worker * _FIELDS] = 0
-        self._slots.release()
-        self._mmap.close()
+
+def _candidate(slots: list[int], index: int, now_ns: int) -> bool:
+    """A worker that serves, beat within `STALE_S` and runs (checked last: a system call)."""
+    pid = slots[index * _FIELDS + _PID]
+    return bool(pid) and now_ns - slots[index * _FIELDS + _BEAT] < STALE_S * 1e9 and _alive(pid)
 
 
 def _alive(pid: int) -> bool:
@@ -145,14 +163,9 @@ def _alive(pid: int) -> bool:
     return True
 
 
-#: The table of this worker, once its loop accepted on a listening socket; the HTTP protocol reports
-#: connections opened and closed to it (`connection_opened`, `connection_closed`).
+#: The table of this worker, once its loop listens on a TCP socket. A connection counts from its accept
+#: (`_CountingSocket`) until the HTTP protocol reports it closed (`connection_closed`).
 _table: ConnectionTable | None = None
-
-
-def connection_opened() -> None:
-    if _table is not None:
-        _table.opened()
 
 
 def connection_closed() -> None:
@@ -174,14 +187,46 @@ def worker_index() -> int | None:
     return index if isinstance(index, int) and 1 <= index < SLOTS else None
 
 
+class _CountingSocket:
+    """The listening socket as asyncio's accept callback sees it: a connection counts from its accept.
+
+    Counting in the protocol's `connection_made` instead would lag two loop iterations behind the
+    accept (asyncio makes the transport in a task), long enough for the same worker to accept the
+    next connection of a burst too: 12 connections then split 5/7 instead of 6/6.
+    """
+
+    def __init__(self, sock: socket.socket, table: ConnectionTable) -> None:
+        self.raw = sock
+        self._table = table
+
+    def accept(self) -> tuple[socket.socket, Any]:
+        accepted = self.raw.accept()
+        self._table.opened()
+        return accepted
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.raw, name)
+
+
 class BalancedEventLoop(asyncio.SelectorEventLoop):
     """asyncio's selector loop that accepts one connection per wake-up, and only as the least loaded.
 
-    Overrides `_accept_connection`, the callback that asyncio's `create_server` registers for a
-    listening socket (CPython 3.11-3.13 share its signature); the accepting itself stays asyncio's.
+    Overrides three methods of asyncio's selector loop (CPython 3.11-3.13 share their signatures):
+    `_start_serving` joins the table when a server starts listening, `_accept_connection` (the
+    listening socket's read callback) accepts one connection or leaves it to a less loaded worker, and
+    `_stop_serving` retires from the table. The accepting itself stays asyncio's.
     """
 
-    _deferred_since: float | None = None
+    _heartbeat: asyncio.TimerHandle | None = None
+
+    def _start_serving(  # type: ignore[override]
+        self, protocol_factory: Callable[[], asyncio.BaseProtocol], sock: socket.socket, *args: Any
+    ) -> None:
+        if isinstance(sock, _CountingSocket):  # asyncio restarts serving after EMFILE with what it had
+            sock = sock.raw
+        if self._join(sock) is not None and self._heartbeat is None:
+            self._beat()
+        super()._start_serving(protocol_factory, sock, *args)  # type: ignore[misc]
 
     def _accept_connection(  # type: ignore[override]
         self,
@@ -192,19 +237,23 @@ class BalancedEventLoop(asyncio.SelectorEventLoop):
         backlog: int = 100,
         *timeouts: Any,
     ) -> None:
-        table = self._table_for(sock)
-        if table is not None and not table.least_loaded():
-            waited = 0.0 if self._deferred_since is None else self.time() - self._deferred_since
-            if waited < MAX_DEFER_S:
-                if self._deferred_since is None:
-                    self._deferred_since = self.time()
-                self._remove_reader(sock.fileno())
-                self.call_later(
-                    RETRY_S, self._look_again, protocol_factory, sock, sslcontext, server, *timeouts
-                )
-                return
-        self._deferred_since = None
-        super()._accept_connection(protocol_factory, sock, sslcontext, server, 1, *timeouts)  # type: ignore[misc]
+        if _table is None:
+            super()._accept_connection(protocol_factory, sock, sslcontext, server, 1, *timeouts)  # type: ignore[misc]
+            return
+        if not _table.least_loaded():
+            self._remove_reader(sock.fileno())
+            self.call_later(RETRY_S, self._look_again, protocol_factory, sock, sslcontext, server, *timeouts)
+            return
+        counting = _CountingSocket(sock, _table)
+        super()._accept_connection(protocol_factory, counting, sslcontext, server, 1, *timeouts)  # type: ignore[misc]
+
+    def _stop_serving(self, sock: socket.socket) -> None:  # type: ignore[override]
+        if _table is not None:
+            _table.retire()
+        if self._heartbeat is not None:
+            self._heartbeat.cancel()
+            self._heartbeat = None
+        super()._stop_serving(sock)  # type: ignore[misc]
 
     def _look_again(
         self,
@@ -216,13 +265,16 @@ class BalancedEventLoop(asyncio.SelectorEventLoop):
     ) -> None:
         if sock.fileno() == -1 or (server is not None and not server.is_serving()):
             return  # the server stopped meanwhile
-        if not _readable(sock):
-            self._deferred_since = None  # another worker took what was pending
         self._add_reader(  # type: ignore[attr-defined]
             sock.fileno(), self._accept_connection, protocol_factory, sock, sslcontext, server, 1, *timeouts
         )
 
-    def _table_for(self, sock: socket.socket) -> ConnectionTable | None:
+    def _beat(self) -> None:
+        if _table is not None:
+            _table.beat()
+            self._heartbeat = self.call_later(HEARTBEAT_S, self._beat)
+
+    def _join(self, sock: socket.socket) -> ConnectionTable | None:
         global _table
         if _table is None and sock.family in (socket.AF_INET, socket.AF_INET6):
             worker = worker_index()
@@ -235,11 +287,6 @@ class BalancedEventLoop(asyncio.SelectorEventLoop):
                 return None
             logger.debug("worker %d balances connections through %s", worker, _table.path)
         return _table
-
-
-def _readable(sock: socket.socket) -> bool:
-    readable, _, _ = select.select([sock], [], [], 0)
-    return bool(readable)
 
 
 def balanced_loop_factory(use_subprocess: bool = False) -> Callable[[], asyncio.AbstractEventLoop]:

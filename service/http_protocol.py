@@ -11,7 +11,7 @@ body already has its own deadline (`eluserve.service.forms`, 408 `request_timeou
 connection opens and when the first byte of a kept-alive connection's next request arrives, disarmed
 once h11 has the complete headers. On expiry the client gets the contract's 408 `request_timeout`
 JSON body, the connection closes and `eluserve_client_errors_total{code="request_timeout"}` counts it.
-The protocol also reports each connection opened and closed to `eluserve.service.accept_balance`, whose
+The protocol also reports each connection closed to `eluserve.service.accept_balance`, whose
 least-connections accepting spreads connections over the workers. `install` makes uvicorn's `auto` and
 `h11` protocol choices mean this class; BentoML's worker builds its uvicorn config after importing the
 service, so installing at import is in time.
@@ -46,7 +46,6 @@ class HeaderDeadlineProtocol(H11Protocol):
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
-        accept_balance.connection_opened()
         self._arm_header_deadline()
 
     def data_received(self, data: bytes) -> None:

@@ -7,6 +7,7 @@ import multiprocessing
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,20 @@ def test_a_dead_workers_slot_blocks_nobody(tmp_path: Path) -> None:
     assert mine.least_loaded()
 
 
+def test_a_worker_that_stopped_listening_or_stopped_beating_blocks_nobody(tmp_path: Path) -> None:
+    path = tmp_path / "table"
+    mine, other = ConnectionTable(path, 1), ConnectionTable(path, 2)
+    mine.opened()
+    assert not mine.least_loaded()  # the other worker is idle, serving and beating
+    time.sleep(accept_balance.STALE_S * 1.5)
+    assert mine.least_loaded()  # its loop has not beaten since: stuck or swamped
+    other.beat()
+    assert not mine.least_loaded()
+    other.retire()  # it closed its listener for a graceful shutdown and drains its connections
+    assert mine.least_loaded()
+    assert mine.counts() == {1: 1}
+
+
 def test_a_restarted_worker_takes_its_slot_over_at_zero(tmp_path: Path) -> None:
     path = tmp_path / "table"
     old = ConnectionTable(path, 2)
@@ -62,7 +77,6 @@ def _serve(sock: socket.socket, worker: int, ready: multiprocessing.synchronize.
 
     class Reply(asyncio.Protocol):
         def connection_made(self, transport: asyncio.BaseTransport) -> None:
-            accept_balance.connection_opened()
             assert isinstance(transport, asyncio.Transport)
             transport.write(f"{worker}\n".encode())
 

@@ -164,11 +164,18 @@ def _connection_owners(server: BentoServer, port: int) -> collections.Counter[in
 
 
 @pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
-def test_sixty_four_connections_are_all_served_without_429_or_5xx(started: Started) -> None:
-    """With the default limits, 64 single-image connections queue far less than the latency budget:
-    every answer is a 200 (before: BentoML's limit of 128, split over pinned connections, refused half)."""
+def test_sixty_four_connections_meet_no_concurrency_limit_and_no_5xx(started: Started) -> None:
+    """With the default limits, 64 single-image connections stay within BentoML's concurrency limit
+    (before: its share of 128 per pinned worker refused half of them). On a 2-core machine of its own
+    their queue is ~0.1 s, far inside the 1 s latency budget, so every answer is a 200; a machine
+    slowed several-fold by other tenants may exceed the budget, and then each 429 is the batcher's,
+    counted as such."""
     body, content_type = cifar_body(1)
-    result = run_wrk(started.server.url + "/classify", body, content_type, connections=64, duration_s=2)
-    assert result.requests > 0
-    assert result.statuses == {200: result.requests}, result.to_dict()
-    assert not result.socket_errors, result.to_dict()
+    with MetricsDelta(started.server.url) as delta:
+        result = run_wrk(started.server.url + "/classify", body, content_type, connections=64, duration_s=2)
+    assert result.ok > 0
+    assert set(result.statuses) <= {200, 429} and not result.socket_errors, result.to_dict()
+    assert delta("eluserve_requests_rejected_total", reason="max_concurrency") == 0
+    # wrk does not count answers to the (at most 64) requests in flight when it stops.
+    refused = delta("eluserve_requests_rejected_total", reason="latency_budget")
+    assert result.count(429) <= refused <= result.count(429) + 64
