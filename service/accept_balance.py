@@ -173,10 +173,6 @@ def connection_closed() -> None:
         _table.closed()
 
 
-def current_table() -> ConnectionTable | None:
-    return _table
-
-
 def worker_index() -> int | None:
     """BentoML's index of this worker (1..N), set before the service is imported; None outside a server."""
     try:
