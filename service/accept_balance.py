@@ -139,12 +139,15 @@ class ConnectionTable:
     def least_loaded(self) -> bool:
         """Whether no candidate worker holds fewer open connections than this one."""
         slots = self._slots.tolist()
-        mine = slots[self._mine + _OPEN]
+        opens = slots[_OPEN::_FIELDS]
+        mine = opens[self.worker]
+        if mine == 0:
+            return True
         now = time.monotonic_ns()
-        return not any(
-            index != self.worker and slots[index * _FIELDS + _OPEN] < mine and _candidate(slots, index, now)
-            for index in range(1, SLOTS)
-        )
+        for index, count in enumerate(opens):
+            if count < mine and index and index != self.worker and _candidate(slots, index, now):
+                return False
+        return True
 
 
 def _candidate(slots: list[int], index: int, now_ns: int) -> bool:
