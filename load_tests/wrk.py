@@ -251,17 +251,21 @@ def parse_output(stdout: str, url: str, connections: int, images_per_request: in
 
 
 def listening_processes(url: str) -> list[psutil.Process]:
-    """The processes that hold a listening socket on `url`'s port: a `bentoml serve` arbiter and its
-    workers (they share the arbiter's socket). Reading other users' sockets needs root."""
+    """Every process that holds a listening socket on `url`'s port: a `bentoml serve` arbiter and all
+    its workers, which share the arbiter's socket (`psutil.net_connections` names one holder of a
+    shared socket only, so each process is asked). Reading other users' processes needs root."""
     import psutil
 
     port = urlsplit(url).port
-    pids = {
-        conn.pid
-        for conn in psutil.net_connections(kind="tcp")
-        if conn.status == psutil.CONN_LISTEN and conn.laddr and conn.laddr.port == port and conn.pid
-    }
-    return [psutil.Process(pid) for pid in sorted(pids)]
+    holders = []
+    for process in psutil.process_iter():
+        try:
+            connections = process.net_connections(kind="tcp")
+        except (psutil.AccessDenied, psutil.NoSuchProcess, psutil.ZombieProcess):
+            continue
+        if any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in connections):
+            holders.append(process)
+    return holders
 
 
 def _cpu_seconds(processes: Sequence[psutil.Process]) -> float:

@@ -2,14 +2,17 @@
 
     BENTOML_DO_NOT_TRACK=True bentoml serve eluserve.service.app:EluClassifier --port 3000
 
-Each HTTP worker process reads multipart bodies itself (see `eluserve.service.forms`), decodes and crops in
-`eluserve.service.http_api`, and pools the crops of concurrent requests into ONNX Runtime batches with
-`eluserve.service.batching.Batcher`, one session and batcher per model version it serves (threads =
-cores ÷ workers, so workers do not oversubscribe the machine). The models come from a repository
-folder (`eluserve.service.repository`); loads and unloads reach every worker through
-`eluserve.service.control`. `/readyz` turns ready once the worker has loaded and warmed its models up
-(BentoML asks `__is_ready__`); `/livez` and `/metrics` are BentoML's. Settings come from
-`eluserve.service.config` (``ELUSERVE_*``).
+Connections spread evenly over the HTTP worker processes (`eluserve.service.accept_balance`: each
+worker accepts only while it holds the fewest open connections). Each worker reads multipart bodies
+itself (see `eluserve.service.forms`), decodes and crops in `eluserve.service.http_api`, and pools the
+crops of concurrent requests into ONNX Runtime batches with `eluserve.service.batching.Batcher`, one
+session and batcher per model version it serves (threads = cores ÷ workers, so workers do not
+oversubscribe the machine). The models come from a repository folder (`eluserve.service.repository`);
+loads and unloads reach every worker through `eluserve.service.control`. Overload is answered with the
+contract's 429 `overloaded` and `Retry-After`, whether the batcher's latency budget or BentoML's
+concurrency limit refuses (`eluserve.service.bentoml_patches`). `/readyz` turns ready once the worker
+has loaded and warmed its models up (BentoML asks `__is_ready__`); `/livez` and `/metrics` are
+BentoML's. Settings come from `eluserve.service.config` (``ELUSERVE_*``).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from eluserve.core.session import available_cores
-from eluserve.service import bentoml_patches, http_protocol, openapi
+from eluserve.service import accept_balance, bentoml_patches, http_protocol, openapi
 from eluserve.service.config import load_settings
 from eluserve.service.control import LOADED, ControlState, Follower, ensure_control_dir
 from eluserve.service.models_api import ModelsApi
@@ -54,6 +57,7 @@ with contextlib.suppress(ImportError, AttributeError):
     do_not_track.cache_clear()
 bentoml_patches.apply()
 http_protocol.install(settings.header_timeout_s)
+accept_balance.install()
 # Created by the `bentoml serve` process, inherited by its workers: see `eluserve.service.control`.
 control_dir = ensure_control_dir()
 

@@ -13,7 +13,8 @@ Running the model in the same process also lets a worker finish the requests it 
 stopped (graceful shutdown), which two services stopped at once could not.
 
 Overload is bounded, not queued: a request whose images would, by the measured per-image time, wait
-longer than `max_latency_s` behind what is already queued is refused with 429 `overloaded`.
+longer than `max_latency_s` behind what is already queued is refused with 429 `overloaded`, counted in
+`eluserve_requests_rejected_total{reason="latency_budget"}`.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from eluserve.core.errors import ServiceError
+from eluserve.service import metrics
 
 Predict = Callable[[np.ndarray], np.ndarray]
 #: Called after every batch with its size and its ONNX Runtime seconds (metrics).
@@ -86,7 +88,7 @@ class Batcher:
         Raises:
             ServiceError: 429 `overloaded` when the queue ahead is longer than `max_latency_s`.
         """
-        self._admit(len(images))
+        self.admit(len(images))
         job = _Job(images, asyncio.get_running_loop().create_future())
         self._pending.append(job)
         self._queued_images += len(images)
@@ -103,9 +105,18 @@ class Batcher:
         """Let the inference thread finish the batch it runs and end."""
         self._executor.shutdown(wait=False)
 
-    def _admit(self, images: int) -> None:
+    def admit(self, images: int) -> None:
+        """Refuse `images` more if they would wait longer than `max_latency_s` behind the queue.
+
+        `__call__` checks this itself; the service also asks it for one image before it reads and
+        decodes a request, so that under overload a refusal costs no decoding (see `eluserve.service.app`).
+
+        Raises:
+            ServiceError: 429 `overloaded`.
+        """
         wait = self.estimated_wait_s(images)
         if wait > self.max_latency_s and (self._queued_images or self._running_images):
+            metrics.REQUESTS_REJECTED.labels(reason="latency_budget").inc()
             raise ServiceError(
                 "overloaded",
                 f"the model is at capacity: about {wait * 1000:.0f} ms of work is queued ahead, over the "

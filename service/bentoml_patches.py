@@ -1,5 +1,6 @@
-"""A fix for a BentoML 1.4 bug that the service's benchmarks ran into, applied when the service loads.
+"""Two changes to BentoML 1.4's traffic middleware, applied when the service loads.
 
+Timer leak.
 BentoML's `TimeoutMiddleware` (bentoml/_internal/server/http/traffic.py, 1.4.40) arms
 `loop.call_later(timeout, ...)` for every request and never cancels it. The timer keeps the request's
 waiter future, and through it the request's task, closures and context, alive for `traffic.timeout`
@@ -11,6 +12,12 @@ waits the pause out, which was the 0.5-0.9 s p99 tail of the service at c=64.
 
 The replacement `__call__` is BentoML's, plus cancelling the timer once the response has started (or
 the request ended): the same 504 after `timeout` seconds without a response, no retained requests.
+
+Concurrency limit. BentoML's `MaxConcurrencyMiddleware` answers `{"error": "Too many requests"}` with 429
+and no `Retry-After` once a worker holds its share of `traffic.max_concurrency`: outside the error
+contract and invisible to our metrics (SERVING-NOTES.md: most answers at c=128 were these). The
+replacement answers the contract's 429 `overloaded` with `Retry-After`, counted in
+`eluserve_requests_rejected_total{reason="max_concurrency"}`; the limit itself is BentoML's semaphore.
 """
 
 from __future__ import annotations
@@ -20,6 +27,10 @@ import logging
 from typing import Any
 
 from starlette.responses import JSONResponse
+
+from eluserve.core.errors import ServiceError
+from eluserve.service import metrics
+from eluserve.service.http_api import error_response
 
 logger = logging.getLogger(__name__)
 
@@ -51,22 +62,53 @@ async def _timeout_middleware_call(self: Any, scope: Any, receive: Any, send: An
         timer.cancel()
 
 
+async def _max_concurrency_middleware_call(self: Any, scope: Any, receive: Any, send: Any) -> None:
+    if scope["type"] not in ("http", "websocket") or scope["path"] in self.skip_paths:
+        return await self.app(scope, receive, send)
+    if self._semaphore.locked():
+        metrics.REQUESTS_REJECTED.labels(reason="max_concurrency").inc()
+        error = ServiceError(
+            "overloaded",
+            "this worker has as many requests in flight as ELUSERVE_MAX_CONCURRENCY ÷ workers allows; "
+            "retry shortly",
+            429,
+        )
+        return await error_response(error)(scope, receive, send)
+    async with self._semaphore:
+        await self.app(scope, receive, send)
+
+
 def apply() -> bool:
-    """Patch BentoML's `TimeoutMiddleware` if it has the shape this fix was written for.
+    """Patch BentoML's `TimeoutMiddleware` and `MaxConcurrencyMiddleware` if they have the shapes these
+    changes were written for.
 
     Returns:
-        whether the patch is in place; a BentoML whose middleware looks different is left alone (and
-        said so in the log), since its timer handling may have been fixed or changed.
+        whether both patches are in place; a BentoML whose middleware looks different is left alone
+        (and said so in the log), since its handling may have been fixed or changed.
     """
     try:
-        from bentoml._internal.server.http.traffic import TimeoutMiddleware
+        from bentoml._internal.server.http.traffic import MaxConcurrencyMiddleware, TimeoutMiddleware
     except ImportError:
-        logger.warning("BentoML's TimeoutMiddleware moved; its timer leak fix is not applied")
+        logger.warning("BentoML's traffic middleware moved; its patches are not applied")
         return False
-    if TimeoutMiddleware.__call__ is _timeout_middleware_call:
+    return _patch_timeout(TimeoutMiddleware) & _patch_max_concurrency(MaxConcurrencyMiddleware)
+
+
+def _patch_max_concurrency(middleware: Any) -> bool:
+    if middleware.__call__ is _max_concurrency_middleware_call:
         return True
-    if not callable(getattr(TimeoutMiddleware, "_set_timer_out", None)):
+    if "_semaphore" not in middleware.__init__.__code__.co_names:
+        logger.warning("BentoML's MaxConcurrencyMiddleware changed shape; its 429 stays BentoML's")
+        return False
+    middleware.__call__ = _max_concurrency_middleware_call
+    return True
+
+
+def _patch_timeout(middleware: Any) -> bool:
+    if middleware.__call__ is _timeout_middleware_call:
+        return True
+    if not callable(getattr(middleware, "_set_timer_out", None)):
         logger.warning("BentoML's TimeoutMiddleware changed shape; its timer leak fix is not applied")
         return False
-    TimeoutMiddleware.__call__ = _timeout_middleware_call  # type: ignore[method-assign]
+    middleware.__call__ = _timeout_middleware_call
     return True

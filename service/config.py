@@ -79,10 +79,11 @@ class Settings:
     #: fp32, or bf16 (OpenVINO CPU) for a model whose card records a passing `eluserve
     #: validate-precision`; without one the service refuses to start.
     precision: str = "fp32"
-    #: Requests in flight across all workers before BentoML answers 429. BentoML splits it evenly over
-    #: the workers, and the kernel does not split connections evenly, so it is twice the 64 in flight
-    #: one client may expect to keep.
-    max_concurrency: int = 128
+    #: Requests in flight across all workers before the 429 `overloaded` of BentoML's limit (split evenly
+    #: over the workers, as connections are: `eluserve.service.accept_balance`). A cap on memory held by
+    #: in-flight bodies, set clear of the latency budget: 256 single-image connections, 128 per worker,
+    #: queue ~0.3 s of work on 2 cores and must not be refused (issue #15), hence twice that.
+    max_concurrency: int = 512
     #: Seconds before BentoML answers 504.
     timeout_s: float = 30.0
     #: Seconds a request's line and headers may take to arrive before the client gets 408 and the

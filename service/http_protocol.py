@@ -11,8 +11,10 @@ body already has its own deadline (`eluserve.service.forms`, 408 `request_timeou
 connection opens and when the first byte of a kept-alive connection's next request arrives, disarmed
 once h11 has the complete headers. On expiry the client gets the contract's 408 `request_timeout`
 JSON body, the connection closes and `eluserve_client_errors_total{code="request_timeout"}` counts it.
-`install` makes uvicorn's `auto` and `h11` protocol choices mean this class; BentoML's worker builds
-its uvicorn config after importing the service, so installing at import is in time.
+The protocol also reports each connection closed to `eluserve.service.accept_balance`, whose
+least-connections accepting spreads connections over the workers. `install` makes uvicorn's `auto` and
+`h11` protocol choices mean this class; BentoML's worker builds its uvicorn config after importing the
+service, so installing at import is in time.
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ import uvicorn.config
 from uvicorn.protocols.http.h11_impl import H11Protocol
 
 from eluserve.core.errors import RequestTimeout
+from eluserve.service import accept_balance
 from eluserve.service.http_api import count_client_error, error_response
 
 logger = logging.getLogger(__name__)
@@ -56,6 +59,7 @@ class HeaderDeadlineProtocol(H11Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_header_deadline()
+        accept_balance.connection_closed()
         super().connection_lost(exc)
 
     def _arm_header_deadline(self) -> None:

@@ -33,6 +33,9 @@ LATENCY_BUCKETS = (
 BATCH_SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256)
 PROBABILITY_BUCKETS = (0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99, 1.0)
 OUTCOMES = ("ok", "error")
+#: Why a request was refused with 429 `overloaded`: the batcher's queue would outlast
+#: ELUSERVE_MAX_LATENCY_MS, or the worker's share of ELUSERVE_MAX_CONCURRENCY is in flight (BentoML).
+REJECTION_REASONS = ("latency_budget", "max_concurrency")
 
 INFERENCE_DURATION = Histogram(
     "inference_duration_seconds",
@@ -80,6 +83,19 @@ TOP1_PROBABILITY = Histogram(
     namespace=NAMESPACE,
     buckets=PROBABILITY_BUCKETS,
 )
+REQUESTS_REJECTED = Counter(
+    "requests_rejected",
+    "Requests refused with 429 overloaded, by reason: latency_budget (the queue would outlast "
+    "ELUSERVE_MAX_LATENCY_MS) or max_concurrency (the worker's share of ELUSERVE_MAX_CONCURRENCY).",
+    ["reason"],
+    namespace=NAMESPACE,
+)
+WORKER_IMAGES = Counter(
+    "worker_images",
+    "Images classified by each HTTP worker (BentoML's worker index): how evenly the load spreads.",
+    ["worker"],
+    namespace=NAMESPACE,
+)
 MODEL_INFO = Gauge(
     "model_info",
     "1 while a model version is loaded, 0 once unloaded; the labels say which engine, execution provider "
@@ -114,6 +130,8 @@ ERROR_CODES = (*CLIENT_ERROR_CODES, *SERVICE_ERROR_CODES)
 
 for _code in ERROR_CODES:
     CLIENT_ERRORS.labels(model="", version="", code=_code)
+for _reason in REJECTION_REASONS:
+    REQUESTS_REJECTED.labels(reason=_reason)
 
 
 def init_metrics(info: ModelMetadata) -> None:

@@ -87,7 +87,14 @@ class ModelsApi:
             count_client_error(exc)
             return error_response(exc)
         try:
+            if endpoint != "model":
+                # Under overload a refusal costs the headers and a small JSON answer, not the multipart
+                # parsing and decoding of an upload the batcher would refuse anyway (one image is the
+                # least a request can ask; the batcher checks again with the real count).
+                served.batcher.admit(1)
             return await getattr(served.frontend, endpoint)(request)
+        except ServiceError as exc:
+            return error_response(exc)
         finally:
             self.registry.release(served)
 

@@ -36,7 +36,7 @@ from eluserve.core.contract import MODEL_FILE, ModelMetadata, read_model_info
 from eluserve.core.engines import require_precision
 from eluserve.core.errors import ClientError, ConfigError, ModelFormatError
 from eluserve.core.session import ModelSession
-from eluserve.service import metrics
+from eluserve.service import accept_balance, metrics
 from eluserve.service.batching import Batcher
 from eluserve.service.config import Settings
 from eluserve.service.http_api import Frontend
@@ -179,10 +179,12 @@ def serve_version(model_file: Path, settings: Settings, workers: int, *, warm: b
         model=info.name, version=info.version, provider=session.provider
     )
     batch_size = metrics.BATCH_SIZE.labels(model=info.name, version=info.version)
+    worker_images = metrics.WORKER_IMAGES.labels(worker=str(accept_balance.worker_index() or 0))
 
     def observe(images: int, seconds: float) -> None:
         batch_size.observe(images)
         inference.observe(seconds)
+        worker_images.inc(images)
 
     batcher = Batcher(
         session.predict,

@@ -31,6 +31,8 @@ ELUSERVE_COUNTERS_GAUGES = (
     "eluserve_model_info",  # gauge 1 loaded, 0 unloaded; labels: model, version, engine, provider, precision
     "eluserve_model_loads_total",  # per worker; labels: model, version, outcome=ok|error
     "eluserve_model_unloads_total",  # per worker; labels: model, version
+    "eluserve_requests_rejected_total",  # 429 overloaded; labels: reason=latency_budget|max_concurrency
+    "eluserve_worker_images_total",  # labels: worker (BentoML's worker index)
 )
 ELUSERVE_HISTOGRAMS = (
     "eluserve_inference_duration_seconds",  # per batch; labels: model, version, provider

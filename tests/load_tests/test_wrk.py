@@ -6,9 +6,11 @@ body and Content-Type as built, and the per-status counts and served images/s co
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import shutil
 import threading
+import time
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -116,8 +118,16 @@ def test_sweep_interleaves_urls_and_measures_the_listening_processes_cpu(
     url, _ = server
     results = sweep([url, url], [2], images=16, duration_s=1, cpu=True)
     assert [r.url for r in results] == [url, url]
-    # The tiny server runs in this process: it is what listens on the port.
+    # The tiny server runs in this process: it is what listens on the port, and so does a forked child
+    # that inherited the socket, as BentoML's workers inherit their arbiter's.
     assert [p.pid for p in listening_processes(url)] == [os.getpid()]
+    child = multiprocessing.get_context("fork").Process(target=time.sleep, args=(30,), daemon=True)
+    child.start()
+    try:
+        assert sorted(p.pid for p in listening_processes(url)) == sorted([os.getpid(), child.pid])
+    finally:
+        child.terminate()
+        child.join(10)
     for result in results:
         assert result.server_cpu_s is not None and result.server_cpu_s > 0
         assert result.images_per_cpu_s == pytest.approx(result.ok * 16 / result.server_cpu_s)

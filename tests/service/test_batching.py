@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 
 from eluserve.core.errors import ServiceError
+from eluserve.service import metrics
 from eluserve.service.batching import Batcher
 
 
@@ -152,6 +153,32 @@ def test_a_request_that_would_queue_past_max_latency_is_refused_with_429() -> No
         model.release()
         await running
         assert batcher.estimated_wait_s(1) == pytest.approx(batcher.seconds_per_image)
+
+    asyncio.run(scenario())
+
+
+def test_admit_refuses_before_anything_is_queued_and_counts_the_refusal() -> None:
+    """The service asks `admit(1)` before reading a request's body: a refusal must queue nothing."""
+    model = GatedModel(seconds_per_image=0.05)
+    batcher = Batcher(model, max_batch_size=8, max_latency_s=0.3)
+    rejected = metrics.REQUESTS_REJECTED.labels(reason="latency_budget")
+
+    async def scenario() -> None:
+        model.release()
+        await batcher(_images(0, 2))
+        batcher.admit(8)  # idle: anything is admitted
+        model.hold()
+        running = asyncio.create_task(batcher(_images(0, 8)))
+        await _wait_started(model)
+        before = rejected._value.get()
+        with pytest.raises(ServiceError) as refused:
+            batcher.admit(1)
+        assert refused.value.status == 429 and refused.value.code == "overloaded"
+        assert rejected._value.get() == before + 1
+        assert batcher.estimated_wait_s(0) == pytest.approx(8 * batcher.seconds_per_image)  # nothing added
+        model.release()
+        await running
+        batcher.admit(1)
 
     asyncio.run(scenario())
 

@@ -1,14 +1,16 @@
-"""BentoML's TimeoutMiddleware, as patched: no timer outlives its request, the 504 still comes."""
+"""BentoML's traffic middleware, as patched: no timer outlives its request, the 504 still comes, and its
+concurrency limit answers the error contract's 429."""
 
 from __future__ import annotations
 
 import asyncio
 import gc
+import json
 from typing import Any
 
-from bentoml._internal.server.http.traffic import TimeoutMiddleware
+from bentoml._internal.server.http.traffic import MaxConcurrencyMiddleware, TimeoutMiddleware
 
-from eluserve.service import bentoml_patches
+from eluserve.service import bentoml_patches, metrics
 
 Message = dict[str, Any]
 
@@ -22,7 +24,7 @@ async def _hang(scope: Any, receive: Any, send: Any) -> None:
     await asyncio.sleep(10)
 
 
-async def _request(middleware: TimeoutMiddleware) -> list[Message]:
+async def _request(middleware: Any, path: str = "/") -> list[Message]:
     sent: list[Message] = []
 
     async def receive() -> Message:
@@ -31,7 +33,7 @@ async def _request(middleware: TimeoutMiddleware) -> list[Message]:
     async def send(message: Message) -> None:
         sent.append(message)
 
-    await middleware({"type": "http", "method": "GET", "path": "/"}, receive, send)
+    await middleware({"type": "http", "method": "GET", "path": path}, receive, send)
     return sent
 
 
@@ -68,3 +70,34 @@ def test_a_request_without_a_response_in_time_still_gets_504() -> None:
     sent = asyncio.run(_request(TimeoutMiddleware(_hang, timeout=0.05)))
     assert sent[0]["status"] == 504
     assert b"Not able to process the request" in sent[1]["body"]
+
+
+def test_bentomls_concurrency_limit_answers_the_contracts_429_counted_in_our_metric() -> None:
+    bentoml_patches.apply()
+    release = asyncio.Event()
+
+    async def _held(scope: Any, receive: Any, send: Any) -> None:
+        await release.wait()
+        await _answer(scope, receive, send)
+
+    rejected = metrics.REQUESTS_REJECTED.labels(reason="max_concurrency")
+    before = rejected._value.get()
+
+    async def scenario() -> tuple[list[Message], list[Message], list[Message]]:
+        middleware = MaxConcurrencyMiddleware(_held, max_concurrency=1)
+        first = asyncio.create_task(_request(middleware))
+        await asyncio.sleep(0.01)  # the first request holds the only slot
+        refused = await _request(middleware)
+        release.set()
+        # Health and metrics paths are never refused.
+        probe = await _request(middleware, path="/livez")
+        return await first, refused, probe
+
+    first, refused, probe = asyncio.run(scenario())
+    assert first[0]["status"] == 200 and probe[0]["status"] == 200
+    assert refused[0]["status"] == 429
+    assert (b"retry-after", b"1") in refused[0]["headers"]
+    body = json.loads(refused[1]["body"])
+    assert body["error"]["code"] == "overloaded"
+    assert "ELUSERVE_MAX_CONCURRENCY" in body["error"]["message"]
+    assert rejected._value.get() == before + 1

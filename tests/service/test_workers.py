@@ -1,17 +1,25 @@
-"""Two workers, each with its own session: readiness gated on warm-up, metrics summed over processes."""
+"""Two workers, each with its own session: readiness gated on warm-up, metrics summed over processes,
+connections spread evenly over the workers."""
 
 from __future__ import annotations
 
+import collections
 import concurrent.futures
+import contextlib
 import re
+import shutil
+import socket
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
+import psutil
 import pytest
 
 from eluserve.core.contract import read_model_info
+from load_tests.wrk import cifar_body, run_wrk
 from tests.service.bento_server import BentoServer, start_server
 from tests.service.image_samples import encode, gradient
 from tests.service.metrics_scrape import MetricsDelta, Scrape
@@ -94,3 +102,80 @@ def test_metrics_are_summed_over_all_worker_processes(started: Started, serving_
 def test_bentoml_metrics_are_there_too(started: Started) -> None:
     scrape = Scrape.of(started.server.url)
     assert scrape.value("bentoml_service_request_total", endpoint="/classify") is not None
+
+
+def test_few_keep_alive_connections_spread_evenly_over_the_workers(started: Started) -> None:
+    """Four kept-alive connections, opened one after another: two per worker, so each serves half."""
+    server = started.server
+    image = encode(gradient(32, 32, seed=7), "JPEG")
+    requests_per_connection = 25
+    clients = [httpx.Client(base_url=server.url, timeout=30.0) for _ in range(4)]
+    try:
+        with MetricsDelta(server.url) as delta:
+            for client in clients:  # each client's one connection opens and is counted before the next
+                assert client.post("/classify", files={"image": ("a.jpg", image)}).status_code == 200
+
+            def keep_sending(client: httpx.Client) -> list[int]:
+                return [
+                    client.post("/classify", files={"image": ("a.jpg", image)}).status_code
+                    for _ in range(requests_per_connection - 1)
+                ]
+
+            with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+                statuses = [status for batch in pool.map(keep_sending, clients) for status in batch]
+    finally:
+        for client in clients:
+            client.close()
+    assert statuses == [200] * (4 * (requests_per_connection - 1))
+    per_worker = {worker: delta("eluserve_worker_images_total", worker=worker) for worker in ("1", "2")}
+    assert per_worker == {"1": 2 * requests_per_connection, "2": 2 * requests_per_connection}
+
+
+def test_a_burst_of_connections_spreads_evenly_over_the_workers(started: Started) -> None:
+    """Sixteen connections opened at once (as wrk and connection pools do) are split 8/8, ±1."""
+    server = started.server
+    host, port = server.url.removeprefix("http://").split(":")
+    connections = [socket.create_connection((host, int(port))) for _ in range(16)]
+    try:
+        deadline = time.monotonic() + 10
+        owners: collections.Counter[int] = collections.Counter()
+        while time.monotonic() < deadline:
+            owners = _connection_owners(server, int(port))
+            if sum(owners.values()) == 16:
+                break
+            time.sleep(0.05)
+    finally:
+        for connection in connections:
+            connection.close()
+    assert sum(owners.values()) == 16, owners
+    assert len(owners) == 2 and max(owners.values()) <= 9, owners
+
+
+def _connection_owners(server: BentoServer, port: int) -> collections.Counter[int]:
+    """Established connections on `port`, counted by the worker process that holds them."""
+    server.remember_processes()
+    owners: collections.Counter[int] = collections.Counter()
+    for child in psutil.Process(server.process.pid).children(recursive=True):
+        with contextlib.suppress(psutil.NoSuchProcess):
+            for conn in child.net_connections(kind="tcp"):
+                if conn.status == psutil.CONN_ESTABLISHED and conn.laddr.port == port:
+                    owners[child.pid] += 1
+    return owners
+
+
+@pytest.mark.skipif(shutil.which("wrk") is None, reason="wrk is not installed")
+def test_sixty_four_connections_meet_no_concurrency_limit_and_no_5xx(started: Started) -> None:
+    """With the default limits, 64 single-image connections stay within BentoML's concurrency limit
+    (before: its share of 128 per pinned worker refused half of them). On a 2-core machine of its own
+    their queue is ~0.1 s, far inside the 1 s latency budget, so every answer is a 200; a machine
+    slowed several-fold by other tenants may exceed the budget, and then each 429 is the batcher's,
+    counted as such."""
+    body, content_type = cifar_body(1)
+    with MetricsDelta(started.server.url) as delta:
+        result = run_wrk(started.server.url + "/classify", body, content_type, connections=64, duration_s=2)
+    assert result.ok > 0
+    assert set(result.statuses) <= {200, 429} and not result.socket_errors, result.to_dict()
+    assert delta("eluserve_requests_rejected_total", reason="max_concurrency") == 0
+    # wrk does not count answers to the (at most 64) requests in flight when it stops.
+    refused = delta("eluserve_requests_rejected_total", reason="latency_budget")
+    assert result.count(429) <= refused <= result.count(429) + 64
