@@ -31,6 +31,7 @@ def test_a_worker_accepts_only_while_no_live_worker_holds_fewer(tmp_path: Path) 
     assert second.least_loaded() and second.open_connections == 0
 
 
+@pytest.mark.integration
 def test_a_dead_workers_slot_blocks_nobody(tmp_path: Path) -> None:
     path = tmp_path / "table"
     mine = ConnectionTable(path, 1)
@@ -92,6 +93,7 @@ def _serve(sock: socket.socket, worker: int, ready: multiprocessing.synchronize.
     runner.run(main())
 
 
+@pytest.mark.integration
 def test_two_processes_split_a_burst_of_connections_evenly() -> None:
     """Two processes serve one listening socket with the balanced loop; 12 connections opened at
     once end up 6/6 (asyncio's own loop lets the first process to wake take most of a burst)."""

@@ -89,7 +89,16 @@ def test_metrics_are_summed_over_all_worker_processes(started: Started, serving_
     assert delta("eluserve_preprocess_duration_seconds_count", model=info.name) == 70
 
     model_info = delta.after.series("eluserve_model_info")
-    assert model_info == [{"model": info.name, "version": info.version, "provider": "CPUExecutionProvider"}]
+    document = httpx.get(server.url + "/model", timeout=30).json()
+    assert model_info == [
+        {
+            "model": info.name,
+            "version": info.version,
+            "engine": document["engine"],
+            "provider": document["execution_provider"],
+            "precision": "fp32",
+        }
+    ]
     assert delta.after.value("eluserve_model_info") == 1
 
     # Both workers really served (and wrote metrics of their own): the sums above span two processes.
