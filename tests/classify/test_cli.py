@@ -120,7 +120,7 @@ def test_stdout_is_jsonl_unless_format_says_csv(
         (["{root}", "--model", "{root}/missing.onnx"], "no model at"),
         (["{root}", "--model", "{root}/notes.txt"], "{root}/notes.txt is not an ONNX model"),
         (["{root}", "--server", "http://127.0.0.1:{port}"], "cannot reach an eluserve service"),
-        (["{root}", "--output", "{root}/out.txt"], "use a .csv or .jsonl file name"),
+        (["{root}", "--output", "{root}/out.txt"], "use a .csv, .jsonl or .parquet file name"),
         (["{root}", "--resume"], "--resume needs --output"),
         (["{root}", "--extensions", ","], "names no extension"),
         (["{root}", "--top-k", "11"], "top_k must be an integer from 1 to 10"),
