@@ -70,12 +70,13 @@ def is_uri(path: str) -> bool:
 
 
 @functools.lru_cache(maxsize=16)
-def _filesystem(scheme_and_host: str) -> pyarrow.fs.FileSystem:
-    """One pyarrow file system per `scheme://host` per process (creating an S3 one costs a round trip)."""
+def _filesystem(location: str) -> tuple[pyarrow.fs.FileSystem, str]:
+    """(file system, its path for `location`) per `scheme://host`, once per process: creating an S3 file
+    system resolves the bucket's region, a round trip that one per file would pay again."""
     import pyarrow.fs
 
-    filesystem, _ = pyarrow.fs.FileSystem.from_uri(scheme_and_host + "/")
-    return filesystem
+    filesystem, base = pyarrow.fs.FileSystem.from_uri(location + "/")
+    return filesystem, base.rstrip("/")
 
 
 def _split_uri(uri: str) -> tuple[pyarrow.fs.FileSystem, str, str]:
@@ -92,12 +93,15 @@ def _split_uri(uri: str) -> tuple[pyarrow.fs.FileSystem, str, str]:
 
 
 def open_uri(uri: str) -> BinaryIO:
-    """Open a URI for reading on a worker; missing files raise FileNotFoundError like `open`."""
+    """Open a URI for reading on a worker; missing files raise FileNotFoundError like `open`.
+
+    `s3://bucket/key` → the bucket's file system, path `bucket/key`; `file:///a/b` → `/a/b`;
+    `hdfs://host:port/a` → `/a`.
+    """
     scheme, _, rest = uri.partition("://")
-    host = rest.split("/", 1)[0] if scheme not in ("file", "local") else ""
-    filesystem = _filesystem(f"{scheme}://{host}")
-    _, inner, _ = _split_uri(uri)
-    return filesystem.open_input_stream(inner)  # type: ignore[return-value]
+    host = "" if scheme in ("file", "local") else rest.split("/", 1)[0]
+    filesystem, base = _filesystem(f"{scheme}://{host}")
+    return filesystem.open_input_stream(base + rest[len(host) :])  # type: ignore[return-value]
 
 
 def iter_uri_files(uri: str, extensions: Container[str], recursive: bool = True) -> Iterator[str]:
