@@ -1,10 +1,12 @@
 """`python -m load_tests bench-classify`: folder classification in-process against the raw session.
 
     .venv/bin/python -m load_tests bench-classify --images 10000     # make bench-classify
+    .venv/bin/python -m load_tests bench-classify --images 10000 --rounds 1 --engine ray  # + Ray Data
 
 Classifies CIFAR-10 JPEGs extracted from the shared zip with `eluserve classify`'s in-process engine
 (walking, reading, decoding, batching and writing rows included) and measures the raw ONNX Runtime
-session on the same crops, rounds interleaved, one run.
+session on the same crops, rounds interleaved, one run. `--engine ray` adds `--engine ray` on a local
+Ray (or `--ray-address`), set against the in-process engine at the same batch size.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -93,6 +96,15 @@ def bench(args: argparse.Namespace) -> str:
         if args.server:
             server = ServerEngine(args.server, batch_size=DEFAULT_BATCH_SIZE, concurrency=args.concurrency)
             engines["classify --server", DEFAULT_BATCH_SIZE] = stack.enter_context(server)
+        ray_start = None
+        if args.engine == "ray":
+            from eluserve.classify.distributed import RayEngine
+
+            started = time.perf_counter()
+            ray_engine = stack.enter_context(RayEngine.load(args.model, batch_size=DEFAULT_BATCH_SIZE))
+            ray_engine.connect(args.ray_address)
+            ray_start = time.perf_counter() - started
+            engines["classify --engine ray", DEFAULT_BATCH_SIZE] = ray_engine
         folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="eluserve-bench-"))
         sink = stack.enter_context(open_text(os.devnull, "w"))
         count = extract_cifar(zip_path, args.images, Path(folder))
@@ -121,6 +133,14 @@ def bench(args: argparse.Namespace) -> str:
             f"  {f'{name}, batch {size}':<40} {ips:8.1f} img/s   {ips / median[best]:.3f} of raw best, "
             f"{ips / median[size]:.3f} of raw at batch {size}"
         )
+    ray_key = ("classify --engine ray", DEFAULT_BATCH_SIZE)
+    local_key = ("classify in-process", DEFAULT_BATCH_SIZE)
+    if ray_key in runs and local_key in runs:
+        ratio = statistics.median(runs[ray_key]) / statistics.median(runs[local_key])
+        lines.append(
+            f"  --engine ray ÷ in-process at batch {DEFAULT_BATCH_SIZE}: {ratio:.3f} (each Ray run includes "
+            f"starting its actor pool; starting or joining Ray took {ray_start:.1f} s more, not counted)"
+        )
     return "\n".join(lines)
 
 
@@ -142,5 +162,12 @@ def register(subparsers: Any) -> None:
     )
     bench_parser.add_argument("--threads", type=positive_int, help="decoding threads")
     bench_parser.add_argument("--server", metavar="URL", help="also measure a running service")
+    bench_parser.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="ray: also measure `eluserve classify --engine ray` (needs eluserve[distributed])",
+    )
+    bench_parser.add_argument("--ray-address", help="Ray cluster for --engine ray (default: a local Ray)")
     bench_parser.add_argument("--concurrency", type=positive_int, default=DEFAULT_CONCURRENCY)
     bench_parser.set_defaults(func=cmd_bench)
