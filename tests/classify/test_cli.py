@@ -279,3 +279,14 @@ def test_undecodable_file_names_survive_a_resume(
     assert classify(folder, "--model", tiny_model_path, "-o", out).code == 0
     again = classify(folder, "--model", tiny_model_path, "-o", out, "--resume")
     assert summary_counts(again.stderr)["skipped"] == 1
+
+
+def test_parquet_carries_the_same_rows(
+    classify: Classify, tree: Tree, tiny_model_path: Path, tmp_path: Path
+) -> None:
+    """`-o rows.parquet` with the in-process engine: the JSONL rows as typed columns, in the same order."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    classify(tree.root, "--model", tiny_model_path, "-o", tmp_path / "rows.jsonl")
+    result = classify(tree.root, "--model", tiny_model_path, "-o", tmp_path / "rows.parquet")
+    assert result.code == 1, result.stderr
+    assert pq.read_table(tmp_path / "rows.parquet").to_pylist() == read_jsonl(tmp_path / "rows.jsonl")
