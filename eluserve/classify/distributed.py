@@ -42,10 +42,12 @@ from eluserve.core.contract import ModelMetadata, read_model_info, resolve_model
 from eluserve.core.errors import ClientError, ModelFormatError
 from eluserve.core.preprocessing import Limits, PreprocessingRule, load_image
 from eluserve.core.results import format_results
-from eluserve.core.session import ModelSession
+from eluserve.core.session import CUDA, ModelSession
 
 if TYPE_CHECKING:
     import pyarrow.fs
+
+logger = logging.getLogger(__name__)
 
 #: Files per Ray Data dataset. The path list of a window is built on the driver (~100 bytes a path),
 #: and each window starts its actor pool anew (seconds), so windows are large but bounded.
@@ -178,18 +180,23 @@ def decode_batch(
 class InferenceActor:
     """Ray actor: one ONNX Runtime session, loaded once, classifying the crops of each batch.
 
-    The model's bytes come from the object store (`model` is their reference) and are written to a
-    private temporary file, because ONNX Runtime loads by path and the node need not share the driver's
-    file system.
+    The model's bytes come from the object store (`model` is their reference) and go through a private
+    temporary file, removed once loaded: ONNX Runtime loads by path, and the node need not share the
+    driver's file system.
     """
 
     def __init__(self, model: Any, suffix: str, top_k: int, threads: int) -> None:
         import ray
 
-        folder = tempfile.mkdtemp(prefix="eluserve-ray-")
-        model_file = Path(folder) / f"model{suffix}"
-        model_file.write_bytes(ray.get(model))
-        self.session = ModelSession.from_path(model_file, intra_op_threads=threads)
+        with tempfile.TemporaryDirectory(prefix="eluserve-ray-") as folder:
+            model_file = Path(folder) / f"model{suffix}"
+            model_file.write_bytes(ray.get(model))
+            self.session = ModelSession.from_path(model_file, intra_op_threads=threads)
+        if ray.get_gpu_ids() and self.session.provider != CUDA:
+            logger.warning(
+                "an inference actor was given a GPU but runs on %s: install onnxruntime-gpu on this node",
+                self.session.provider,
+            )
         self.session.warm_up()
         self.top_k = top_k
 
@@ -256,12 +263,18 @@ def plan(node_cpus: Sequence[float], gpus: float, resources: RayResources) -> Pl
                 f"--ray-gpus-per-actor {gpus_per_actor:g}: the cluster has {gpus:g} GPUs; "
                 "pass --ray-gpus-per-actor 0 for CPU actors"
             )
-        actors = resources.actors or int(gpus // gpus_per_actor)
-        return Plan(actors, gpus_per_actor, 1.0, 1, DECODE_CPUS)
-    smallest = min(node_cpus, default=1.0)
-    threads = max(1, min(ACTOR_THREADS, int(smallest)))
+        fitting = int(gpus // gpus_per_actor)
+        if (resources.actors or 0) > fitting:
+            raise UsageError(
+                f"{resources.actors} inference actors of {gpus_per_actor:g} GPUs do not fit on the "
+                f"cluster's {gpus:g} GPUs; lower --ray-actors"
+            )
+        return Plan(resources.actors or fitting, gpus_per_actor, 1.0, 1, DECODE_CPUS)
+    # A head node started with --num-cpus=0 (a common way to keep work off it) runs no actor.
+    cpu_nodes = [cpus for cpus in node_cpus if cpus > 0]
+    threads = max(1, min(ACTOR_THREADS, int(min(cpu_nodes, default=1.0))))
     reserved = threads * (1 - DECODE_SHARE)
-    fitting = sum(int(cpus // reserved) for cpus in node_cpus)
+    fitting = sum(int(cpus // reserved) for cpus in cpu_nodes)
     if fitting < 1 or (resources.actors or 0) > fitting:
         raise UsageError(
             f"{resources.actors or 1} inference actors of {reserved:g} CPUs do not fit on the cluster's "

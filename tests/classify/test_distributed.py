@@ -78,8 +78,11 @@ def test_plan_gives_gpus_to_actors_and_leaves_cpus_to_decoding() -> None:
     assert plan([8.0], 4.0, RayResources(gpus_per_actor=0)).gpus_per_actor == 0.0
     with pytest.raises(UsageError, match="the cluster has 0 GPUs"):
         plan([8.0], 0.0, RayResources(gpus_per_actor=1))
+    assert plan([0.0, 8.0], 0.0, RayResources()).actors == 2
     with pytest.raises(UsageError, match="lower --ray-actors"):
         plan([2.0], 0.0, RayResources(actors=2))
+    with pytest.raises(UsageError, match="lower --ray-actors"):
+        plan([8.0], 2.0, RayResources(actors=3))
 
 
 def test_uri_listing_follows_the_local_rules(tmp_path: Path) -> None:
