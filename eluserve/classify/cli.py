@@ -207,7 +207,7 @@ def register(subparsers: Any) -> None:
     """Add `classify` to the `eluserve` parser."""
     parser = subparsers.add_parser(
         "classify",
-        help="classify image files and folders to CSV/JSONL (in-process or via a running service)",
+        help="classify image files and folders to CSV/JSONL/Parquet (in-process, on Ray, or via a service)",
         description="Classify every image under PATHs; one row per file (path, label, probability, top_k, "
         "error). Exit status: 0 all classified, 1 some files failed, 2 usage error.",
     )
@@ -231,10 +231,14 @@ def register(subparsers: Any) -> None:
         help='Ray cluster to join ("auto", ray://head:10001); default: a local Ray',
     )
     ray.add_argument(
-        "--ray-actors", type=positive_int, help="inference actors (default: one per GPU, else as many as fit)"
+        "--ray-actors",
+        metavar="N",
+        type=positive_int,
+        help="inference actors (default: one per GPU, else as many as fit)",
     )
     ray.add_argument(
         "--ray-gpus-per-actor",
+        metavar="G",
         type=non_negative_float,
         help="GPUs per inference actor (default: 1 where the cluster has GPUs, else 0: CPU actors)",
     )
