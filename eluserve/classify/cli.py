@@ -8,7 +8,8 @@
 
 Both engines produce the same rows because they run the same code: the in-process engine decodes with
 `eluserve.core.preprocessing.load_image` and infers with `eluserve.core.session.ModelSession`, exactly
-what the service does behind `POST /classify_batch`, which the server engine calls.
+what the service does behind `POST /classify_batch`, which the server engine calls. `--engine ray`
+(`eluserve.classify.distributed`) runs the same two in Ray Data tasks and actors, on one machine or many.
 
 Everything streams so that memory stays flat at any number of files: folders are walked lazily, files
 are decoded in a thread pool with a bounded window of futures in flight (Pillow and ONNX Runtime release
