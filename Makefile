@@ -1,5 +1,6 @@
-# BENTOML_DO_NOT_TRACK: nothing the project starts may phone home.
+# BENTOML_DO_NOT_TRACK, RAY_USAGE_STATS_ENABLED: nothing the project starts may phone home.
 export BENTOML_DO_NOT_TRACK := True
+export RAY_USAGE_STATS_ENABLED := 0
 export PYTHONUNBUFFERED := 1
 
 PYTHON ?= python3
@@ -15,7 +16,7 @@ $(BIN)/python:
 	$(BIN)/pip install --quiet --upgrade pip
 
 $(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet $(FIND_LINKS) -e ".[train,dev,bench]"
+	$(BIN)/pip install --quiet $(FIND_LINKS) -e ".[train,dev,bench,distributed]"
 	touch $@
 
 setup: $(VENV)/.installed

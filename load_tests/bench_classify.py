@@ -1,13 +1,15 @@
 """`python -m load_tests bench-classify`: folder classification in-process against the fastest raw engine.
 
     .venv/bin/python -m load_tests bench-classify --images 10000     # make bench-classify
-    .venv/bin/python -m load_tests bench-classify --engine openvino
+    .venv/bin/python -m load_tests bench-classify --runtime openvino
+    .venv/bin/python -m load_tests bench-classify --images 10000 --rounds 1 --engine ray  # + Ray Data
 
 Classifies CIFAR-10 JPEGs extracted from the shared zip with `eluserve classify`'s in-process engine
-(walking, reading, decoding, batching and writing rows included) on the engine `--engine` chooses
-(default auto, as `eluserve classify`), and measures every raw fp32 engine (ONNX Runtime, OpenVINO)
-on the same crops, rounds interleaved, one run. The goal: classify ≥ 0.9 × the fastest raw engine at
-its best batch.
+(walking, reading, decoding, batching and writing rows included) on the inference engine `--runtime`
+chooses (default auto, as `eluserve classify`), and measures every raw fp32 engine (ONNX Runtime,
+OpenVINO) on the same crops, rounds interleaved, one run. The goal: classify ≥ 0.9 × the fastest raw
+engine at its best batch. `--engine ray` adds `eluserve classify --engine ray` on a local Ray (or
+`--ray-address`), set against the in-process engine at the same batch size.
 """
 
 from __future__ import annotations
@@ -19,7 +21,9 @@ import os
 import statistics
 import sys
 import tempfile
+import time
 import zipfile
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +39,7 @@ from eluserve.classify.engines import (
     quiet_http_log,
 )
 from eluserve.classify.files import UsageError, iter_image_files
-from eluserve.classify.rows import RowWriter, open_text
+from eluserve.classify.rows import Row, RowWriter, open_text
 from eluserve.classify.run import classify_files
 from eluserve.core.engines import (
     AUTO,
@@ -71,6 +75,31 @@ def extract_cifar(zip_path: Path, count: int, target: Path) -> int:
     return len(chosen)
 
 
+class FirstRowTimer:
+    """An engine whose first row is timed: how long Ray takes to start its actor pool, in particular."""
+
+    def __init__(self, engine: Engine) -> None:
+        self.engine = engine
+        self.first_row = 0.0
+
+    @property
+    def model(self) -> str:
+        return self.engine.model
+
+    @property
+    def labels(self) -> Sequence[str]:
+        return self.engine.labels
+
+    def classify(self, paths: Iterable[str]) -> Iterator[Row]:
+        started = time.perf_counter()
+        rows = self.engine.classify(paths)
+        for row in rows:
+            self.first_row = time.perf_counter() - started
+            yield row
+            break
+        yield from rows
+
+
 def cmd_bench(args: argparse.Namespace) -> int:
     """`eluserve bench-classify`: classify img/s next to the raw session's best img/s, one run."""
     try:
@@ -95,7 +124,7 @@ def bench(args: argparse.Namespace) -> str:
     zip_path = Path(args.data)
     if not zip_path.is_file():
         raise UsageError(f"no CIFAR-10 JPEG zip at {zip_path}; pass --data")
-    local = LocalEngine.load(args.model, threads=args.threads, engine=args.engine)
+    local = LocalEngine.load(args.model, threads=args.threads, engine=args.runtime)
     backends = raw_engines(Path(local.session.info.path))
     sizes = sorted({*BENCH_BATCH_SIZES, *args.batch_sizes})
     raw: dict[tuple[str, int], list[float]] = {(name, size): [] for name in backends for size in sizes}
@@ -107,6 +136,17 @@ def bench(args: argparse.Namespace) -> str:
         if args.server:
             server = ServerEngine(args.server, batch_size=DEFAULT_BATCH_SIZE, concurrency=args.concurrency)
             engines["classify --server", DEFAULT_BATCH_SIZE] = stack.enter_context(server)
+        ray_start = None
+        if args.engine == "ray":
+            from eluserve.classify.distributed import RayEngine
+
+            started = time.perf_counter()
+            ray_engine = stack.enter_context(
+                RayEngine.load(args.model, batch_size=DEFAULT_BATCH_SIZE, runtime=args.runtime)
+            )
+            ray_engine.connect(args.ray_address)
+            ray_start = time.perf_counter() - started
+            engines["classify --engine ray", DEFAULT_BATCH_SIZE] = ray_engine
         folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="eluserve-bench-"))
         sink = stack.enter_context(open_text(os.devnull, "w"))
         count = extract_cifar(zip_path, args.images, Path(folder))
@@ -114,19 +154,25 @@ def bench(args: argparse.Namespace) -> str:
         crops = np.stack([local.prepare(path)[1] for path in sample])
         batches = {size: np.resize(crops, (size, *crops.shape[1:])) for size in sizes}
         runs: dict[tuple[str, int], list[float]] = {key: [] for key in engines}
+        first_rows: dict[tuple[str, int], list[float]] = {key: [] for key in engines}
+        steady: dict[tuple[str, int], list[float]] = {key: [] for key in engines}
         for _ in range(args.rounds):
             for (name, size), values in raw.items():
                 values.append(measure_backend(backends[name], batches[size], seconds=args.seconds))
             for key, engine in engines.items():
                 files = iter_image_files([folder], {"jpg"})
-                runs[key].append(classify_files(files, engine, RowWriter(sink, "jsonl")).images_per_second)
+                timed = FirstRowTimer(engine)
+                summary = classify_files(files, timed, RowWriter(sink, "jsonl"))
+                runs[key].append(summary.images_per_second)
+                first_rows[key].append(timed.first_row)
+                steady[key].append((summary.files - 1) / max(summary.seconds - timed.first_row, 1e-9))
     median = {key: statistics.median(values) for key, values in raw.items()}
     best = max(median, key=median.__getitem__)
     served = local.session.engine
     info = local.session.info
     lines = [
         f"bench-classify: {count} CIFAR-10 JPEGs, model {info.tag} ({info.path}), classify on {served} "
-        f"{local.session.provider} (--engine {args.engine}), {available_cores()} cores, median of "
+        f"{local.session.provider} (--runtime {args.runtime}), {available_cores()} cores, median of "
         f"{args.rounds} rounds",
         *(
             f"  raw {name} img/s by batch size: "
@@ -142,6 +188,18 @@ def bench(args: argparse.Namespace) -> str:
             f"  {f'{name}, batch {size}':<48} {ips:8.1f} img/s   {ips / median[best]:.3f} of raw best "
             f"(goal ≥ {GOAL})" + (f", {ips / same:.3f} of raw {served} at batch {size}" if same else "")
         )
+    ray_key = ("classify --engine ray", DEFAULT_BATCH_SIZE)
+    local_key = ("classify in-process", DEFAULT_BATCH_SIZE)
+    if ray_key in runs and local_key in runs:
+        ratio = statistics.median(runs[ray_key]) / statistics.median(runs[local_key])
+        after = statistics.median(steady[ray_key]) / statistics.median(steady[local_key])
+        lines += [
+            f"  --engine ray ÷ in-process at batch {DEFAULT_BATCH_SIZE}: {ratio:.3f} (each Ray run includes "
+            f"starting its actor pool; starting or joining Ray took {ray_start:.1f} s more, not counted)",
+            f"  first row after: in-process {statistics.median(first_rows[local_key]):.1f} s, "
+            f"--engine ray {statistics.median(first_rows[ray_key]):.1f} s; from then on, Ray ÷ in-process "
+            f"{after:.3f}",
+        ]
     return "\n".join(lines)
 
 
@@ -161,7 +219,10 @@ def register(subparsers: Any) -> None:
         "bench-classify", help="benchmark: classify img/s against the fastest raw engine, side by side"
     )
     bench_parser.add_argument(
-        "--engine", choices=ENGINES, default=AUTO, help="the engine classification runs on (default auto)"
+        "--runtime",
+        choices=ENGINES,
+        default=AUTO,
+        help="the inference engine classification runs on (default auto)",
     )
     bench_parser.add_argument("--model", default=str(default_model_file()))
     bench_parser.add_argument("--data", default=str(CIFAR_ZIP), help="CIFAR-10 JPEG zip")
@@ -176,5 +237,12 @@ def register(subparsers: Any) -> None:
     )
     bench_parser.add_argument("--threads", type=positive_int, help="decoding threads")
     bench_parser.add_argument("--server", metavar="URL", help="also measure a running service")
+    bench_parser.add_argument(
+        "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="ray: also measure `eluserve classify --engine ray` (needs eluserve[distributed])",
+    )
+    bench_parser.add_argument("--ray-address", help="Ray cluster for --engine ray (default: a local Ray)")
     bench_parser.add_argument("--concurrency", type=positive_int, default=DEFAULT_CONCURRENCY)
     bench_parser.set_defaults(func=cmd_bench)

@@ -3,11 +3,13 @@
     eluserve classify photos/ more.jpg --output results.csv          # in-process, ONNX Runtime
     eluserve classify photos/ --server http://127.0.0.1:3000 -o r.jsonl  # a running eluserve service
     eluserve classify data/val --evaluate --confusion-png confusion.png   # ImageFolder layout
+    eluserve classify s3://bucket/photos/ -o rows.parquet --engine ray --ray-address auto  # a Ray cluster
     eluserve bench-classify                                           # img/s vs raw ONNX Runtime
 
 Both engines produce the same rows because they run the same code: the in-process engine decodes with
 `eluserve.core.preprocessing.load_image` and infers with `eluserve.core.session.ModelSession`, exactly
-what the service does behind `POST /classify_batch`, which the server engine calls.
+what the service does behind `POST /classify_batch`, which the server engine calls. `--engine ray`
+(`eluserve.classify.distributed`) runs the same two in Ray Data tasks and actors, on one machine or many.
 
 Everything streams so that memory stays flat at any number of files: folders are walked lazily, files
 are decoded in a thread pool with a bounded window of futures in flight (Pillow and ONNX Runtime release
@@ -36,7 +38,16 @@ from eluserve.classify.engines import (
 )
 from eluserve.classify.evaluation import Evaluation, require_matplotlib
 from eluserve.classify.files import DEFAULT_EXTENSIONS, UsageError, iter_image_files, parse_extensions
-from eluserve.classify.rows import FORMATS, RowWriter, format_of, open_text, resume
+from eluserve.classify.rows import (
+    FORMATS,
+    ParquetRowWriter,
+    RowSink,
+    RowWriter,
+    format_of,
+    open_text,
+    read_parquet_output,
+    resume,
+)
 from eluserve.classify.run import Summary, classify_files
 from eluserve.core.engines import AUTO, ENGINES
 from eluserve.core.paths import default_model_file
@@ -69,8 +80,54 @@ def cmd_classify(args: argparse.Namespace) -> int:
         return 1
 
 
+def non_negative_float(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not value >= 0:
+        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text}")
+    return value
+
+
+def _ray_engine(args: argparse.Namespace, stack: contextlib.ExitStack) -> Engine:
+    """`--engine ray`, joined to its cluster; the stack shuts down a Ray it started, failures included.
+
+    Imported here: Ray is an extra, and importing it costs seconds.
+    """
+    from eluserve.classify.distributed import RayEngine, RayResources
+
+    resources = RayResources(actors=args.ray_actors, gpus_per_actor=args.ray_gpus_per_actor)
+    engine = RayEngine.load(
+        args.model, args.top_k, batch_size=args.batch_size, resources=resources, runtime=args.runtime
+    )
+    return stack.enter_context(engine).connect(args.ray_address)
+
+
+def _check_engine_options(args: argparse.Namespace) -> None:
+    ray_options = [
+        flag
+        for flag, value in (
+            ("--ray-address", args.ray_address),
+            ("--ray-actors", args.ray_actors),
+            ("--ray-gpus-per-actor", args.ray_gpus_per_actor),
+        )
+        if value is not None
+    ]
+    if args.engine == "ray" and args.server:
+        raise UsageError(
+            "--engine ray runs the model on a Ray cluster; --server sends files to a service: pick one"
+        )
+    if args.engine != "ray" and ray_options:
+        raise UsageError(f"{', '.join(ray_options)} need --engine ray")
+    uris = [path for path in args.paths if "://" in path]
+    if uris and args.engine != "ray":
+        raise UsageError(f"{', '.join(uris)}: URIs are read by --engine ray (pyarrow's file systems)")
+
+
 def _classify(args: argparse.Namespace) -> int:
-    missing = [path for path in args.paths if not os.path.lexists(path)]
+    _check_engine_options(args)
+    missing = [path for path in args.paths if "://" not in path and not os.path.lexists(path)]
     if missing:
         raise UsageError(f"no such file or folder: {', '.join(missing)}")
     extensions = parse_extensions(args.extensions)
@@ -91,18 +148,31 @@ def _classify(args: argparse.Namespace) -> int:
                     args.server, args.top_k, batch_size=args.batch_size, concurrency=args.concurrency
                 )
             )
+        elif args.engine == "ray":
+            engine = _ray_engine(args, stack)
         else:
             engine = LocalEngine.load(
-                args.model, args.top_k, batch_size=args.batch_size, threads=args.threads, engine=args.engine
+                args.model, args.top_k, batch_size=args.batch_size, threads=args.threads, engine=args.runtime
             )
         evaluation = Evaluation(engine.labels) if evaluate else None
         done = resume(Path(args.output), fmt, evaluation) if args.resume else set()
-        if args.output:
-            stream = stack.enter_context(open_text(args.output, "a" if args.resume else "w"))
+        writer: RowSink
+        if fmt == "parquet":
+            output = Path(args.output)
+            previous = read_parquet_output(output) if args.resume and output.exists() else None
+            writer = stack.enter_context(ParquetRowWriter(output, previous))
         else:
-            stream = stack.enter_context(open_text(sys.stdout.fileno(), "w"))
-        writer = RowWriter(stream, fmt, header=not args.resume or stream.tell() == 0)
-        files = iter_image_files(args.paths, extensions, recursive=args.recursive)
+            if args.output:
+                stream = stack.enter_context(open_text(args.output, "a" if args.resume else "w"))
+            else:
+                stream = stack.enter_context(open_text(sys.stdout.fileno(), "w"))
+            writer = RowWriter(stream, fmt, header=not args.resume or stream.tell() == 0)
+        if args.engine == "ray":
+            from eluserve.classify.distributed import list_files
+
+            files = list_files(args.paths, extensions, recursive=args.recursive)
+        else:
+            files = iter_image_files(args.paths, extensions, recursive=args.recursive)
         summary = Summary()
         try:
             classify_files(
@@ -144,7 +214,7 @@ def register(subparsers: Any) -> None:
     """Add `classify` to the `eluserve` parser."""
     parser = subparsers.add_parser(
         "classify",
-        help="classify image files and folders to CSV/JSONL (in-process or via a running service)",
+        help="classify image files and folders to CSV/JSONL/Parquet (in-process, on Ray, or via a service)",
         description="Classify every image under PATHs; one row per file (path, label, probability, top_k, "
         "error). Exit status: 0 all classified, 1 some files failed, 2 usage error.",
     )
@@ -156,12 +226,39 @@ def register(subparsers: Any) -> None:
     engine.add_argument("--server", metavar="URL", help="classify through a running eluserve service")
     parser.add_argument(
         "--engine",
+        choices=("local", "ray"),
+        default="local",
+        help="where --model runs: this process, or a Ray cluster through Ray Data (docs/distributed.md; "
+        "pip install 'eluserve[distributed]'); PATHs may then be URIs such as s3://bucket/photos/",
+    )
+    parser.add_argument(
+        "--runtime",
         choices=ENGINES,
         default=AUTO,
-        help="inference engine of the in-process run (default auto: the fastest that passes parity "
-        "with onnxruntime, timed at start)",
+        help="inference engine, as ELUSERVE_ENGINE for the service (default auto: the fastest that passes "
+        "parity with onnxruntime, timed at start; Ray actors each choose alike)",
     )
-    parser.add_argument("-o", "--output", help="output file, .csv or .jsonl (default: JSONL on stdout)")
+    ray = parser.add_argument_group("--engine ray")
+    ray.add_argument(
+        "--ray-address",
+        metavar="ADDR",
+        help='Ray cluster to join ("auto", ray://head:10001); default: a local Ray',
+    )
+    ray.add_argument(
+        "--ray-actors",
+        metavar="N",
+        type=positive_int,
+        help="inference actors (default: one per GPU, else as many as fit)",
+    )
+    ray.add_argument(
+        "--ray-gpus-per-actor",
+        metavar="G",
+        type=non_negative_float,
+        help="GPUs per inference actor (default: 1 where the cluster has GPUs, else 0: CPU actors)",
+    )
+    parser.add_argument(
+        "-o", "--output", help="output file, .csv, .jsonl or .parquet (default: JSONL on stdout)"
+    )
     parser.add_argument("--format", choices=FORMATS, help="output format (default: from --output's suffix)")
     parser.add_argument(
         "--resume", action="store_true", help="skip files already in --output, append the rest"

@@ -7,7 +7,7 @@ import sys
 from collections import deque
 from collections.abc import Callable, Container, Iterable, Iterator
 from concurrent.futures import Executor, Future
-from typing import TypeVar
+from typing import BinaryIO, TypeVar
 
 from eluserve.core.errors import ClientError, ImageTooLarge
 from eluserve.core.preprocessing import IMAGE_EXTENSIONS
@@ -88,20 +88,27 @@ def _scan(directory: str, extensions: Container[str], subdirs: list[str] | None)
                 yield entry.path
 
 
-def read_image_file(path: str, max_bytes: int) -> bytes:
+def read_image_file(path: str, max_bytes: int, open_file: Callable[[str], BinaryIO] | None = None) -> bytes:
     """The file's bytes, reading at most `max_bytes` + 1 so an oversized file never fills memory.
+
+    `open_file` opens `path` for reading (default: the local file system); the Ray engine passes
+    pyarrow's for URIs such as s3://, which raise OSError like `open`.
 
     Raises:
         ClientError: `unreadable_file` (missing, permissions, broken link) or `image_too_large`.
     """
     try:
-        with open(path, "rb") as file:
+        with (open_file or _open_local)(path) as file:
             data = file.read(max_bytes + 1)
     except OSError as exc:
         raise ClientError(UNREADABLE, f"cannot read the file: {exc.strerror or exc}") from exc
     if len(data) > max_bytes:
         raise ImageTooLarge(f"the file is larger than {max_bytes} bytes, the per-image limit")
     return data
+
+
+def _open_local(path: str) -> BinaryIO:
+    return open(path, "rb")
 
 
 def chunks(items: Iterable[T], size: int) -> Iterator[list[T]]:

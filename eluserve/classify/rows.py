@@ -1,21 +1,29 @@
-"""Output rows (CSV, JSONL) and `--resume`: what is already done, read back from a previous output."""
+"""Output rows (CSV, JSONL, Parquet) and `--resume`: what is already done, read back from the output."""
 
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TextIO
+from typing import TYPE_CHECKING, Any, Protocol, TextIO
 
 from eluserve.classify.evaluation import Evaluation
 from eluserve.classify.files import UsageError
 
+if TYPE_CHECKING:
+    import pyarrow as pa
+
 COLUMNS = ("path", "label", "probability", "top_k", "error")
-FORMATS = ("jsonl", "csv")
+FORMATS = ("jsonl", "csv", "parquet")
+#: Formats written as text, one flushed line per row, that can go to stdout and be appended to.
+TEXT_FORMATS = ("jsonl", "csv")
+#: Rows per Parquet row group: ~1 MB of rows, and what an interrupted run can lose at most.
+PARQUET_ROW_GROUP = 10_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -53,12 +61,18 @@ class Row:
         return [{"label": label, "probability": probability} for label, probability in self.top_k]
 
 
+class RowSink(Protocol):
+    """Where `classify_files` writes rows: `RowWriter` (CSV, JSONL) or `ParquetRowWriter`."""
+
+    def write(self, row: Row) -> None: ...
+
+
 class RowWriter:
     """Writes rows as CSV or JSON Lines, flushing each so an interrupted run loses at most one line."""
 
     def __init__(self, stream: TextIO, fmt: str, header: bool = True) -> None:
-        if fmt not in FORMATS:
-            raise ValueError(f"format must be one of {FORMATS}, got {fmt!r}")
+        if fmt not in TEXT_FORMATS:
+            raise ValueError(f"format must be one of {TEXT_FORMATS}, got {fmt!r}")
         self._stream = stream
         self._csv = csv.writer(stream, lineterminator="\n") if fmt == "csv" else None
         if self._csv is not None and header:
@@ -84,14 +98,110 @@ class RowWriter:
         self._stream.flush()
 
 
+def require_pyarrow() -> None:
+    """Parquet needs pyarrow, which the serving install leaves out (Ray Data brings it)."""
+    if importlib.util.find_spec("pyarrow") is None:
+        raise UsageError(
+            "Parquet output needs pyarrow: `pip install pyarrow` (or 'eluserve[distributed]'), "
+            "or write .jsonl/.csv"
+        )
+
+
+def parquet_schema() -> pa.Schema:
+    """The rows as typed columns: top_k is a list of (label, probability) structs, not a JSON string."""
+    import pyarrow as pa
+
+    ranked = pa.struct([("label", pa.string()), ("probability", pa.float64())])
+    return pa.schema(
+        [
+            ("path", pa.string()),
+            ("label", pa.string()),
+            ("probability", pa.float64()),
+            ("top_k", pa.list_(ranked)),
+            ("error", pa.string()),
+        ]
+    )
+
+
+def parquet_path(path: str) -> str:
+    """Parquet strings are UTF-8: an undecodable file name is written with its bytes escaped (\\xff).
+
+    Such a row does not match its file on `--resume` (the file is classified again); CSV and JSONL carry
+    the name unchanged.
+    """
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+class ParquetRowWriter:
+    """Writes rows to Parquet in row groups of `PARQUET_ROW_GROUP`, into `<output>.partial` until `close`.
+
+    A Parquet file is readable only once its footer is written, so the rows go to a side file that
+    `close` renames over the output: a run stopped with Ctrl-C (the CLI closes the writer on the way
+    out) keeps every row, a killed run leaves the previous output as it was. Parquet cannot be appended
+    to, so `--resume` passes the previous rows as `previous`, copied first into the new file.
+    """
+
+    def __init__(self, path: str | Path, previous: pa.Table | None = None) -> None:
+        import pyarrow.parquet as pq
+
+        self.path = Path(path)
+        self._partial = self.path.with_name(self.path.name + ".partial")
+        self._schema = parquet_schema()
+        self._writer = pq.ParquetWriter(self._partial, self._schema)
+        self._pending: list[Row] = []
+        if previous is not None:
+            self._writer.write_table(previous.cast(self._schema))
+
+    def write(self, row: Row) -> None:
+        self._pending.append(row)
+        if len(self._pending) >= PARQUET_ROW_GROUP:
+            self._flush()
+
+    def _flush(self) -> None:
+        import pyarrow as pa
+
+        if not self._pending:
+            return
+        columns = {
+            "path": [parquet_path(row.path) for row in self._pending],
+            "label": [row.label for row in self._pending],
+            "probability": [row.probability for row in self._pending],
+            "top_k": [row.top_k_objects() for row in self._pending],
+            "error": [row.error for row in self._pending],
+        }
+        self._writer.write_table(pa.Table.from_pydict(columns, schema=self._schema))
+        self._pending = []
+
+    def close(self) -> None:
+        """Write the last row group and the footer, then put the file in place of the output."""
+        try:
+            self._flush()
+        finally:
+            self._writer.close()
+        os.replace(self._partial, self.path)
+
+    def __enter__(self) -> ParquetRowWriter:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
+
+
 def format_of(path: str | None, explicit: str | None) -> str:
     """The output format: `--format`, else the output file's suffix, else JSON Lines."""
     suffix = Path(path).suffix.lower().lstrip(".") if path else None
     if suffix is not None and suffix not in FORMATS and explicit is None:
-        raise UsageError(f"--output {path}: use a .csv or .jsonl file name, or pass --format csv|jsonl")
+        raise UsageError(
+            f"--output {path}: use a .csv, .jsonl or .parquet file name, or pass --format csv|jsonl|parquet"
+        )
     if explicit is not None and suffix in FORMATS and suffix != explicit:
         raise UsageError(f"--output {path} has a .{suffix} suffix but --format is {explicit}")
-    return explicit or suffix or "jsonl"
+    fmt = explicit or suffix or "jsonl"
+    if fmt == "parquet":
+        if path is None:
+            raise UsageError("Parquet goes to a file, not stdout: pass --output rows.parquet")
+        require_pyarrow()
+    return fmt
 
 
 def open_text(path: str | int, mode: str) -> TextIO:
@@ -122,8 +232,35 @@ def drop_partial_line(path: Path) -> int:
         return size - end
 
 
+def read_parquet_output(path: Path) -> pa.Table:
+    """A previous Parquet output, checked to be a classify output."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    try:
+        table = pq.read_table(path)
+    except (OSError, pa.ArrowException) as exc:
+        raise UsageError(
+            f"--resume: {path} is not a readable Parquet file ({exc}); a killed run leaves the previous "
+            f"output in place and its rows in {path.name}.partial, which cannot be read"
+        ) from exc
+    if tuple(table.column_names) != COLUMNS:
+        raise UsageError(
+            f"--resume: {path} is not a classify Parquet file (columns {table.column_names}, "
+            f"expected {list(COLUMNS)})"
+        )
+    return table
+
+
 def read_done(path: Path, fmt: str) -> Iterator[tuple[str, str | None]]:
     """(path, predicted label or None when it failed) for every complete row of a previous output."""
+    if fmt == "parquet":
+        table = read_parquet_output(path)
+        for done, label, error in zip(
+            *table.select(["path", "label", "error"]).to_pydict().values(), strict=True
+        ):
+            yield done, label if not error else None
+        return
     with open_text(str(path), "r") as file:
         if fmt == "csv":
             reader = csv.reader(file)
@@ -155,7 +292,7 @@ def resume(output: Path, fmt: str, evaluation: Evaluation | None) -> set[str]:
     done: set[str] = set()
     if not output.exists():
         return done
-    dropped = drop_partial_line(output)
+    dropped = 0 if fmt == "parquet" else drop_partial_line(output)
     if dropped:
         print(f"eluserve classify: dropped an unfinished last row ({dropped} bytes)", file=sys.stderr)
     for path, label in read_done(output, fmt):

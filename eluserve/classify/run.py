@@ -12,7 +12,7 @@ from tqdm import tqdm
 
 from eluserve.classify.engines import Engine
 from eluserve.classify.evaluation import Evaluation
-from eluserve.classify.rows import Row, RowWriter
+from eluserve.classify.rows import Row, RowSink
 
 
 @dataclass
@@ -55,7 +55,7 @@ class Summary:
 def classify_files(
     files: Iterable[str],
     engine: Engine,
-    writer: RowWriter,
+    writer: RowSink,
     *,
     skip: Container[str] = frozenset(),
     evaluation: Evaluation | None = None,

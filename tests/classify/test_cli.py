@@ -120,7 +120,7 @@ def test_stdout_is_jsonl_unless_format_says_csv(
         (["{root}", "--model", "{root}/missing.onnx"], "no model at"),
         (["{root}", "--model", "{root}/notes.txt"], "{root}/notes.txt is not an ONNX model"),
         (["{root}", "--server", "http://127.0.0.1:{port}"], "cannot reach an eluserve service"),
-        (["{root}", "--output", "{root}/out.txt"], "use a .csv or .jsonl file name"),
+        (["{root}", "--output", "{root}/out.txt"], "use a .csv, .jsonl or .parquet file name"),
         (["{root}", "--resume"], "--resume needs --output"),
         (["{root}", "--extensions", ","], "names no extension"),
         (["{root}", "--top-k", "11"], "top_k must be an integer from 1 to 10"),
@@ -285,12 +285,12 @@ def test_undecodable_file_names_survive_a_resume(
 def test_openvino_rows_carry_onnxruntimes_labels(
     classify: Classify, tree: Tree, serving_model_path: Path, tmp_path: Path
 ) -> None:
-    """`--engine openvino` (checked against ORT fp32 when it starts) labels every file as ORT does."""
+    """`--runtime openvino` (checked against ORT fp32 when it starts) labels every file as ORT does."""
     rows = {}
     for engine in ("onnxruntime", "openvino"):
         out = tmp_path / f"{engine}.jsonl"
         result = classify(
-            tree.root / "cifar", "--model", serving_model_path, "--engine", engine, "--output", out
+            tree.root / "cifar", "--model", serving_model_path, "--runtime", engine, "--output", out
         )
         assert result.code == 0, result.stderr
         assert f"on {engine} " in result.stderr
@@ -301,3 +301,14 @@ def test_openvino_rows_carry_onnxruntimes_labels(
     }
     for name, row in rows["openvino"].items():
         assert abs(row["probability"] - rows["onnxruntime"][name]["probability"]) < 1e-4
+
+
+def test_parquet_carries_the_same_rows(
+    classify: Classify, tree: Tree, tiny_model_path: Path, tmp_path: Path
+) -> None:
+    """`-o rows.parquet` with the in-process engine: the JSONL rows as typed columns, in the same order."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    classify(tree.root, "--model", tiny_model_path, "-o", tmp_path / "rows.jsonl")
+    result = classify(tree.root, "--model", tiny_model_path, "-o", tmp_path / "rows.parquet")
+    assert result.code == 1, result.stderr
+    assert pq.read_table(tmp_path / "rows.parquet").to_pylist() == read_jsonl(tmp_path / "rows.jsonl")

@@ -9,7 +9,14 @@ import pytest
 
 from eluserve.classify.evaluation import Evaluation
 from eluserve.classify.files import UsageError
-from eluserve.classify.rows import drop_partial_line, format_of, read_done
+from eluserve.classify.rows import (
+    ParquetRowWriter,
+    Row,
+    drop_partial_line,
+    format_of,
+    read_done,
+    read_parquet_output,
+)
 
 
 @pytest.mark.parametrize(
@@ -76,3 +83,43 @@ def test_evaluation_precision_recall_and_confusion() -> None:
     assert ["cat", "1.0000", "0.5000", "2"] in table
     assert ["dog", "0.6667", "1.0000", "2"] in table
     assert "frog" not in report  # never seen, never predicted: left out of the tables
+
+
+def test_parquet_rows_round_trip_and_resume_reads_them(tmp_path: Path) -> None:
+    """Typed columns; the file appears only on close; a resumed writer copies the earlier rows first."""
+    pq = pytest.importorskip("pyarrow.parquet")
+    out = tmp_path / "rows.parquet"
+    ok = Row("cat/1.jpg", "cat", 0.75, (("cat", 0.75), ("dog", 0.25)))
+    with ParquetRowWriter(out) as writer:
+        writer.write(ok)
+        assert not out.exists() and (tmp_path / "rows.parquet.partial").exists()
+    assert list(read_done(out, "parquet")) == [("cat/1.jpg", "cat")]
+    with ParquetRowWriter(out, read_parquet_output(out)) as writer:
+        writer.write(Row.failed("b.jpg", "empty_file", "the file is empty"))
+    assert pq.read_table(out).to_pylist() == [
+        {
+            "path": "cat/1.jpg",
+            "label": "cat",
+            "probability": 0.75,
+            "top_k": [{"label": "cat", "probability": 0.75}, {"label": "dog", "probability": 0.25}],
+            "error": "",
+        },
+        {
+            "path": "b.jpg",
+            "label": None,
+            "probability": None,
+            "top_k": [],
+            "error": "empty_file: the file is empty",
+        },
+    ]
+    assert list(read_done(out, "parquet")) == [("cat/1.jpg", "cat"), ("b.jpg", None)]
+
+
+def test_parquet_resume_refuses_what_it_cannot_read(tmp_path: Path) -> None:
+    pytest.importorskip("pyarrow.parquet")
+    cut = tmp_path / "cut.parquet"
+    cut.write_bytes(b"PAR1 and no footer")
+    with pytest.raises(UsageError, match="is not a readable Parquet file"):
+        read_parquet_output(cut)
+    with pytest.raises(UsageError, match="not stdout"):
+        format_of(None, "parquet")
