@@ -20,6 +20,7 @@ OPTIONAL_TYPES = {
     "threads": int,
     "time_budget_min": float,
     "grad_clip": float,
+    "segment_min": float,
 }
 
 
@@ -50,6 +51,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     configure_logging()
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     summary = train(TrainConfig(**values))
+    if not summary["finished"]:
+        print(f"segment ended after epoch {summary['epoch']} of {summary['epochs']}: run again to resume")
+        return 0
     print(f"validation accuracy {100 * summary['val_accuracy_fp32']:.2f} % → {args.out}")
     return 0
 
@@ -74,7 +78,9 @@ def cmd_pack(args: argparse.Namespace) -> int:
 
     run = Path(args.run)
     out = Path(args.out or f"{run.name}.tar")
-    sizes = pack_run(run, out, fp16=args.fp16)
+    if args.resumable and args.fp16:
+        raise SystemExit("--resumable keeps the fp32 checkpoint as it is: it cannot go with --fp16")
+    sizes = pack_run(run, out, fp16=args.fp16, resumable=args.resumable)
     print(f"packed {run} → {out} ({sum(sizes.values()) / 1e6:.1f} MB: {', '.join(sorted(sizes))})")
     return 0
 
@@ -162,6 +168,11 @@ def register(subparsers: Any) -> None:
     pack.add_argument("--out", help="tar file to write (default: RUN_NAME.tar)")
     pack.add_argument(
         "--fp16", action="store_true", help="store weights as fp16, as `export --fp16-storage` will"
+    )
+    pack.add_argument(
+        "--resumable",
+        action="store_true",
+        help="keep the whole checkpoint (optimiser, epoch, random streams) so training resumes elsewhere",
     )
     pack.set_defaults(func=cmd_pack)
 
