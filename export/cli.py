@@ -73,6 +73,19 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from eluserve.export.calibration import calibrate_model_folder
+
+    configure_logging()
+    card = calibrate_model_folder(Path(args.model_dir), data=args.data, sample=args.sample)
+    report = card["calibration"]
+    print(
+        f"{args.model_dir}: ECE {100 * report['ece']:.2f} % ({report['bins']} bins, "
+        f"{report['images']} images), accuracy {100 * report['accuracy']:.2f} %"
+    )
+    return 0
+
+
 def cmd_pack(args: argparse.Namespace) -> int:
     from eluserve.export.pack import pack_run
 
@@ -175,6 +188,15 @@ def register(subparsers: Any) -> None:
         help="keep the whole checkpoint (optimiser, epoch, random streams) so training resumes elsewhere",
     )
     pack.set_defaults(func=cmd_pack)
+
+    calibrate = subparsers.add_parser(
+        "calibrate",
+        help="add calibration (ECE, reliability diagram) and per-class recall to an exported model folder",
+    )
+    calibrate.add_argument("model_dir", help="exported folder (model.onnx, model_card.json)")
+    calibrate.add_argument("--data", help="dataset (default: the source its card names)")
+    calibrate.add_argument("--sample", type=int, default=None, help="validation images (default: all)")
+    calibrate.set_defaults(func=cmd_calibrate)
 
     tax = subparsers.add_parser("elu-tax", help="benchmark: fused ELU vs ReLU twin vs plain ELU on ORT CPU")
     tax.add_argument("--model", default="elufast")

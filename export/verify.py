@@ -7,7 +7,8 @@ Checks (thresholds from the export contract):
 - top-1 agreement torch vs ORT = 100 % on a validation sample;
 - fused export vs plain export: identical predictions;
 - onnx.reference.ReferenceEvaluator runs the fused model with nothing registered and agrees with ORT;
-plus the model size and ORT CPU throughput at a few batch sizes.
+plus the model size, ORT CPU throughput at a few batch sizes, and the calibration (ECE, 15 bins) and
+per-class recall of the fused file's probabilities on the sample: what the service will answer.
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ import torch
 from onnx.reference import ReferenceEvaluator
 
 from eluserve.core.throughput import cpu_session, measure_session
+from eluserve.export.calibration import calibration_report, per_class_recall
 from eluserve.export.data import ImageDataset
 from eluserve.export.fusion import DOMAIN
 
@@ -33,6 +35,16 @@ BATCH_SIZES = (1, 8, 32, 64, 128)
 def _ort_logits(session: Any, images: np.ndarray, batch: int = 256) -> np.ndarray:
     return np.concatenate(
         [session.run(["logits"], {"image": images[i : i + batch]})[0] for i in range(0, len(images), batch)]
+    )
+
+
+def ort_probabilities(session: Any, images: np.ndarray, batch: int = 256) -> np.ndarray:
+    """The `probabilities` output, as the service returns it."""
+    return np.concatenate(
+        [
+            session.run(["probabilities"], {"image": images[i : i + batch]})[0]
+            for i in range(0, len(images), batch)
+        ]
     )
 
 
@@ -93,6 +105,9 @@ def verify_export(
             "images_per_second": round(result.images_per_second, 1),
             "batch_latency_ms": round(1000 * result.batch_latency_seconds, 3),
         }
+    probabilities = ort_probabilities(fused, images)
+    confusion = np.zeros((len(val.classes),) * 2, dtype=np.int64)
+    np.add.at(confusion, (labels, probabilities.argmax(1)), 1)
     custom_nodes = [n.op_type for n in proto.graph.node if n.domain == DOMAIN]
     report = {
         "parity_max_abs_logit_diff": parity,
@@ -108,6 +123,8 @@ def verify_export(
         "model_bytes": fused_path.stat().st_size,
         "ort_cpu_throughput": throughput,
         "onnxruntime_version": __import__("onnxruntime").__version__,
+        "calibration": calibration_report(probabilities, labels),
+        "per_class_recall": per_class_recall(confusion, val.classes),
     }
     report["passed"] = bool(
         parity <= tolerance and agreement == 1.0 and fused_vs_plain_identical and reference_diff <= tolerance
@@ -151,7 +168,9 @@ def write_report(report: dict[str, Any], out_dir: Path) -> None:
         "",
         "Custom ops: " + ", ".join(f"{k} × {v}" for k, v in report["custom_ops"].items()) + ".",
         f"Model size: {report['model_bytes'] / 1e6:.2f} MB. "
-        f"Sample accuracy (ORT): {100 * report['sample_accuracy_ort']:.2f} %.",
+        f"Sample accuracy (ORT): {100 * report['sample_accuracy_ort']:.2f} %. "
+        f"Expected calibration error ({report['calibration']['bins']} bins): "
+        f"{100 * report['calibration']['ece']:.2f} %.",
         "",
         f"ONNX Runtime {report['onnxruntime_version']} CPU throughput (this machine, default threads):",
         "",
