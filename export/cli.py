@@ -140,6 +140,18 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_throughput_ratio(args: argparse.Namespace) -> int:
+    from eluserve.export.throughput_ratio import format_report, run
+
+    batch_sizes = tuple(int(v) for v in args.batch_sizes.split(","))
+    candidate = Path(args.model) if args.model.endswith(".onnx") else args.model
+    report = run(candidate, Path(args.baseline), batch_sizes, args.rounds, args.seconds)
+    print(format_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
 def cmd_zoo(_: argparse.Namespace) -> int:
     from eluserve.export.zoo import DEFAULT_CFGS, list_models
 
@@ -221,6 +233,20 @@ def register(subparsers: Any) -> None:
     compare.add_argument("--label-smoothing", type=float, default=0.0, help="0: the loss is the paper's")
     compare.add_argument("--report", default="docs/elu-vs-relu.md")
     compare.set_defaults(func=cmd_compare)
+
+    ratio = subparsers.add_parser(
+        "throughput-ratio",
+        help="an untrained zoo model's ORT CPU throughput against a shipped model's, side by side",
+    )
+    ratio.add_argument(
+        "--model", required=True, help="zoo architecture (exported untrained), or an exported .onnx file"
+    )
+    ratio.add_argument("--baseline", default="models/elufast-cifar10/model.onnx")
+    ratio.add_argument("--batch-sizes", default="1,32,128")
+    ratio.add_argument("--rounds", type=int, default=5, help="alternating rounds; medians are reported")
+    ratio.add_argument("--seconds", type=float, default=1.0, help="per measurement")
+    ratio.add_argument("--json", help="also write the report as JSON here")
+    ratio.set_defaults(func=cmd_throughput_ratio)
 
     zoo = subparsers.add_parser("zoo", help="list the registered architectures (the model zoo)")
     zoo.set_defaults(func=cmd_zoo)
