@@ -79,7 +79,8 @@ def calibration_report(probabilities: np.ndarray, labels: np.ndarray, bins: int 
 
 
 def plot_reliability(report: dict[str, Any], png: Path, title: str) -> None:
-    """The reliability diagram: accuracy per confidence bin against the diagonal, counts below."""
+    """The reliability diagram: accuracy per confidence bin (bars) and the bin's mean confidence
+    (dots) against the diagonal; image counts below. Bars above their dots: under-confident."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -90,16 +91,16 @@ def plot_reliability(report: dict[str, Any], png: Path, title: str) -> None:
     fig, (top, bottom) = plt.subplots(
         2, 1, figsize=(5.5, 6.5), sharex=True, gridspec_kw={"height_ratios": [3, 1]}
     )
-    top.bar([r["low"] for r in rows], [r["accuracy"] for r in rows], width=width, align="edge",
-            edgecolor="black", label="accuracy")  # fmt: skip
-    top.bar([r["low"] for r in rows], [r["confidence"] - r["accuracy"] for r in rows], width=width,
-            bottom=[r["accuracy"] for r in rows], align="edge", color="C3", alpha=0.35,
-            label="gap to confidence")  # fmt: skip
+    lows = [r["low"] for r in rows]
+    accuracy = [r["accuracy"] for r in rows]
+    top.bar(lows, accuracy, width=width, align="edge", edgecolor="black", label="accuracy")
+    centres = [low + width / 2 for low in lows]
+    top.plot(centres, [r["confidence"] for r in rows], "o", color="C3", label="mean confidence")
     top.plot([0, 1], [0, 1], "k--", linewidth=1)
-    top.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1),
-            title=f"{title}\nECE ({report['bins']} bins) {100 * report['ece']:.2f} %")  # fmt: skip
+    title = f"{title}\nECE ({report['bins']} bins) {100 * report['ece']:.2f} %"
+    top.set(ylabel="accuracy", xlim=(0, 1), ylim=(0, 1), title=title)
     top.legend(loc="upper left")
-    bottom.bar([r["low"] for r in rows], [r["count"] for r in rows], width=width, align="edge", color="C0")
+    bottom.bar(lows, [r["count"] for r in rows], width=width, align="edge", color="C0")
     bottom.set(xlabel="top-1 confidence", ylabel="images", yscale="log")
     fig.tight_layout()
     fig.savefig(png, dpi=120)
