@@ -23,6 +23,7 @@ OPTIONAL_TYPES = {
     "threads": int,
     "time_budget_min": float,
     "grad_clip": float,
+    "segment_min": float,
 }
 
 
@@ -53,6 +54,9 @@ def cmd_train(args: argparse.Namespace) -> int:
     configure_logging()
     values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
     summary = train(TrainConfig(**values))
+    if not summary["finished"]:
+        print(f"segment ended after epoch {summary['epoch']} of {summary['epochs']}: run again to resume")
+        return 0
     print(f"validation accuracy {100 * summary['val_accuracy_fp32']:.2f} % → {args.out}")
     return 0
 
@@ -72,12 +76,27 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    from eluserve.export.calibration import calibrate_model_folder
+
+    configure_logging()
+    card = calibrate_model_folder(Path(args.model_dir), data=args.data, sample=args.sample)
+    report = card["calibration"]
+    print(
+        f"{args.model_dir}: ECE {100 * report['ece']:.2f} % ({report['bins']} bins, "
+        f"{report['images']} images), accuracy {100 * report['accuracy']:.2f} %"
+    )
+    return 0
+
+
 def cmd_pack(args: argparse.Namespace) -> int:
     from eluserve.export.pack import pack_run
 
     run = Path(args.run)
     out = Path(args.out or f"{run.name}.tar")
-    sizes = pack_run(run, out, fp16=args.fp16)
+    if args.resumable and args.fp16:
+        raise SystemExit("--resumable keeps the fp32 checkpoint as it is: it cannot go with --fp16")
+    sizes = pack_run(run, out, fp16=args.fp16, resumable=args.resumable)
     print(f"packed {run} → {out} ({sum(sizes.values()) / 1e6:.1f} MB: {', '.join(sorted(sizes))})")
     return 0
 
@@ -155,6 +174,18 @@ def cmd_validate_precision(args: argparse.Namespace) -> int:
     return 0 if record["passed"] else 1
 
 
+def cmd_throughput_ratio(args: argparse.Namespace) -> int:
+    from eluserve.export.throughput_ratio import format_report, run
+
+    batch_sizes = tuple(int(v) for v in args.batch_sizes.split(","))
+    candidate = Path(args.model) if args.model.endswith(".onnx") else args.model
+    report = run(candidate, Path(args.baseline), batch_sizes, args.rounds, args.seconds)
+    print(format_report(report))
+    if args.json:
+        Path(args.json).write_text(json.dumps(report, indent=2) + "\n")
+    return 0
+
+
 def cmd_zoo(_: argparse.Namespace) -> int:
     from eluserve.export.zoo import DEFAULT_CFGS, list_models
 
@@ -197,7 +228,21 @@ def register(subparsers: Any) -> None:
     pack.add_argument(
         "--fp16", action="store_true", help="store weights as fp16, as `export --fp16-storage` will"
     )
+    pack.add_argument(
+        "--resumable",
+        action="store_true",
+        help="keep the whole checkpoint (optimiser, epoch, random streams) so training resumes elsewhere",
+    )
     pack.set_defaults(func=cmd_pack)
+
+    calibrate = subparsers.add_parser(
+        "calibrate",
+        help="add calibration (ECE, reliability diagram) and per-class recall to an exported model folder",
+    )
+    calibrate.add_argument("model_dir", help="exported folder (model.onnx, model_card.json)")
+    calibrate.add_argument("--data", help="dataset (default: the source its card names)")
+    calibrate.add_argument("--sample", type=int, default=None, help="validation images (default: all)")
+    calibrate.set_defaults(func=cmd_calibrate)
 
     tax = subparsers.add_parser(
         "elu-tax", help="benchmark: fused ELU vs ReLU twin vs plain ELU on ORT CPU and OpenVINO"
@@ -241,6 +286,20 @@ def register(subparsers: Any) -> None:
         help="the validation split: last N images per class",
     )
     precision.set_defaults(func=cmd_validate_precision)
+
+    ratio = subparsers.add_parser(
+        "throughput-ratio",
+        help="an untrained zoo model's ORT CPU throughput against a shipped model's, side by side",
+    )
+    ratio.add_argument(
+        "--model", required=True, help="zoo architecture (exported untrained), or an exported .onnx file"
+    )
+    ratio.add_argument("--baseline", default="models/elufast-cifar10/model.onnx")
+    ratio.add_argument("--batch-sizes", default="1,32,128")
+    ratio.add_argument("--rounds", type=int, default=5, help="alternating rounds; medians are reported")
+    ratio.add_argument("--seconds", type=float, default=1.0, help="per measurement")
+    ratio.add_argument("--json", help="also write the report as JSON here")
+    ratio.set_defaults(func=cmd_throughput_ratio)
 
     zoo = subparsers.add_parser("zoo", help="list the registered architectures (the model zoo)")
     zoo.set_defaults(func=cmd_zoo)

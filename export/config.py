@@ -31,6 +31,9 @@ class TrainConfig:
     val_per_class: int = 500
     train_limit: int | None = None  # use only this many training images (smoke runs)
     augment: bool = True
+    # Reflect-pad and random-crop by this many pixels (with the flip): 4 is the ELU paper's and
+    # ResNet-9's, 2 airbench's (its translate 2: a 32×32 net loses less of the object).
+    crop_pad: int = 4
     seed: int = 0
     device: str = "auto"
     amp: bool = True
@@ -40,3 +43,7 @@ class TrainConfig:
     # time is fixed). The epoch count it settles on replaces `epochs` in config.json, so the recorded
     # command reproduces the run without the budget.
     time_budget_min: float | None = None
+    # Stop after the epoch that would overrun this many minutes, with a resumable checkpoint; the
+    # schedule stays that of `epochs`, so the next run (same command) resumes it exactly. A schedule
+    # longer than one lent GPU session trains in segments this way.
+    segment_min: float | None = None

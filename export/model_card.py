@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from eluserve.core.contract import MODEL_CARD_JSON, MODEL_CARD_MD, MetadataKey
+from eluserve.export.calibration import plot_reliability
 from eluserve.export.config import TrainConfig
 
 LIMITATIONS = [
@@ -144,7 +145,7 @@ def build_card(
             "schedule": config.schedule,
             "peak_lr": config.lr,
             "label_smoothing": config.label_smoothing,
-            "augmentation": "reflect-pad 4 + random 32×32 crop + horizontal flip"
+            "augmentation": f"reflect-pad {config.crop_pad} + random 32×32 crop + horizontal flip"
             if config.augment
             else "none",
             "mixed_precision": "bf16 autocast" if config.amp else "fp32",
@@ -174,6 +175,8 @@ def build_card(
             "model_bytes": verification["model_bytes"],
         },
         "ort_cpu_throughput": verification["ort_cpu_throughput"],
+        "calibration": verification["calibration"],
+        "per_class_recall": verification["per_class_recall"],
         "limitations": LIMITATIONS,
     }
 
@@ -187,11 +190,8 @@ def render_markdown(card: dict[str, Any]) -> str:
         for bs, v in card["ort_cpu_throughput"].items()
     )
     classes = card["labels"]
-    confusion = np.array(val["confusion_matrix"]) if val["confusion_matrix"] else None
-    per_class = ""
-    if confusion is not None:
-        recall = confusion.diagonal() / confusion.sum(1).clip(min=1)
-        per_class = "\n".join(f"| {c} | {100 * r:.1f} % |" for c, r in zip(classes, recall, strict=True))
+    per_class = recall_table(card)
+    calibration = calibration_section(card)
     accuracy = f"{100 * val['accuracy']:.2f} %" if val["accuracy"] is not None else "n/a"
     pre = card["preprocessing"]
     data = card["data"]
@@ -229,12 +229,10 @@ from the training split — {data["validation_split"]}). The exported file in ON
 ![training curves](curves.png)
 
 ## Validation
-| class | recall |
-| --- | --- |
 {per_class}
 
 ![confusion matrix](confusion.png)
-
+{calibration}
 ## Export verification
 Passed: {exp["verification_passed"]}; max |logit diff| torch vs ORT {exp["parity_max_abs_logit_diff"]:.2e};
 top-1 agreement {100 * exp["top1_agreement_torch_vs_ort"]:.2f} %; file {exp["model_bytes"] / 1e6:.2f} MB;
@@ -294,6 +292,46 @@ def record_precision(model_dir: Path, precision: str, record: dict[str, Any]) ->
     return card
 
 
+def recall_table(card: dict[str, Any]) -> str:
+    """Per-class recall: of the checkpoint in torch (the confusion matrix) and, where the card has it,
+    of the exported file in ONNX Runtime (what calibration is measured on)."""
+    classes = card["labels"]
+    matrix = card["validation"]["confusion_matrix"]
+    columns: list[tuple[str, list[float]]] = []
+    if matrix:
+        confusion = np.array(matrix)
+        columns.append(("recall (torch, fp32)", list(confusion.diagonal() / confusion.sum(1).clip(min=1))))
+    if card.get("per_class_recall"):
+        images = card["calibration"]["images"]
+        columns.append((f"recall (ONNX, {images} images)", [card["per_class_recall"][c] for c in classes]))
+    if not columns:
+        return ""
+    lines = [
+        "| class | " + " | ".join(name for name, _ in columns) + " |",
+        "| --- |" + " --- |" * len(columns),
+    ]
+    for row, name in enumerate(classes):
+        cells = " | ".join(f"{100 * values[row]:.1f} %" for _, values in columns)
+        lines.append(f"| {name} | {cells} |")
+    return "\n".join(lines)
+
+
+def calibration_section(card: dict[str, Any]) -> str:
+    """The calibration paragraph and its reliability diagram, where the card has them."""
+    report = card.get("calibration")
+    if not report:
+        return ""
+    return f"""
+## Calibration
+Expected calibration error **{100 * report["ece"]:.2f} %** ({report["bins"]} equal-width confidence
+bins; the exported file in ONNX Runtime on {report["images"]} validation images): mean top-1
+confidence {100 * report["mean_confidence"]:.2f} % against accuracy {100 * report["accuracy"]:.2f} %
+({"under" if report["mean_confidence"] < report["accuracy"] else "over"}-confident on average).
+
+![reliability diagram](reliability.png)
+"""
+
+
 def write_card(card: dict[str, Any], out_dir: Path, run_dir: Path) -> None:
     """Write the card files and the plots beside the model."""
     (out_dir / MODEL_CARD_JSON).write_text(json.dumps(card, indent=2) + "\n")
@@ -307,3 +345,4 @@ def write_card(card: dict[str, Any], out_dir: Path, run_dir: Path) -> None:
             out_dir / "confusion.png",
             f"{card['name']}: validation confusion matrix",
         )
+    plot_reliability(card["calibration"], out_dir / "reliability.png", f"{card['name']} v{card['version']}")

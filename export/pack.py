@@ -6,6 +6,10 @@ export needs neither it nor fp32 storage when the model ships with fp16 storage 
 holds the weights only (optionally rounded to fp16 exactly as `eluserve export --fp16-storage` rounds
 them), and the run's config, summary, metrics and curves, so `tar -x` gives a folder `eluserve
 export` reads as it reads the original.
+
+A schedule that spans GPU sessions travels the other way too: `--resumable` keeps the checkpoint
+whole (weights, momentum, epoch, random streams), and the session script splits the tar into pieces
+that fit a device call's 64 MiB (the flagship's is about 350 MB: six 60 MiB pieces).
 """
 
 from __future__ import annotations
@@ -27,15 +31,19 @@ def to_fp16_storage(tensor: torch.Tensor) -> torch.Tensor:
     return tensor
 
 
-def pack_run(run_dir: Path, tar_path: Path, fp16: bool = False) -> dict[str, int]:
-    """Write `tar_path`: the run's files under the run folder's name, and a weights-only checkpoint.
+def pack_run(run_dir: Path, tar_path: Path, fp16: bool = False, resumable: bool = False) -> dict[str, int]:
+    """Write `tar_path`: the run's files under the run folder's name, and the checkpoint: weights
+    only, or whole when `resumable`.
 
     Returns the size in bytes of each member.
     """
     checkpoint = torch.load(run_dir / "checkpoint.pt", map_location="cpu")
-    weights = {k: to_fp16_storage(v) if fp16 else v for k, v in checkpoint["model"].items()}
     buffer = io.BytesIO()
-    torch.save({"model": weights, "epoch": checkpoint["epoch"]}, buffer)
+    if resumable:
+        torch.save(checkpoint, buffer)
+    else:
+        weights = {k: to_fp16_storage(v) if fp16 else v for k, v in checkpoint["model"].items()}
+        torch.save({"model": weights, "epoch": checkpoint["epoch"]}, buffer)
     sizes = {}
     with tarfile.open(tar_path, "w") as tar:
         for name in RUN_FILES:

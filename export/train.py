@@ -1,8 +1,13 @@
 """The trainer: wires the zoo, the data and an optimiser together, and writes everything export needs.
 
 Per-epoch metrics go to `metrics.jsonl`, the resolved configuration to `config.json`, the checkpoint
-(`checkpoint.pt`, resumable) holds the whole `Classifier` (input transform included), and the
-learning curves are plotted to `curves.png` at the end.
+(`checkpoint.pt`) holds the whole `Classifier` (input transform included), and the learning curves
+are plotted to `curves.png` at the end.
+
+Resuming is exact: the checkpoint carries the optimiser's momentum, the epoch, and every random
+stream the run draws from (the shuffling/augmentation generator, torch's CPU and CUDA streams that
+dropout uses, numpy's and Python's), so a run stopped and resumed trains the same weights as one
+that never stopped (bit for bit on a CPU; on a GPU up to cuDNN's nondeterministic kernels).
 """
 
 from __future__ import annotations
@@ -86,7 +91,7 @@ def train_step(
     """
     images = images_all[index]
     if config.augment:
-        images = augment_batch(images, generator)
+        images = augment_batch(images, generator, pad=config.crop_pad)
     labels = labels_all[index]
     for group in optimizer.param_groups:
         group["lr"] = lr
@@ -155,8 +160,15 @@ def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
     raise ValueError(f"unknown schedule {config.schedule!r}; choose onecycle or step")
 
 
+DATA_INIT_IMAGES = 5000  # training images a net's data-dependent initialisation sees (airbench's)
+
+
 def build_classifier(config: TrainConfig, train_images: np.ndarray | None) -> Classifier:
-    """The network plus its input transform: fitted on `train_images`, or empty for loading."""
+    """The network plus its input transform: fitted on `train_images`, or empty for loading.
+
+    A net with `init_from_data` (the airbench-style whitening stem) gets normalised training images,
+    spread evenly over the split: the split is in class order, so a prefix would be airplanes only.
+    """
     normalization = config.normalization or DEFAULT_CFGS[config.model]["normalization"]
     net = create_model(
         config.model,
@@ -168,6 +180,10 @@ def build_classifier(config: TrainConfig, train_images: np.ndarray | None) -> Cl
         transform = empty_input_transform(normalization, config.input_size)
     else:
         transform = build_input_transform(normalization, train_images, config.input_size)
+        if hasattr(net, "init_from_data"):
+            pick = np.linspace(0, len(train_images) - 1, num=min(DATA_INIT_IMAGES, len(train_images)))
+            with torch.no_grad():
+                net.init_from_data(transform(torch.from_numpy(train_images[pick.astype(np.int64)])))
     return Classifier(transform, net)
 
 
@@ -209,8 +225,37 @@ def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]
     return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
 
+def rng_state(generator: torch.Generator) -> dict[str, Any]:
+    """Every random stream a run draws from, for an exact resume.
+
+    Tensors and plain Python values only, so `torch.load`'s safe default (weights_only) reads it.
+    """
+    kind, keys, position, has_gauss, cached = np.random.get_state()
+    return {
+        "generator": generator.get_state(),
+        "torch": torch.get_rng_state(),
+        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
+        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
+        "python": random.getstate(),
+    }
+
+
+def restore_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
+    generator.set_state(state["generator"])
+    torch.set_rng_state(state["torch"])
+    if state["cuda"] and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+    kind, keys, position, has_gauss, cached = state["numpy"]
+    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
+    random.setstate(state["python"])
+
+
 def train(config: TrainConfig) -> dict[str, Any]:
-    """Train per `config`; resumes from `out/checkpoint.pt` when it exists. Returns the final metrics."""
+    """Train per `config`; resumes from `out/checkpoint.pt` when it exists.
+
+    Returns the final metrics with `finished` true, or, when `segment_min` stopped the run early,
+    `finished` false with the epoch it reached (the checkpoint then resumes it).
+    """
     started_at = time.perf_counter()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -260,10 +305,16 @@ def train(config: TrainConfig) -> dict[str, Any]:
     write_json(out / "config.json", {**dataclasses.asdict(config), "classes": dataset.classes})
     total_steps = steps_per_epoch * config.epochs
     generator = torch.Generator().manual_seed(config.seed)
-    for _ in range(start_epoch):  # replay the shuffles so a resumed run sees the same batches
-        torch.randperm(len(train_set), generator=generator)
+    if resume and "rng" in resume:
+        restore_rng_state(resume["rng"], generator)
+    elif resume:  # a checkpoint from before the streams were saved: replay the shuffles at least
+        for _ in range(start_epoch):
+            torch.randperm(len(train_set), generator=generator)
+    if resume:
+        keep_metrics(out / "metrics.jsonl", start_epoch)
     metrics: dict[str, Any] = {}
     saved_at = time.perf_counter()
+    epoch_seconds = 0.0
     for epoch in range(start_epoch, config.epochs):
         model.train()
         started = time.perf_counter()
@@ -294,15 +345,28 @@ def train(config: TrainConfig) -> dict[str, Any]:
         with (out / "metrics.jsonl").open("a") as handle:
             handle.write(json.dumps(metrics) + "\n")
         last = epoch + 1 == config.epochs
-        if last or time.perf_counter() - saved_at >= CHECKPOINT_EVERY_S:
+        epoch_seconds = max(epoch_seconds, metrics["seconds"])
+        segment_over = config.segment_min is not None and (
+            time.perf_counter() - started_at + BUDGET_MARGIN * epoch_seconds > 60 * config.segment_min
+        )
+        if last or segment_over or time.perf_counter() - saved_at >= CHECKPOINT_EVERY_S:
             torch.save(
-                {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "epoch": epoch + 1},
+                {
+                    "model": model.state_dict(),
+                    "optimizer": optimizer.state_dict(),
+                    "epoch": epoch + 1,
+                    "rng": rng_state(generator),
+                },
                 checkpoint_path,
             )
             saved_at = time.perf_counter()
+        if segment_over and not last:
+            log.info("segment over after epoch %d of %d: run again to resume", epoch + 1, config.epochs)
+            return {**metrics, "finished": False, "epochs": config.epochs}
     final = evaluate(model, val_set, device, amp=False)
     summary = {
         **metrics,
+        "finished": True,
         "val_accuracy_fp32": final["accuracy"],
         "confusion": final["confusion"],
         "classes": dataset.classes,
@@ -328,6 +392,13 @@ def load_trained(out: str | Path) -> tuple[Classifier, TrainConfig, dict[str, An
     model.load_state_dict(state["model"])
     summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
     return model.eval(), config, summary
+
+
+def keep_metrics(path: Path, epochs: int) -> None:
+    """Drop the log rows past the checkpoint's epoch: a resumed run trains those epochs again."""
+    if path.exists():
+        rows = path.read_text().splitlines()[:epochs]
+        path.write_text("".join(row + "\n" for row in rows))
 
 
 def write_json(path: Path, data: Any) -> None:

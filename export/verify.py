@@ -7,8 +7,10 @@ Checks (thresholds from the export contract):
 - top-1 agreement torch vs ORT = 100 % on a validation sample;
 - fused export vs plain export: identical predictions;
 - onnx.reference.ReferenceEvaluator runs the fused model with nothing registered and agrees with ORT;
-plus the model size and ORT CPU throughput at a few batch sizes, and OpenVINO fp32's parity with ORT
-(recorded, not required: serving checks it again at start-up and falls back to ORT when it fails).
+plus the model size, ORT CPU throughput at a few batch sizes, OpenVINO fp32's parity with ORT
+(recorded, not required: serving checks it again at start-up and falls back to ORT when it fails), and
+the calibration (ECE, 15 bins) and per-class recall of the fused file's probabilities on the sample:
+what the service will answer.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from eluserve.core.contract import INPUT_NAME, LOGITS_NAME, parity_tolerance
 from eluserve.core.engines import BF16, CPU, FP32
 from eluserve.core.session import available_cores
 from eluserve.core.throughput import cpu_session, measure_session
+from eluserve.export.calibration import calibration_report, per_class_recall
 from eluserve.export.data import ImageDataset
 from eluserve.export.fusion import DOMAIN
 
@@ -37,6 +40,16 @@ def _ort_logits(session: Any, images: np.ndarray, batch: int = 256) -> np.ndarra
     return np.concatenate(
         [
             session.run([LOGITS_NAME], {INPUT_NAME: images[i : i + batch]})[0]
+            for i in range(0, len(images), batch)
+        ]
+    )
+
+
+def ort_probabilities(session: Any, images: np.ndarray, batch: int = 256) -> np.ndarray:
+    """The `probabilities` output, as the service returns it."""
+    return np.concatenate(
+        [
+            session.run(["probabilities"], {"image": images[i : i + batch]})[0]
             for i in range(0, len(images), batch)
         ]
     )
@@ -99,6 +112,9 @@ def verify_export(
             "images_per_second": round(result.images_per_second, 1),
             "batch_latency_ms": round(1000 * result.batch_latency_seconds, 3),
         }
+    probabilities = ort_probabilities(fused, images)
+    confusion = np.zeros((len(val.classes),) * 2, dtype=np.int64)
+    np.add.at(confusion, (labels, probabilities.argmax(1)), 1)
     custom_nodes = [n.op_type for n in proto.graph.node if n.domain == DOMAIN]
     report = {
         "parity_max_abs_logit_diff": parity,
@@ -115,6 +131,8 @@ def verify_export(
         "ort_cpu_throughput": throughput,
         "onnxruntime_version": ort.__version__,
         "openvino_parity": openvino_parity(fused_path, images[:parity_batch]),
+        "calibration": calibration_report(probabilities, labels),
+        "per_class_recall": per_class_recall(confusion, val.classes),
     }
     report["passed"] = bool(
         parity <= tolerance and agreement == 1.0 and fused_vs_plain_identical and reference_diff <= tolerance
@@ -158,7 +176,9 @@ def write_report(report: dict[str, Any], out_dir: Path) -> None:
         "",
         "Custom ops: " + ", ".join(f"{k} × {v}" for k, v in report["custom_ops"].items()) + ".",
         f"Model size: {report['model_bytes'] / 1e6:.2f} MB. "
-        f"Sample accuracy (ORT): {100 * report['sample_accuracy_ort']:.2f} %.",
+        f"Sample accuracy (ORT): {100 * report['sample_accuracy_ort']:.2f} %. "
+        f"Expected calibration error ({report['calibration']['bins']} bins): "
+        f"{100 * report['calibration']['ece']:.2f} %.",
         "",
         _openvino_line(report.get("openvino_parity")),
         "",

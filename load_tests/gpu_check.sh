@@ -31,4 +31,5 @@ if [ -d "$WHEELS" ]; then
     export PYTHONPATH=$SITE:.${PYTHONPATH:+:$PYTHONPATH}
     export PATH=$SITE/bin:$PATH
 fi
+. export/recipes/namespace.sh  # the eluserve import names without an install
 exec python3 -m load_tests.gpu_check "$@"

@@ -35,7 +35,7 @@ PACK=/tmp/eluserve-pack
 PARTS=/tmp/eluserve-parts
 PIECES_PER_CALL=4
 DATA=../shared/data/cifar10-jpeg/train.zip
-TRAIN="python3 -m service.cli train --data $DATA --device ${DEVICE:-cuda} --threads 4"
+TRAIN="python3 -m eluserve train --data $DATA --device ${DEVICE:-cuda} --threads 4"
 TRAIN_ARGS=${TRAIN_ARGS:-}  # e.g. "--train-limit 512 --epochs 1" for a smoke run on a CPU
 FLAGSHIP=elu-paper18-v2
 FLAGSHIP_SHIPPED=88.26  # validation accuracy of the shipped flagship (version 1)
@@ -113,7 +113,7 @@ finish)
         done
     done
     members+=($(cd "$PACK" && ls ./*.txt))
-    python3 -m service.cli pack "runs/$DEFAULT" --out "$PACK/$DEFAULT.tar" && members+=("$DEFAULT.tar")
+    python3 -m eluserve pack "runs/$DEFAULT" --out "$PACK/$DEFAULT.tar" && members+=("$DEFAULT.tar")
     if python3 - "runs/$FLAGSHIP/summary.json" "$FLAGSHIP_SHIPPED" "$FLAGSHIP_GAIN" <<'PY'; then
 import json, sys
 accuracy = 100 * json.load(open(sys.argv[1]))["val_accuracy_fp32"]
@@ -121,7 +121,7 @@ bar = float(sys.argv[2]) + float(sys.argv[3])
 print(f"flagship {accuracy:.2f} % against the bar {bar:.2f} %")
 sys.exit(0 if accuracy >= bar else 1)
 PY
-        python3 -m service.cli pack "runs/$FLAGSHIP" --out "$PACK/$FLAGSHIP.tar" --fp16 \
+        python3 -m eluserve pack "runs/$FLAGSHIP" --out "$PACK/$FLAGSHIP.tar" --fp16 \
             && members+=("$FLAGSHIP.tar")
     fi
     tar -cf "$PACK/all.tar" -C "$PACK" "${members[@]}"

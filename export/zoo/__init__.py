@@ -1,6 +1,6 @@
 """The ELU model zoo: importing this package registers every variant."""
 
-from eluserve.export.zoo import fastnet, paper
+from eluserve.export.zoo import airbench, fastnet, paper
 from eluserve.export.zoo.activations import ACTIVATIONS, get_act_layer
 from eluserve.export.zoo.registry import UnknownModelError, create_model, list_models, register_model
 
@@ -12,6 +12,8 @@ DEFAULT_CFGS = {
     "elufast_small_nonorm": fastnet.DEFAULT_CFG,
     "elu_paper18": paper.DEFAULT_CFG,
     "elu_paper11": paper.DEFAULT_CFG,
+    "elubench94": airbench.DEFAULT_CFG,
+    "elubench_small": airbench.DEFAULT_CFG,
 }
 
 __all__ = [

@@ -146,3 +146,38 @@ def test_verification_sample_spreads_over_the_split(size: int, sample: int | Non
     assert index[0] == 0 and index[-1] == size - 1
     if len(index) >= 10:
         assert set(labels[index]) == set(range(10))
+
+
+def test_segments_resume_to_the_uninterrupted_run(small_cifar_zip: Path, tmp_path: Path) -> None:
+    """Three one-epoch segments (stop, resume, resume) train the same weights, bit for bit, and log the
+    same epochs as one uninterrupted three-epoch run: momentum, schedule position and every random
+    stream (shuffles, crops, flips) survive the checkpoint."""
+    whole = tiny_config(small_cifar_zip, tmp_path / "whole", epochs=3, crop_pad=2)
+    whole = dataclasses.replace(whole, model="elubench_small")
+    assert train(whole)["finished"]
+    pieces = dataclasses.replace(whole, out=str(tmp_path / "pieces"), segment_min=1e-6)
+    reached = [train(pieces) for _ in range(3)]
+    assert [(r["finished"], r["epoch"]) for r in reached] == [(False, 1), (False, 2), (True, 3)]
+    a = torch.load(tmp_path / "whole" / "checkpoint.pt")
+    b = torch.load(tmp_path / "pieces" / "checkpoint.pt")
+    for name, tensor in a["model"].items():
+        assert torch.equal(tensor, b["model"][name]), name
+    assert (
+        reached[-1]["val_accuracy_fp32"]
+        == json.loads((tmp_path / "whole" / "summary.json").read_text())["val_accuracy_fp32"]
+    )
+
+    def losses(run: str) -> list[float]:
+        rows = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(r)["train_loss"] for r in rows]
+
+    assert losses("pieces") == losses("whole") and len(losses("whole")) == 3
+
+
+def test_resumable_pack_keeps_what_resuming_needs(tiny_run: Path, tmp_path: Path) -> None:
+    tar_path = tmp_path / "run.tar"
+    assert main(["pack", str(tiny_run), "--out", str(tar_path), "--resumable"]) == 0
+    with tarfile.open(tar_path) as tar:
+        tar.extractall(tmp_path / "unpacked", filter="data")
+    packed = torch.load(tmp_path / "unpacked" / tiny_run.name / "checkpoint.pt")
+    assert {"model", "optimizer", "epoch", "rng"} <= set(packed)

@@ -36,7 +36,8 @@ def test_every_parameter_gets_a_gradient(name: str) -> None:
     model = create_model(name).train()
     loss = model(torch.randn(4, 3, 32, 32)).logsumexp(1).mean()
     loss.backward()
-    missing = [n for n, p in model.named_parameters() if p.grad is None or not torch.isfinite(p.grad).all()]
+    trainable = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    missing = [n for n, p in trainable if p.grad is None or not torch.isfinite(p.grad).all()]
     assert not missing
 
 
@@ -98,3 +99,41 @@ def test_export_parity(name: str) -> None:
     with torch.no_grad():
         expected = classifier(torch.from_numpy(images)).numpy()
     np.testing.assert_allclose(logits, expected, rtol=1e-4, atol=1e-4)
+
+
+def test_only_the_whitening_filters_are_frozen() -> None:
+    """airbench's stem: fitted, not learnt; everything else trains."""
+    frozen = [n for n, p in create_model("elubench94").named_parameters() if not p.requires_grad]
+    assert frozen == ["whiten.weight"]
+
+
+def test_whitening_init_decorrelates_patches() -> None:
+    """After `init_from_data`, the stem's first 12 channels (before bias) have about unit covariance."""
+    torch.manual_seed(0)
+    smooth = torch.nn.functional.interpolate(torch.randn(256, 3, 8, 8), size=32, mode="bilinear")
+    images = smooth + 0.3 * torch.randn(256, 3, 32, 32)
+    model = create_model("elubench_small")
+    model.init_from_data(images)
+    with torch.no_grad():
+        out = torch.nn.functional.conv2d(images, model.whiten.weight)
+    flat = out[:, :12].permute(1, 0, 2, 3).reshape(12, -1)
+    covariance = flat @ flat.T / flat.shape[1]
+    torch.testing.assert_close(covariance, torch.eye(12), atol=0.02, rtol=0)
+    torch.testing.assert_close(model.whiten.weight[12:], -model.whiten.weight[:12])
+
+
+def test_elubench_fuses_every_conv_and_elu() -> None:
+    """Stem ConvElu; per group Conv-BN-ELU-pool → ConvMaxPoolElu and Conv-BN-ELU → ConvElu."""
+    import numpy as np
+
+    from eluserve.export.exporter import to_onnx
+    from eluserve.export.fusion import CONV_ELU, CONV_MAXPOOL_ELU, fuse_elu
+    from eluserve.export.preprocess import Classifier, MeanStdInput
+
+    classifier = Classifier(MeanStdInput(np.full(3, 0.5), np.full(3, 0.25)), create_model("elubench_small"))
+    proto = to_onnx(classifier.eval(), 32)
+    counts = fuse_elu(proto)
+    ops = [n.op_type for n in proto.graph.node]
+    assert ops.count(CONV_ELU) == 4 and ops.count(CONV_MAXPOOL_ELU) == 3
+    assert counts["fuse_conv_elu"] == 4 and counts["fuse_conv_maxpool_elu"] == 3
+    assert not {"Conv", "Elu", "MaxPool", "BatchNormalization"} & set(ops)
