@@ -91,6 +91,12 @@ class _Shifted:
         return self.inner.run(batch, output) + (self.shift if output == "logits" else 0.0)
 
 
+def test_openvino_leaves_thread_placement_to_the_os(tiny_model_path: Path) -> None:
+    """Pinned threads of several workers land on the same cores (half the throughput on 2 cores)."""
+    backend = OpenVinoBackend.create(tiny_model_path, 1)
+    assert backend._compiled.get_property("ENABLE_CPU_PINNING") is False
+
+
 def test_parity_refuses_an_engine_whose_logits_differ(tiny_model_path: Path) -> None:
     reference = OrtBackend.create(tiny_model_path, [CPU], 1)
     crops = synthetic_crops(32, 32)
