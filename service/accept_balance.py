@@ -49,6 +49,8 @@ from typing import Any
 
 import uvicorn.config
 
+from eluserve.service.processes import pid_alive
+
 logger = logging.getLogger(__name__)
 
 #: Worker slots in a table; BentoML numbers workers from 1, slot 0 is unused.
@@ -104,7 +106,7 @@ class ConnectionTable:
         arbiter = os.getppid()
         for stale in folder.glob(f"{TABLE_PREFIX}*"):
             owner = stale.name[len(TABLE_PREFIX) :].split("-")[0]
-            if owner.isdigit() and not _alive(int(owner)):
+            if owner.isdigit() and not pid_alive(int(owner)):
                 with contextlib.suppress(OSError):
                     stale.unlink()
         return cls(folder / f"{TABLE_PREFIX}{arbiter}-{os.fstat(sock.fileno()).st_ino}", worker)
@@ -153,17 +155,7 @@ class ConnectionTable:
 def _candidate(slots: list[int], index: int, now_ns: int) -> bool:
     """A worker that serves, beat within `STALE_S` and runs (checked last: a system call)."""
     pid = slots[index * _FIELDS + _PID]
-    return bool(pid) and now_ns - slots[index * _FIELDS + _BEAT] < STALE_S * 1e9 and _alive(pid)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
+    return bool(pid) and now_ns - slots[index * _FIELDS + _BEAT] < STALE_S * 1e9 and pid_alive(pid)
 
 
 #: The table of this worker, once its loop listens on a TCP socket. A connection counts from its accept

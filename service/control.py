@@ -33,6 +33,8 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
+from eluserve.service.processes import pid_alive
+
 logger = logging.getLogger(__name__)
 
 CONTROL_DIR_ENV = "ELUSERVE_CONTROL_DIR"
@@ -117,7 +119,7 @@ class ControlState:
         acks = {}
         for path in self.folder.glob("ack-*.json"):
             pid = int(path.stem.removeprefix("ack-"))
-            if not _alive(pid):
+            if not pid_alive(pid):
                 path.unlink(missing_ok=True)
                 continue
             with contextlib.suppress(FileNotFoundError, ValueError):
@@ -137,16 +139,6 @@ class ControlState:
                 errors = [message for ack in done for message in ack.get("errors", {}).values()]
                 return len(done), errors
             time.sleep(0.05)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 #: Applies one recorded change in this worker: (model name, LOADED or UNLOADED).
