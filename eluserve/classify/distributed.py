@@ -35,12 +35,12 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
-from eluserve.classify.engines import DEFAULT_BATCH_SIZE, _checked_top_k
+from eluserve.classify.engines import DEFAULT_BATCH_SIZE, checked_top_k, usage_errors_of_loading
 from eluserve.classify.files import UsageError, chunks, iter_image_files, read_image_file
 from eluserve.classify.rows import Row
 from eluserve.core.contract import ModelMetadata, read_model_info, resolve_model_file
 from eluserve.core.engines import AUTO
-from eluserve.core.errors import ClientError, ModelFormatError
+from eluserve.core.errors import ClientError
 from eluserve.core.preprocessing import Limits, PreprocessingRule, load_image
 from eluserve.core.results import format_results
 from eluserve.core.session import CUDA, ModelSession
@@ -325,14 +325,10 @@ class RayEngine:
     ) -> RayEngine:
         """Read the model's metadata here (labels, crop rule); sessions load on the workers."""
         require_ray()
-        try:
+        with usage_errors_of_loading(model):
             model_file = resolve_model_file(model)
             info = read_model_info(model_file)
-        except (FileNotFoundError, ModelFormatError) as exc:
-            raise UsageError(str(exc)) from exc
-        except Exception as exc:  # onnx raises its own types for a file that is no model
-            raise UsageError(f"cannot load {model} as an ONNX model: {type(exc).__name__}: {exc}") from exc
-        return cls(model_file, info, _checked_top_k(top_k, info.num_classes), batch_size, resources, runtime)
+        return cls(model_file, info, checked_top_k(top_k, info.num_classes), batch_size, resources, runtime)
 
     def connect(self, address: str | None = None) -> RayEngine:
         """Join the cluster at `address` ("auto", "ray://head:10001", ...), or start a local Ray."""

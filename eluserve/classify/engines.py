@@ -53,6 +53,22 @@ class Engine(Protocol):
     def classify(self, paths: Iterable[str]) -> Iterator[Row]: ...
 
 
+@contextlib.contextmanager
+def usage_errors_of_loading(model: str | Path) -> Iterator[None]:
+    """A model that cannot be loaded is a `UsageError` naming the file (exit 2), for every engine."""
+    try:
+        yield
+    except (FileNotFoundError, ModelFormatError, ConfigError) as exc:
+        hint = (
+            " (export one with `eluserve export`, or pass --model)"
+            if Path(model) == default_model_file()
+            else ""
+        )
+        raise UsageError(f"{exc}{hint}") from exc
+    except Exception as exc:  # onnx/onnxruntime raise their own types for a file that is no model
+        raise UsageError(f"cannot load {model} as an ONNX model: {type(exc).__name__}: {exc}") from exc
+
+
 class LocalEngine:
     """In-process: decoding threads feed batches to one ONNX Runtime session in the calling thread."""
 
@@ -81,18 +97,9 @@ class LocalEngine:
     ) -> LocalEngine:
         """Load `model` on `engine` (`eluserve.core.engines`: auto times the engines that pass parity
         with ONNX Runtime and keeps the fastest); a missing or malformed file is a `UsageError` naming it."""
-        try:
+        with usage_errors_of_loading(model):
             session = ModelSession.from_path(model, engine=engine)
-        except (FileNotFoundError, ModelFormatError, ConfigError) as exc:
-            hint = (
-                " (export one with `eluserve export`, or pass --model)"
-                if Path(model) == default_model_file()
-                else ""
-            )
-            raise UsageError(f"{exc}{hint}") from exc
-        except Exception as exc:  # onnx/onnxruntime raise their own types for a file that is no model
-            raise UsageError(f"cannot load {model} as an ONNX model: {type(exc).__name__}: {exc}") from exc
-        return cls(session, _checked_top_k(top_k, session.info.num_classes), batch_size, threads)
+        return cls(session, checked_top_k(top_k, session.info.num_classes), batch_size, threads)
 
     @property
     def model(self) -> str:
@@ -159,7 +166,7 @@ class ServerEngine:
         )
         try:
             self.description = self._describe()
-            self.top_k = _checked_top_k(top_k, len(self.description["labels"]))
+            self.top_k = checked_top_k(top_k, len(self.description["labels"]))
         except BaseException:
             self._client.close()
             raise
@@ -280,7 +287,7 @@ def _error_of(response: httpx.Response) -> dict[str, str]:
         return {"code": f"http_{response.status_code}", "message": response.text[:200]}
 
 
-def _checked_top_k(value: int | None, num_classes: int) -> int:
+def checked_top_k(value: int | None, num_classes: int) -> int:
     try:
         return parse_top_k(value, num_classes, DEFAULT_TOP_K)
     except InvalidTopK as exc:
