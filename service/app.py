@@ -56,7 +56,7 @@ with contextlib.suppress(ImportError, AttributeError):
 
     do_not_track.cache_clear()
 bentoml_patches.apply()
-http_protocol.install(settings.header_timeout_s)
+http_protocol.install(settings.header_timeout_s, settings.http_parser)
 accept_balance.install()
 # Created by the `bentoml serve` process, inherited by its workers: see `eluserve.service.control`.
 control_dir = ensure_control_dir()

@@ -33,6 +33,8 @@ from eluserve.core.session import available_cores
 
 ENV_PREFIX = "ELUSERVE_"
 CONFIG_ENV = "ELUSERVE_CONFIG"
+#: HTTP/1.1 parsers of the workers' uvicorn (`eluserve.service.http_protocol`); the first is the default.
+HTTP_PARSERS = ("httptools", "h11")
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*:[A-Za-z0-9_.-]+$")
 
 
@@ -89,6 +91,9 @@ class Settings:
     #: Seconds a request's line and headers may take to arrive before the client gets 408 and the
     #: connection closes (`eluserve.service.http_protocol`: slow or silent clients would hold connections).
     header_timeout_s: float = 10.0
+    #: httptools (llhttp, C: a third of h11's CPU per request) or h11 (pure Python), with the same
+    #: header deadline either way (`eluserve.service.http_protocol`).
+    http_parser: str = HTTP_PARSERS[0]
     #: Warm-up passes over the batch sizes 1 and max_batch_size before /readyz turns ready.
     warmup_rounds: int = 2
     #: Keep warming up until this many seconds have passed (GPU autotuning; observing readiness).
@@ -167,6 +172,7 @@ _CHOICES: Mapping[str, tuple[str, ...]] = {
     "engine": ENGINES,
     "precision": PRECISIONS,
     "model_control": ("none", "explicit"),
+    "http_parser": HTTP_PARSERS,
 }
 
 

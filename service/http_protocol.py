@@ -7,14 +7,19 @@ descriptor and a slot of `max_concurrency` for as long as it likes; a few hundre
 service. ASGI middleware cannot help: it runs only once the headers are complete. The upload of the
 body already has its own deadline (`eluserve.service.forms`, 408 `request_timeout`).
 
-`HeaderDeadlineProtocol` is uvicorn's h11 protocol plus one timer per request: armed when a
-connection opens and when the first byte of a kept-alive connection's next request arrives, disarmed
-once h11 has the complete headers. On expiry the client gets the contract's 408 `request_timeout`
-JSON body, the connection closes and `eluserve_client_errors_total{code="request_timeout"}` counts it.
-The protocol also reports each connection closed to `eluserve.service.accept_balance`, whose
-least-connections accepting spreads connections over the workers. `install` makes uvicorn's `auto` and
-`h11` protocol choices mean this class; BentoML's worker builds its uvicorn config after importing the
-service, so installing at import is in time.
+`HeaderDeadline` adds one timer per request to uvicorn's protocols: armed when a connection opens and
+when the first byte of a kept-alive connection's next request arrives, disarmed once the parser has the
+complete headers. On expiry the client gets the contract's 408 `request_timeout` JSON body, the
+connection closes and `eluserve_client_errors_total{code="request_timeout"}` counts it. The protocols
+also report each connection closed to `eluserve.service.accept_balance`, whose least-connections
+accepting spreads connections over the workers.
+
+Two parsers, one deadline: `HttpToolsDeadlineProtocol` over httptools (llhttp, C), which uvicorn
+prefers when it is installed, and `H11DeadlineProtocol` over h11 (pure Python). The request line,
+headers and chunked bodies cost a worker about a third as much CPU with httptools (h11 was 6 % of a
+worker's event loop under `/classify` load, docs/bench/serving-engine-v2.md), so `install` makes uvicorn's
+`auto` choice the one ``ELUSERVE_HTTP_PARSER`` names (default httptools, or h11). BentoML's
+worker builds its uvicorn config after importing the service, so installing at import is in time.
 """
 
 from __future__ import annotations
@@ -26,44 +31,39 @@ from http import HTTPStatus
 import h11
 import uvicorn.config
 from uvicorn.protocols.http.h11_impl import H11Protocol
+from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from eluserve.core.errors import RequestTimeout
 from eluserve.service import accept_balance
+from eluserve.service.config import HTTP_PARSERS
 from eluserve.service.http_api import count_client_error, error_response
 
 logger = logging.getLogger(__name__)
 
-#: Where uvicorn looks the class up (`import_from_string`).
-PROTOCOL_PATH = f"{__name__}:HeaderDeadlineProtocol"
+#: uvicorn's protocol names and where it looks each of our classes up (`import_from_string`).
+PROTOCOL_PATHS = {
+    "httptools": f"{__name__}:HttpToolsDeadlineProtocol",
+    "h11": f"{__name__}:H11DeadlineProtocol",
+}
 
 
-class HeaderDeadlineProtocol(H11Protocol):
-    """uvicorn's h11 protocol with a deadline on receiving each request's line and headers."""
+class HeaderDeadline(asyncio.Protocol):
+    """The deadline, independent of the parser: subclasses say when headers are pending and arm it."""
 
     #: Seconds a request's line and headers may take to arrive; set by `install`.
     header_timeout_s: float = 10.0
     _header_timer: asyncio.TimerHandle | None = None
+    loop: asyncio.AbstractEventLoop
+    transport: asyncio.Transport
+    client: tuple[str, int] | None
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._arm_header_deadline()
-
-    def data_received(self, data: bytes) -> None:
-        # Between requests on a kept-alive connection, uvicorn's keep-alive timer covers the silence;
-        # the deadline starts with the next request's first byte.
-        if self._header_timer is None and self.conn.their_state is h11.IDLE:
-            self._arm_header_deadline()
-        super().data_received(data)
-        if self.conn.their_state is not h11.IDLE:
-            self._disarm_header_deadline()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._disarm_header_deadline()
-        accept_balance.connection_closed()
-        super().connection_lost(exc)
+    def _headers_pending(self) -> bool:
+        """Whether a request's line and headers are due or arriving (not between requests)."""
+        raise NotImplementedError
 
     def _arm_header_deadline(self) -> None:
-        self._header_timer = self.loop.call_later(self.header_timeout_s, self._header_deadline_expired)
+        if self._header_timer is None:
+            self._header_timer = self.loop.call_later(self.header_timeout_s, self._header_deadline_expired)
 
     def _disarm_header_deadline(self) -> None:
         if self._header_timer is not None:
@@ -72,12 +72,12 @@ class HeaderDeadlineProtocol(H11Protocol):
 
     def _header_deadline_expired(self) -> None:
         self._header_timer = None
-        if self.transport.is_closing() or self.conn.their_state is not h11.IDLE:
+        if self.transport.is_closing() or not self._headers_pending():
             return
         error = RequestTimeout(
             f"the request line and headers did not arrive within {self.header_timeout_s:g} s"
         )
-        # The endpoints' own error response (body and headers), written past h11, which has no
+        # The endpoints' own error response (body and headers), written past the parser, which has no
         # request to answer; the connection ends here anyway.
         response = error_response(error)
         status = HTTPStatus(response.status_code)
@@ -93,9 +93,77 @@ class HeaderDeadlineProtocol(H11Protocol):
             self.header_timeout_s,
         )
 
+    def _connection_ended(self) -> None:
+        self._disarm_header_deadline()
+        accept_balance.connection_closed()
 
-def install(header_timeout_s: float) -> None:
-    """Make uvicorn's `auto` and `h11` HTTP protocols `HeaderDeadlineProtocol` with this deadline."""
-    HeaderDeadlineProtocol.header_timeout_s = header_timeout_s
-    for name in ("auto", "h11"):
-        uvicorn.config.HTTP_PROTOCOLS[name] = PROTOCOL_PATH
+
+class HttpToolsDeadlineProtocol(HeaderDeadline, HttpToolsProtocol):
+    """uvicorn's httptools protocol with the header deadline.
+
+    llhttp reports a request's first byte (`on_message_begin`) and its complete headers
+    (`on_headers_complete`), which are exactly the deadline's two ends.
+    """
+
+    _receiving_headers = True
+
+    def _headers_pending(self) -> bool:
+        return self._receiving_headers
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._connection_ended()
+        super().connection_lost(exc)
+
+    def on_message_begin(self) -> None:
+        self._receiving_headers = True
+        self._arm_header_deadline()
+        super().on_message_begin()
+
+    def on_headers_complete(self) -> None:
+        self._receiving_headers = False
+        self._disarm_header_deadline()
+        super().on_headers_complete()
+
+
+class H11DeadlineProtocol(HeaderDeadline, H11Protocol):
+    """uvicorn's h11 protocol with the header deadline.
+
+    h11 keeps the client's state IDLE until a request's headers are complete; the deadline starts on a
+    kept-alive connection with the next request's first byte (the keep-alive timer covers the silence
+    between requests).
+    """
+
+    def _headers_pending(self) -> bool:
+        return self.conn.their_state is h11.IDLE
+
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_deadline()
+
+    def data_received(self, data: bytes) -> None:
+        if self.conn.their_state is h11.IDLE:
+            self._arm_header_deadline()
+        super().data_received(data)
+        if self.conn.their_state is not h11.IDLE:
+            self._disarm_header_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self._connection_ended()
+        super().connection_lost(exc)
+
+
+def install(header_timeout_s: float, parser: str = HTTP_PARSERS[0]) -> None:
+    """Make uvicorn's `auto` protocol the deadline protocol over `parser`, and its named choices ours.
+
+    Raises:
+        ValueError: an unknown parser name.
+    """
+    if parser not in PROTOCOL_PATHS:
+        raise ValueError(f"unknown HTTP parser {parser!r}; choose one of {', '.join(PROTOCOL_PATHS)}")
+    HeaderDeadline.header_timeout_s = header_timeout_s
+    uvicorn.config.HTTP_PROTOCOLS.update(PROTOCOL_PATHS)
+    uvicorn.config.HTTP_PROTOCOLS["auto"] = PROTOCOL_PATHS[parser]

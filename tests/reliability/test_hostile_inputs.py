@@ -69,6 +69,27 @@ def server(tmp_path_factory: pytest.TempPathFactory, serving_model_path: Path) -
 
 
 @pytest.fixture(scope="module")
+def h11_server(tmp_path_factory: pytest.TempPathFactory, serving_model_path: Path) -> Iterator[BentoServer]:
+    """The same server on uvicorn's other HTTP parser, h11, for the header-deadline cases."""
+    with running_server(
+        tmp_path_factory.mktemp("hostile-h11-server"),
+        {
+            "ELUSERVE_MODEL": str(serving_model_path),
+            "ELUSERVE_TIMEOUT_S": str(TIMEOUT_S),
+            "ELUSERVE_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
+            "ELUSERVE_HTTP_PARSER": "h11",
+        },
+    ) as running:
+        yield running
+
+
+@pytest.fixture(params=["httptools", "h11"])
+def parser_server(request: pytest.FixtureRequest) -> BentoServer:
+    """The default server (httptools) and the h11 one: the header deadline is written once per parser."""
+    return request.getfixturevalue("server" if request.param == "httptools" else "h11_server")
+
+
+@pytest.fixture(scope="module")
 def client(server: BentoServer) -> Iterator[httpx.Client]:
     with httpx.Client(base_url=server.url, timeout=60.0) as http:
         yield http
@@ -515,21 +536,21 @@ REQUEST_LINE = b"POST /classify HTTP/1.1\r\nHost: test\r\n"
     ids=["silent", "request-line-byte-by-byte", "header-lines-trickled"],
 )
 def test_a_request_whose_headers_do_not_arrive_in_time_gets_408(
-    server: BentoServer, head: bytes, trickle: list[bytes]
+    parser_server: BentoServer, head: bytes, trickle: list[bytes]
 ) -> None:
-    answer = raw_http.send(server.url, head, trickle, pause=0.25, timeout=HEADER_TIMEOUT_S + 10)
+    answer = raw_http.send(parser_server.url, head, trickle, pause=0.25, timeout=HEADER_TIMEOUT_S + 10)
     assert answer.status == 408 and answer.body is not None, answer
     assert answer.body["error"]["code"] == "request_timeout" and "headers" in answer.body["error"]["message"]
     assert HEADER_TIMEOUT_S - 0.5 < answer.seconds < HEADER_TIMEOUT_S + 3, answer
 
 
 def test_the_header_deadline_starts_again_for_each_request_on_a_kept_alive_connection(
-    server: BentoServer,
+    parser_server: BentoServer,
 ) -> None:
     """A kept-alive connection that idles between requests, each sent in time, is never cut off."""
     body = multipart_body(encode(gradient(16, 16), "PNG"))
     request = raw_http.request_head("/classify", MULTIPART, len(body)) + body
-    with raw_http.connect(server.url, timeout=10) as sock:
+    with raw_http.connect(parser_server.url, timeout=10) as sock:
         for _ in range(3):
             time.sleep(HEADER_TIMEOUT_S * 0.6)
             sock.sendall(request)
