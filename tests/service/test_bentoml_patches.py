@@ -8,6 +8,7 @@ import gc
 import json
 from typing import Any
 
+import pytest
 from bentoml._internal.server.http.traffic import MaxConcurrencyMiddleware, TimeoutMiddleware
 
 from eluserve.service import bentoml_patches, metrics
@@ -37,13 +38,14 @@ async def _request(middleware: Any, path: str = "/") -> list[Message]:
     return sent
 
 
-def _armed_timeout_timers() -> int:
+def _armed_timers(loop: asyncio.AbstractEventLoop) -> int:
+    """Timers of `loop` still armed: after every request has ended, any is a leaked request."""
     return sum(
         1
         for obj in gc.get_objects()
         if type(obj) is asyncio.TimerHandle  # not isinstance: some objects warn when asked their class
         and not obj.cancelled()
-        and getattr(obj._callback, "__name__", "") == "_set_timer_out"
+        and obj._loop is loop
     )
 
 
@@ -58,7 +60,7 @@ def test_no_timer_outlives_the_requests_it_guarded() -> None:
 
     async def scenario() -> tuple[list[list[Message]], int]:
         answers = [await _request(middleware) for _ in range(50)]
-        return answers, _armed_timeout_timers()
+        return answers, _armed_timers(asyncio.get_running_loop())
 
     answers, armed = asyncio.run(scenario())
     assert all(answer[0]["status"] == 200 for answer in answers)
@@ -70,6 +72,29 @@ def test_a_request_without_a_response_in_time_still_gets_504() -> None:
     sent = asyncio.run(_request(TimeoutMiddleware(_hang, timeout=0.05)))
     assert sent[0]["status"] == 504
     assert b"Not able to process the request" in sent[1]["body"]
+
+
+def test_a_response_that_began_in_time_is_not_cut_off_by_the_deadline() -> None:
+    bentoml_patches.apply()
+
+    async def _slow_body(scope: Any, receive: Any, send: Any) -> None:
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await asyncio.sleep(0.15)  # three times the deadline, after the response began
+        await send({"type": "http.response.body", "body": b"late but whole"})
+
+    sent = asyncio.run(_request(TimeoutMiddleware(_slow_body, timeout=0.05)))
+    assert [message.get("status") for message in sent] == [200, None]
+    assert sent[1]["body"] == b"late but whole"
+
+
+def test_the_apps_own_timeout_error_is_not_taken_for_the_deadline() -> None:
+    bentoml_patches.apply()
+
+    async def _raises(scope: Any, receive: Any, send: Any) -> None:
+        raise TimeoutError("a dependency timed out")
+
+    with pytest.raises(TimeoutError, match="a dependency timed out"):
+        asyncio.run(_request(TimeoutMiddleware(_raises, timeout=30.0)))
 
 
 def test_bentomls_concurrency_limit_answers_the_contracts_429_counted_in_our_metric() -> None:
