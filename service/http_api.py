@@ -73,7 +73,7 @@ class Frontend:
 
     def __init__(self, info: ModelMetadata, settings: Settings, infer: Infer) -> None:
         self.info = info
-        self.model_labels = {"model": info.name, "version": info.version}
+        self.series = metrics.ModelSeries.of(info)
         self.limits: Limits = settings.limits()
         self._infer = infer
         self.single_form = FormLimits(
@@ -178,10 +178,10 @@ class Frontend:
             try:
                 if upload.error is not None:
                     raise upload.error
-                with metrics.PREPROCESS_DURATION.labels(**self.model_labels).time():
+                with self.series.preprocess.time():
                     items.append(load_image(upload.data, self.info.preprocessing, self.limits))
             except ClientError as exc:
-                metrics.IMAGES.labels(**self.model_labels, outcome="error").inc()
+                self.series.images_error.inc()
                 count_client_error(exc, self.info)
                 items.append(exc)
         return items
@@ -193,7 +193,8 @@ class Frontend:
 
     def count_results(self, results: Sequence[Mapping[str, Any]]) -> None:
         """Count classified images (the top-1 label and probability of each result)."""
+        series = self.series
         for result in results:
-            metrics.IMAGES.labels(**self.model_labels, outcome="ok").inc()
-            metrics.PREDICTIONS.labels(**self.model_labels, label=result["label"]).inc()
-            metrics.TOP1_PROBABILITY.labels(**self.model_labels).observe(result["probability"])
+            series.images_ok.inc()
+            series.predictions[result["label"]].inc()
+            series.top1_probability.observe(result["probability"])
