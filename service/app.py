@@ -42,6 +42,9 @@ from eluserve.service.repository import ModelRegistry, check_repository
 from eluserve.service.v2 import InferenceProtocol
 
 logger = logging.getLogger(__name__)
+#: Resolved once: `bentoml.get_current_service` goes through the package's module `__getattr__`, an
+#: `import_module` on every request (2 % of a worker's event loop under `/classify` load, py-spy).
+_current_service = bentoml.get_current_service
 # BentoML's server logging shows its own logger at INFO and the root at WARNING; let ours (which say
 # which model, provider and thread count a worker runs) follow BentoML's level, quiet and debug included.
 logging.getLogger("eluserve").setLevel(logging.getLogger("bentoml").getEffectiveLevel())
@@ -229,7 +232,7 @@ def _bentoml_workers(service_name: str, default: int) -> int:
 
 
 def _service() -> EluClassifier:
-    service = bentoml.get_current_service()
+    service = _current_service()
     if service is None:
         raise RuntimeError("EluClassifier is not initialised in this worker")
     return service
