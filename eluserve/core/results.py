@@ -29,9 +29,10 @@ def format_results(probs: np.ndarray, labels: Sequence[str], k: int) -> list[dic
     """Per-row result objects of the HTTP contract (without "model")."""
     indices, values = top_k(probs, k)
     results = []
-    for row_indices, row_values in zip(indices, values, strict=True):
+    # tolist() turns the arrays into Python ints and floats in one C call, not one numpy scalar each.
+    for row_indices, row_values in zip(indices.tolist(), values.tolist(), strict=True):
         ranked = [
-            {"label": labels[index], "index": int(index), "probability": float(value)}
+            {"label": labels[index], "index": index, "probability": value}
             for index, value in zip(row_indices, row_values, strict=True)
         ]
         best = ranked[0]
