@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from PIL import Image
+from PIL import Image, ImageOps
 
+from eluserve.core import preprocessing
 from eluserve.core.errors import (
     ClientError,
     EmptyFile,
@@ -30,7 +31,7 @@ from eluserve.core.preprocessing import (
     single_crop,
     to_rgb,
 )
-from tests.service.image_samples import encode, gradient, png_declaring, solid
+from tests.service.image_samples import cifar_samples, encode, gradient, png_declaring, solid
 
 LIMITS = Limits()
 CIFAR_RULE = PreprocessingRule(resize_shorter_side=32, crop=(32, 32))
@@ -166,6 +167,102 @@ def test_large_jpegs_are_draft_decoded_close_to_the_full_decode() -> None:
     fast = single_crop(drafted, CIFAR_RULE).astype(int)
     full = single_crop(decode_image(data, LIMITS), CIFAR_RULE).astype(int)
     assert np.abs(fast - full).mean() < 3.0
+
+
+# --- the libjpeg-turbo fast path: bit-identical to Pillow, or not taken -----------------------------
+
+
+def pillow_decoded(data: bytes, min_side: int) -> np.ndarray:
+    """What `decode_image` gave before the fast path: Pillow's open, draft, load, orientation, RGB."""
+    with Image.open(io.BytesIO(data)) as img:
+        img.draft(None, (min_side, min_side))
+        img.load()
+        return np.asarray(to_rgb(ImageOps.exif_transpose(img)))
+
+
+def pillow_reference(data: bytes, rule: PreprocessingRule) -> np.ndarray:
+    """What `load_image` gave before the fast path."""
+    return single_crop(pillow_decoded(data, rule.resize_shorter_side * DRAFT_MARGIN), rule)
+
+
+def fast_path_taken(data: bytes, rule: PreprocessingRule) -> bool:
+    return preprocessing._decode_plain_jpeg(data, LIMITS, rule.resize_shorter_side * DRAFT_MARGIN) is not None
+
+
+PARITY_RULES = [CIFAR_RULE, PreprocessingRule(224, (224, 224)), PreprocessingRule(64, (56, 56))]
+
+
+@pytest.mark.parametrize("rule", PARITY_RULES, ids=lambda r: f"side{r.resize_shorter_side}")
+@pytest.mark.parametrize(
+    ("size", "grey", "params"),
+    [
+        ((32, 32), False, {}),
+        ((33, 17), False, {"subsampling": 0}),
+        ((640, 480), False, {"subsampling": 1}),
+        ((1001, 777), False, {"progressive": True}),
+        ((4000, 3000), False, {"quality": 30, "optimize": True}),
+        ((130, 2000), False, {"restart_marker_blocks": 2}),
+        ((257, 129), True, {}),
+        ((1600, 1200), True, {"progressive": True}),
+    ],
+)
+def test_plain_jpegs_decode_bit_identically_to_pillow_on_the_fast_path(
+    rule: PreprocessingRule, size: tuple[int, int], grey: bool, params: dict
+) -> None:
+    """Sizes from CIFAR's to a 12-megapixel photo cover the full decode and every draft scale
+    (1/2, 1/4, 1/8) of every rule; greyscale, progressive, 4:4:4/4:2:2/4:2:0, restart markers."""
+    img = gradient(*size)
+    data = encode(img.convert("L") if grey else img, "JPEG", **params)
+    assert fast_path_taken(data, rule)
+    np.testing.assert_array_equal(load_image(data, rule, LIMITS), pillow_reference(data, rule))
+    min_side = rule.resize_shorter_side * DRAFT_MARGIN
+    np.testing.assert_array_equal(
+        np.asarray(decode_image(data, LIMITS, min_side=min_side)), pillow_decoded(data, min_side)
+    )
+
+
+def test_cifar_jpegs_decode_bit_identically_to_pillow_on_the_fast_path(cifar_zip: object) -> None:
+    for _, data in cifar_samples(cifar_zip, per_class=20):
+        assert fast_path_taken(data, CIFAR_RULE)
+        np.testing.assert_array_equal(
+            load_image(data, CIFAR_RULE, LIMITS), pillow_reference(data, CIFAR_RULE)
+        )
+
+
+def xmp_with_orientation(jpeg: bytes, orientation: int) -> bytes:
+    """`jpeg` with an XMP APP1 segment carrying tiff:Orientation (which Pillow also applies)."""
+    payload = b"http://ns.adobe.com/xap/1.0/\x00" + f'<x:xmpmeta tiff:Orientation="{orientation}"/>'.encode()
+    segment = b"\xff\xe1" + (len(payload) + 2).to_bytes(2, "big") + payload
+    return jpeg[:2] + segment + jpeg[2:]
+
+
+@pytest.mark.parametrize(
+    "data",
+    [
+        encode(left_red_right_blue(), "JPEG", exif=Image.Exif().tobytes()),
+        xmp_with_orientation(encode(left_red_right_blue(), "JPEG"), 6),
+        encode(Image.new("CMYK", (16, 16), (0, 255, 255, 0)), "JPEG"),
+        encode(left_red_right_blue(), "JPEG")[:-40],
+        encode(gradient(100, 100), "JPEG")[:200] + b"\x00" * 600,
+    ],
+    ids=["exif", "xmp-orientation", "cmyk", "truncated", "corrupt-scan"],
+)
+def test_jpegs_the_fast_path_cannot_match_go_through_pillow(data: bytes) -> None:
+    assert not fast_path_taken(data, CIFAR_RULE)
+
+
+def test_xmp_orientation_is_applied_as_pillow_applies_it() -> None:
+    data = xmp_with_orientation(encode(left_red_right_blue(), "JPEG", quality=95), 6)
+    img = decode_image(data, LIMITS)
+    assert img.size == (20, 40)
+    assert np.abs(np.subtract(pixel(img, (10, 5)), RED)).max() < 40
+
+
+def test_jpeg_pixel_limits_are_checked_from_the_header_before_the_fast_path() -> None:
+    data = encode(solid(RED, (100, 100)), "JPEG")
+    with pytest.raises(TooManyPixels, match="100×100 = 10000 pixels"):
+        load_image(data, CIFAR_RULE, Limits(max_pixels=9_999))
+    assert load_image(data, CIFAR_RULE, Limits(max_pixels=10_000)).shape == (32, 32, 3)
 
 
 # --- refusals ---------------------------------------------------------------------------------------
