@@ -13,6 +13,7 @@ import pytest
 from eluserve.core.contract import parity_tolerance, read_model_info
 from eluserve.core.engines import (
     AUTO,
+    AUTO_MARGIN,
     BF16,
     FP32,
     ONNXRUNTIME,
@@ -64,8 +65,11 @@ def test_auto_times_the_engines_that_pass_parity_and_reports_its_choice(model_fi
     measured = session.selection.images_per_second
     assert set(measured) == {f"{ONNXRUNTIME}/{CPU}/{FP32}", f"{OPENVINO}/CPU/{FP32}"}
     assert all(value > 0 for value in measured.values())
+    # ONNX Runtime, the reference, serves unless the fastest is AUTO_MARGIN faster.
+    reference = f"{ONNXRUNTIME}/{CPU}/{FP32}"
     fastest = max(measured, key=measured.get)
-    assert f"{session.engine}/{session.provider}/{session.precision}" == fastest
+    expected = fastest if measured[fastest] >= (1 + AUTO_MARGIN) * measured[reference] else reference
+    assert f"{session.engine}/{session.provider}/{session.precision}" == expected
     document = session.info.to_dict()
     assert (document["engine"], document["execution_provider"], document["precision"]) == (
         session.engine,
