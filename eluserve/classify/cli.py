@@ -241,7 +241,7 @@ def register(subparsers: Any) -> None:
         choices=ENGINES,
         default=AUTO,
         help="inference engine, as ELUSERVE_ENGINE for the service (default auto: the fastest that passes "
-        "parity with onnxruntime, timed at start; Ray actors each choose alike)",
+        "parity with onnxruntime, timed at start; the Ray actors of a node make one such choice)",
     )
     ray = parser.add_argument_group("--engine ray")
     ray.add_argument(
