@@ -185,12 +185,12 @@ def load_session(model: Any, suffix: str, threads: int, runtime: str, run: str) 
 
 
 def runs_on(session: ModelSession) -> str:
-    """ "openvino CPU", "onnxruntime CUDAExecutionProvider": what an actor's `auto` chose, for the summary."""
+    """What an actor's `auto` chose, for the summary: "openvino CPU", "onnxruntime CUDAExecutionProvider"."""
     return f"{session.engine} {session.provider}"
 
 
 class ClassifyActor:
-    """Ray actor of CPU plans: the in-process engine (`LocalEngine`) on each batch of paths.
+    """Ray actor of CPU plans: the in-process engine (`LocalEngine`) on each block of paths.
 
     Reading, decoding and inference share the actor's cores as they share the in-process engine's:
     decoding threads fill the next batches while the session runs the current one. Only paths go in and
