@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import logging
 import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -151,7 +152,9 @@ def test_a_passing_record_lets_bf16_serve_on_openvino(
 
 
 def test_processes_that_agree_make_one_auto_choice(tiny_model_path: Path, tmp_path: Path) -> None:
-    group = f"test-{tmp_path.name}"
+    # Records outlive the test in the temporary folder, and the tiny model's bytes are the same in every
+    # session: a group name of its own, so that the first session measures.
+    group = f"test-{uuid.uuid4().hex}"
     first = ModelSession.from_path(tiny_model_path, engine=AUTO, intra_op_threads=1, agree_with=group)
     second = ModelSession.from_path(tiny_model_path, engine=AUTO, intra_op_threads=1, agree_with=group)
     alone = ModelSession.from_path(tiny_model_path, engine=AUTO, intra_op_threads=1, agree_with=f"{group}-b")
