@@ -9,7 +9,9 @@ Classifies CIFAR-10 JPEGs extracted from the shared zip with `eluserve classify`
 chooses (default auto, as `eluserve classify`), and measures every raw fp32 engine (ONNX Runtime,
 OpenVINO) on the same crops, rounds interleaved, one run. The goal: classify ≥ 0.9 × the fastest raw
 engine at its best batch. `--engine ray` adds `eluserve classify --engine ray` on a local Ray (or
-`--ray-address`), set against the in-process engine at the same batch size.
+`--ray-address`), set against the in-process engine at the same batch size twice: as whole commands
+(the model's load, or Ray's start, to the last row: what a user waits for; the issue's goal is this
+ratio ≥ 0.8 on 10 000 files) and as classification alone (Ray's actor pool start included).
 """
 
 from __future__ import annotations
@@ -23,9 +25,10 @@ import sys
 import tempfile
 import time
 import zipfile
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import numpy as np
 
@@ -136,36 +139,34 @@ def bench(args: argparse.Namespace) -> str:
         if args.server:
             server = ServerEngine(args.server, batch_size=DEFAULT_BATCH_SIZE, concurrency=args.concurrency)
             engines["classify --server", DEFAULT_BATCH_SIZE] = stack.enter_context(server)
-        ray_start = None
-        if args.engine == "ray":
-            from eluserve.classify.distributed import RayEngine
-
-            started = time.perf_counter()
-            ray_engine = stack.enter_context(
-                RayEngine.load(args.model, batch_size=DEFAULT_BATCH_SIZE, runtime=args.runtime)
-            )
-            ray_engine.connect(args.ray_address)
-            ray_start = time.perf_counter() - started
-            engines["classify --engine ray", DEFAULT_BATCH_SIZE] = ray_engine
         folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="eluserve-bench-"))
         sink = stack.enter_context(open_text(os.devnull, "w"))
         count = extract_cifar(zip_path, args.images, Path(folder))
         sample = itertools.islice(iter_image_files([folder], {"jpg"}), max(sizes))
         crops = np.stack([local.prepare(path)[1] for path in sample])
         batches = {size: np.resize(crops, (size, *crops.shape[1:])) for size in sizes}
-        runs: dict[tuple[str, int], list[float]] = {key: [] for key in engines}
-        first_rows: dict[tuple[str, int], list[float]] = {key: [] for key in engines}
-        steady: dict[tuple[str, int], list[float]] = {key: [] for key in engines}
+        keys = [*engines, RAY_KEY] if args.engine == "ray" else list(engines)
+        runs: dict[tuple[str, int], list[float]] = {key: [] for key in keys}
+        first_rows: dict[tuple[str, int], list[float]] = {key: [] for key in keys}
+        steady: dict[tuple[str, int], list[float]] = {key: [] for key in keys}
+        commands: dict[str, list[Command]] = {"in-process": [], "ray": []}
+
+        def classify(key: tuple[str, int], engine: Engine) -> None:
+            files = iter_image_files([folder], {"jpg"})
+            timed = FirstRowTimer(engine)
+            summary = classify_files(files, timed, RowWriter(sink, "jsonl"))
+            runs[key].append(summary.images_per_second)
+            first_rows[key].append(timed.first_row)
+            steady[key].append((summary.files - 1) / max(summary.seconds - timed.first_row, 1e-9))
+
         for _ in range(args.rounds):
             for (name, size), values in raw.items():
                 values.append(measure_backend(backends[name], batches[size], seconds=args.seconds))
             for key, engine in engines.items():
-                files = iter_image_files([folder], {"jpg"})
-                timed = FirstRowTimer(engine)
-                summary = classify_files(files, timed, RowWriter(sink, "jsonl"))
-                runs[key].append(summary.images_per_second)
-                first_rows[key].append(timed.first_row)
-                steady[key].append((summary.files - 1) / max(summary.seconds - timed.first_row, 1e-9))
+                classify(key, engine)
+            if args.engine == "ray":
+                commands["in-process"].append(local_command(args, folder, sink))
+                commands["ray"].append(ray_command(args, folder, sink, classify))
     median = {key: statistics.median(values) for key, values in raw.items()}
     best = max(median, key=median.__getitem__)
     served = local.session.engine
@@ -188,19 +189,76 @@ def bench(args: argparse.Namespace) -> str:
             f"  {f'{name}, batch {size}':<48} {ips:8.1f} img/s   {ips / median[best]:.3f} of raw best "
             f"(goal ≥ {GOAL})" + (f", {ips / same:.3f} of raw {served} at batch {size}" if same else "")
         )
-    ray_key = ("classify --engine ray", DEFAULT_BATCH_SIZE)
     local_key = ("classify in-process", DEFAULT_BATCH_SIZE)
-    if ray_key in runs and local_key in runs:
-        ratio = statistics.median(runs[ray_key]) / statistics.median(runs[local_key])
-        after = statistics.median(steady[ray_key]) / statistics.median(steady[local_key])
+    if RAY_KEY in runs and local_key in runs:
+        ratio = statistics.median(runs[RAY_KEY]) / statistics.median(runs[local_key])
+        after = statistics.median(steady[RAY_KEY]) / statistics.median(steady[local_key])
+        local_seconds = statistics.median(command.seconds for command in commands["in-process"])
+        ray_seconds = statistics.median(command.seconds for command in commands["ray"])
         lines += [
-            f"  --engine ray ÷ in-process at batch {DEFAULT_BATCH_SIZE}: {ratio:.3f} (each Ray run includes "
-            f"starting its actor pool; starting or joining Ray took {ray_start:.1f} s more, not counted)",
+            f"  command start to last row (load the model or start Ray, then classify), median: in-process "
+            f"{local_seconds:.1f} s, --engine ray {ray_seconds:.1f} s (starting Ray "
+            f"{statistics.median(command.start for command in commands['ray']):.1f} s of it; shutting it "
+            f"down after the last row {statistics.median(command.stop for command in commands['ray']):.1f} "
+            f"s more): Ray ÷ in-process end to end {local_seconds / ray_seconds:.3f}",
+            f"  classify only, at batch {DEFAULT_BATCH_SIZE}: --engine ray ÷ in-process {ratio:.3f} (each "
+            "Ray run includes starting its actor pool, not starting Ray; the in-process model is loaded)",
             f"  first row after: in-process {statistics.median(first_rows[local_key]):.1f} s, "
-            f"--engine ray {statistics.median(first_rows[ray_key]):.1f} s; from then on, Ray ÷ in-process "
-            f"{after:.3f}",
+            f"--engine ray {statistics.median(first_rows[RAY_KEY]):.1f} s; from then on (steady state), "
+            f"Ray ÷ in-process {after:.3f}",
+            "  per round (in-process s, Ray s, starting Ray s): "
+            + ", ".join(
+                f"({mine.seconds:.1f}, {theirs.seconds:.1f}, {theirs.start:.1f})"
+                for mine, theirs in zip(commands["in-process"], commands["ray"], strict=True)
+            ),
         ]
     return "\n".join(lines)
+
+
+#: The Ray engine's figures, at the CLI's default batch size.
+RAY_KEY = ("classify --engine ray", DEFAULT_BATCH_SIZE)
+
+
+@dataclass(frozen=True)
+class Command:
+    """One `eluserve classify` as a user sees it, less the imports (done once in the benchmark)."""
+
+    #: From the command's start to its last row.
+    seconds: float
+    #: Of which starting or joining Ray (0 in-process).
+    start: float = 0.0
+    #: Shutting down the Ray it started, after the last row.
+    stop: float = 0.0
+
+
+def local_command(args: argparse.Namespace, folder: str, sink: TextIO) -> Command:
+    """The in-process command: load the model (the `--runtime` choice included), classify."""
+    started = time.perf_counter()
+    engine = LocalEngine.load(args.model, threads=args.threads, engine=args.runtime)
+    classify_files(iter_image_files([folder], {"jpg"}), engine, RowWriter(sink, "jsonl"))
+    return Command(time.perf_counter() - started)
+
+
+def ray_command(
+    args: argparse.Namespace,
+    folder: str,
+    sink: TextIO,
+    classify: Callable[[tuple[str, int], Engine], None],
+) -> Command:
+    """`--engine ray`: start (or join) Ray, classify, shut down; the classify part is also recorded
+    as the Ray engine's run (`classify`), set against the in-process engine's with its model loaded."""
+    from eluserve.classify.distributed import RayEngine
+
+    started = time.perf_counter()
+    engine = RayEngine.load(args.model, batch_size=DEFAULT_BATCH_SIZE, runtime=args.runtime)
+    try:
+        engine.connect(args.ray_address)
+        connected = time.perf_counter()
+        classify(RAY_KEY, engine)
+        finished = time.perf_counter()
+    finally:
+        engine.close()
+    return Command(finished - started, connected - started, time.perf_counter() - finished)
 
 
 def raw_engines(model_file: Path) -> dict[str, Backend]:

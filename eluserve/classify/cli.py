@@ -187,9 +187,14 @@ def _classify(args: argparse.Namespace) -> int:
             print(summary.format(), file=sys.stderr)
             return 1 if isinstance(exc, ServerFailed) else 130
 
-    where = (
-        f" on {engine.session.engine} {engine.session.provider}" if isinstance(engine, LocalEngine) else ""
-    )
+    where = ""
+    if isinstance(engine, LocalEngine):
+        where = f" on {engine.session.engine} {engine.session.provider}"
+    elif args.engine == "ray":
+        from eluserve.classify.distributed import RayEngine
+
+        if isinstance(engine, RayEngine) and engine.runs_on:
+            where = f" on {', '.join(sorted(engine.runs_on))} (Ray actors)"
     print(f"eluserve classify: model {engine.model}{where}", file=sys.stderr)
     print(summary.format(), file=sys.stderr)
     if done and not summary.skipped:
@@ -236,7 +241,7 @@ def register(subparsers: Any) -> None:
         choices=ENGINES,
         default=AUTO,
         help="inference engine, as ELUSERVE_ENGINE for the service (default auto: the fastest that passes "
-        "parity with onnxruntime, timed at start; Ray actors each choose alike)",
+        "parity with onnxruntime, timed at start; the Ray actors of a node make one such choice)",
     )
     ray = parser.add_argument_group("--engine ray")
     ray.add_argument(

@@ -3,15 +3,18 @@
     eluserve classify photos/ -o rows.parquet --engine ray                        # a local Ray
     eluserve classify s3://bucket/photos/ -o rows.parquet --engine ray --ray-address auto  # a cluster
 
-The pipeline (one Ray Data dataset per window of `WINDOW` files):
+The pipeline (one Ray Data dataset per window of `WINDOW` files), paths listed here in input order:
 
-    paths (listed here, in input order) → read + decode + single crop in CPU tasks (`load_image`, the
-    service's code, with the model's rule and the service's `Limits`) → an actor pool of ONNX Runtime
-    sessions (`ModelSession`, on a GPU each where the cluster has GPUs) → rows, back here in input order
+    CPU actors (no GPU in the cluster, or --ray-gpus-per-actor 0): an actor pool, one per CPU, each
+    running the in-process engine (`LocalEngine`: read + decode + single crop with the service's
+    `load_image`, `Limits` and the model's rule, then its `ModelSession`) on blocks of paths
+    GPU actors: read + decode + crop in CPU tasks over the whole cluster → an actor pool of sessions,
+    one per GPU, fed the crops through the object store
 
-Rows come back in input order (`preserve_order`), so `--resume`, CSV/JSONL/Parquet and `--evaluate` work
-as with the other engines: this engine only implements `Engine.classify`. A bad file is a row with the
-error code the in-process engine gives (decoding never raises out of a task), never a failed job.
+and the result objects come back here, as rows, in input order (`preserve_order`), so `--resume`,
+CSV/JSONL/Parquet and `--evaluate` work as with the other engines: this engine only implements
+`Engine.classify`. A bad file is a row with the error code the in-process engine gives (decoding never
+raises out of a task), never a failed job.
 
 Local paths are listed by the in-process engine's walker (same files, same order, same rules for hidden
 entries and symlink loops); URIs (`s3://`, `gs://`, `file://`, anything pyarrow's file systems read) are
@@ -27,6 +30,7 @@ import logging
 import math
 import os
 import tempfile
+import uuid
 from collections.abc import Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,7 +39,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
-from eluserve.classify.engines import DEFAULT_BATCH_SIZE, checked_top_k, usage_errors_of_loading
+from eluserve.classify.engines import DEFAULT_BATCH_SIZE, LocalEngine, checked_top_k, usage_errors_of_loading
 from eluserve.classify.files import UsageError, chunks, iter_image_files, read_image_file
 from eluserve.classify.rows import Row
 from eluserve.core.contract import ModelMetadata, read_model_info, resolve_model_file
@@ -154,15 +158,65 @@ def read_file(path: str, max_bytes: int) -> bytes:
 
 
 def _error_json(exc: ClientError) -> str:
-    return json.dumps({"error": {"code": exc.code, "message": exc.message}})
+    return json.dumps({"error": exc.to_dict()})
+
+
+def load_session(model: Any, suffix: str, threads: int, runtime: str, run: str) -> ModelSession:
+    """An actor's session, warmed up, from the model bytes that `model` (an object reference) names.
+
+    The bytes go through a private temporary file, removed once loaded: the engines load by path, and
+    the node need not share the driver's file system. The actors of one `run` on one node make one
+    `auto` choice, as a server's workers do: measured apart, engines within a few per cent of each
+    other would split them, and one run's rows would come from two engines.
+    """
+    import ray
+
+    with tempfile.TemporaryDirectory(prefix="eluserve-ray-") as folder:
+        model_file = Path(folder) / f"model{suffix}"
+        model_file.write_bytes(ray.get(model))
+        session = ModelSession.from_path(model_file, intra_op_threads=threads, engine=runtime, agree_with=run)
+    if ray.get_gpu_ids() and session.provider != CUDA:
+        logger.warning(
+            "an inference actor was given a GPU but runs on %s: install onnxruntime-gpu on this node",
+            session.provider,
+        )
+    session.warm_up()
+    return session
+
+
+def runs_on(session: ModelSession) -> str:
+    """What an actor's `auto` chose, for the summary: "openvino CPU", "onnxruntime CUDAExecutionProvider"."""
+    return f"{session.engine} {session.provider}"
+
+
+class ClassifyActor:
+    """Ray actor of CPU plans: the in-process engine (`LocalEngine`) on each block of paths.
+
+    Reading, decoding and inference share the actor's cores as they share the in-process engine's:
+    decoding threads fill the next batches while the session runs the current one. Only paths go in and
+    only result objects come out, so no crop crosses the object store, and the run is one stage of
+    tasks instead of two.
+    """
+
+    def __init__(
+        self, model: Any, suffix: str, top_k: int, threads: int, runtime: str, run: str, batch_size: int
+    ) -> None:
+        session = load_session(model, suffix, threads, runtime, run)
+        self.engine = LocalEngine(session, top_k, batch_size, threads, read=read_file)
+        self.runs_on = runs_on(session)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Paths travel as bytes (`os.fsencode`): Arrow strings are UTF-8, file names need not be."""
+        results = self.engine.results(os.fsdecode(path) for path in batch["path"])
+        encoded = np.array([json.dumps(result) for _, result in results], dtype=object)
+        return {"index": batch["index"], "result": encoded, "engine": np.full(len(encoded), self.runs_on)}
 
 
 def decode_batch(
     batch: dict[str, np.ndarray], rule: PreprocessingRule, limits: Limits
 ) -> dict[str, np.ndarray]:
-    """Ray task: read, decode and single-crop each file as the service would.
+    """Ray task of GPU plans: read, decode and single-crop each file as the service would.
 
-    Paths travel as bytes (`os.fsencode`): Arrow strings are UTF-8, file names need not be.
     Returns the rows' indices, the crops (zeros where a file failed) and `result`: "" for a crop to
     classify, or the failed file's result object as JSON (the in-process engine's code and message).
     """
@@ -179,27 +233,16 @@ def decode_batch(
 
 
 class InferenceActor:
-    """Ray actor: one ONNX Runtime session, loaded once, classifying the crops of each batch.
+    """Ray actor of GPU plans: one session, loaded once, classifying the crops that decoding tasks made.
 
-    The model's bytes come from the object store (`model` is their reference) and go through a private
-    temporary file, removed once loaded: ONNX Runtime loads by path, and the node need not share the
-    driver's file system.
+    A GPU outruns the few CPUs an actor reserves, so decoding runs in tasks over every CPU of the
+    cluster and the crops come to the actor through the object store.
     """
 
-    def __init__(self, model: Any, suffix: str, top_k: int, threads: int, runtime: str) -> None:
-        import ray
-
-        with tempfile.TemporaryDirectory(prefix="eluserve-ray-") as folder:
-            model_file = Path(folder) / f"model{suffix}"
-            model_file.write_bytes(ray.get(model))
-            self.session = ModelSession.from_path(model_file, intra_op_threads=threads, engine=runtime)
-        if ray.get_gpu_ids() and self.session.provider != CUDA:
-            logger.warning(
-                "an inference actor was given a GPU but runs on %s: install onnxruntime-gpu on this node",
-                self.session.provider,
-            )
-        self.session.warm_up()
+    def __init__(self, model: Any, suffix: str, top_k: int, threads: int, runtime: str, run: str) -> None:
+        self.session = load_session(model, suffix, threads, runtime, run)
         self.top_k = top_k
+        self.runs_on = runs_on(self.session)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         results = np.array(batch["result"], dtype=object)
@@ -210,7 +253,7 @@ class InferenceActor:
                 todo, format_results(probs, self.session.labels, self.top_k), strict=True
             ):
                 results[slot] = json.dumps(result)
-        return {"index": batch["index"], "result": results}
+        return {"index": batch["index"], "result": results, "engine": np.full(len(results), self.runs_on)}
 
 
 @dataclass(frozen=True)
@@ -227,33 +270,42 @@ class Plan:
 
     actors: int
     gpus_per_actor: float
-    #: CPUs each inference actor reserves.
+    #: CPUs each actor reserves.
     cpus_per_actor: float
-    #: Its session's intra-op threads.
+    #: Its session's intra-op threads, and on CPU plans its decoding threads too.
     threads: int
-    #: CPUs each decoding task reserves.
+    #: CPUs each decoding task reserves; 0 on CPU plans, whose actors decode (`ClassifyActor`).
     decode_cpus: float
 
 
-#: Intra-op threads of a CPU inference actor (fewer on smaller nodes). On 32×32 crops a session's
-#: img/s grows little past a few threads, so a large node gets several actors rather than one wide one.
-ACTOR_THREADS = 4
-#: The share of a CPU node left to decoding. Decoding a CIFAR JPEG costs 0.25-0.6 ms and the default
-#: model's inference 4.5-6 ms per image on one core (measured on the shared 2-core project machine), so
-#: decoding needs about a tenth of the cores. An actor reserves its threads less this share: on 2 cores,
-#: one actor of 2 threads (1.75 CPUs) ran at 0.81× the in-process engine's img/s on 2 000 files, one of
-#: 1 thread at 0.40×, two of 1 thread at 0.40× (the same machine, minutes apart).
-DECODE_SHARE = 0.125
-#: CPUs one decoding task reserves: fractions, so that decoding fits beside the actors.
+#: Threads of a CPU actor, which reserves as many CPUs: its decoding threads and its session's intra-op
+#: threads share them, as in the in-process engine. One, so one actor per CPU: on the shared 2-core
+#: project machine (load average 4-6) two actors of one thread classified 10 000 files at 0.98-1.15× the
+#: in-process engine's img/s (files per call 128-512), one actor of two threads at 0.86× (same run,
+#: medians of 3 rounds). Processes share no GIL, and a one-thread session waits for no sibling thread
+#: that the busy machine has descheduled. Larger nodes were not measured.
+ACTOR_THREADS = 1
+#: CPUs one decoding task of a GPU plan reserves: fractions, so that decoding fits beside the actors.
 DECODE_CPUS = 0.25
+#: Files per call of a CPU actor, at most. Each call is a Ray task (scheduling, a block through the
+#: object store, ordering) and the actor's decoding runs ahead only within a call, so calls are large;
+#: but the first rows wait for the first call. Two actors on 2 cores, 10 000 files: 128 files a call
+#: 0.98× the in-process engine, 256 1.02×, 512 1.15× (first row after 5.8, 7.1, 8.1 s).
+FILES_PER_CALL = 512
+
+
+def files_per_call(files: int, actors: int, batch_size: int) -> int:
+    """Paths per CPU actor call: up to `FILES_PER_CALL`, but at least four calls per actor, so that the
+    actors share the files evenly and the first rows come soon; never less than one inference batch."""
+    return max(batch_size, min(FILES_PER_CALL, math.ceil(files / (4 * actors))))
 
 
 def plan(node_cpus: Sequence[float], gpus: float, resources: RayResources) -> Plan:
     """Actor count and sizes from the alive nodes' CPUs and the cluster's GPUs.
 
     GPU actors (default when the cluster has GPUs): one per GPU, each reserving one CPU to feed it;
-    decoding runs on every CPU left. CPU actors: `ACTOR_THREADS` threads (at most the smallest node's
-    CPUs), reserving that less `DECODE_SHARE`, as many as fit on each node.
+    decoding tasks run on every CPU left. CPU actors: `ACTOR_THREADS` threads (at most the smallest
+    node's CPUs), reserving that many CPUs, as many as fit on each node; they decode their own files.
     """
     gpus_per_actor = (
         resources.gpus_per_actor if resources.gpus_per_actor is not None else (1.0 if gpus else 0.0)
@@ -274,14 +326,13 @@ def plan(node_cpus: Sequence[float], gpus: float, resources: RayResources) -> Pl
     # A head node started with --num-cpus=0 (a common way to keep work off it) runs no actor.
     cpu_nodes = [cpus for cpus in node_cpus if cpus > 0]
     threads = max(1, min(ACTOR_THREADS, int(min(cpu_nodes, default=1.0))))
-    reserved = threads * (1 - DECODE_SHARE)
-    fitting = sum(int(cpus // reserved) for cpus in cpu_nodes)
+    fitting = sum(int(cpus // threads) for cpus in cpu_nodes)
     if fitting < 1 or (resources.actors or 0) > fitting:
         raise UsageError(
-            f"{resources.actors or 1} inference actors of {reserved:g} CPUs do not fit on the cluster's "
+            f"{resources.actors or 1} inference actors of {threads} CPUs do not fit on the cluster's "
             f"nodes ({', '.join(f'{cpus:g}' for cpus in node_cpus)} CPUs); lower --ray-actors"
         )
-    return Plan(resources.actors or fitting, 0.0, reserved, threads, DECODE_CPUS)
+    return Plan(resources.actors or fitting, 0.0, float(threads), threads, 0.0)
 
 
 class RayEngine:
@@ -313,6 +364,10 @@ class RayEngine:
         self._started = False
         self._model_ref: Any = None
         self.plan: Plan | None = None
+        #: The inference engines the actors ran on ("openvino CPU", ...): each node's `auto` chooses.
+        self.runs_on: set[str] = set()
+        #: Names this run to its actors, so that those of one node make one `auto` choice.
+        self.run = f"eluserve-ray-{uuid.uuid4().hex}"
 
     @classmethod
     def load(
@@ -386,35 +441,53 @@ class RayEngine:
         assert self.plan is not None
         if self._model_ref is None:
             self._model_ref = ray.put(self.model_file.read_bytes())
-        blocks = max(1, math.ceil(len(paths) / self.batch_size))
-        dataset = (
-            ray.data.from_items(
-                [{"index": index, "path": os.fsencode(path)} for index, path in enumerate(paths)],
-                override_num_blocks=blocks,
-            )
-            .map_batches(
+        actor_kwargs = {
+            "model": self._model_ref,
+            "suffix": self.model_file.suffix,
+            "top_k": self.top_k,
+            "threads": self.plan.threads,
+            "runtime": self.runtime,
+            "run": self.run,
+        }
+        gpu = self.plan.gpus_per_actor > 0
+        block = self.batch_size if gpu else files_per_call(len(paths), self.plan.actors, self.batch_size)
+        # CPU actors take one call per block (batch_size=None): a batch size would bundle the blocks,
+        # which from_items splits evenly and so makes a little smaller than `block`, two by two. Ray Data
+        # wants a batch size for GPU actors.
+        blocks = max(1, math.ceil(len(paths) / block))
+        dataset = ray.data.from_items(
+            [{"index": index, "path": os.fsencode(path)} for index, path in enumerate(paths)],
+            override_num_blocks=blocks,
+        )
+        # No more actors than blocks: each starts a process and a session, and one without a block to
+        # classify would only cost that (and make Ray Data warn).
+        actors = ray.data.ActorPoolStrategy(size=min(self.plan.actors, blocks))
+        if gpu:
+            dataset = dataset.map_batches(
                 decode_batch,
-                batch_size=self.batch_size,
+                batch_size=block,
                 batch_format="numpy",
                 fn_kwargs={"rule": self.info.preprocessing, "limits": self.limits},
                 num_cpus=self.plan.decode_cpus,
-            )
-            .map_batches(
+            ).map_batches(
                 InferenceActor,
-                batch_size=self.batch_size,
+                batch_size=block,
                 batch_format="numpy",
-                fn_constructor_kwargs={
-                    "model": self._model_ref,
-                    "suffix": self.model_file.suffix,
-                    "top_k": self.top_k,
-                    "threads": self.plan.threads,
-                    "runtime": self.runtime,
-                },
-                compute=ray.data.ActorPoolStrategy(size=self.plan.actors),
+                fn_constructor_kwargs=actor_kwargs,
+                compute=actors,
                 num_cpus=self.plan.cpus_per_actor,
-                num_gpus=self.plan.gpus_per_actor or None,
+                num_gpus=self.plan.gpus_per_actor,
             )
-        )
+        else:
+            dataset = dataset.map_batches(
+                ClassifyActor,
+                batch_size=None,
+                batch_format="numpy",
+                fn_constructor_kwargs={**actor_kwargs, "batch_size": self.batch_size},
+                compute=actors,
+                num_cpus=self.plan.cpus_per_actor,
+            )
         for batch in dataset.iter_batches(batch_size=None, batch_format="numpy"):
+            self.runs_on.update(batch["engine"])
             for index, result in zip(batch["index"], batch["result"], strict=True):
                 yield Row.from_result(paths[index], json.loads(result))

@@ -6,7 +6,7 @@ import contextlib
 import logging
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any, Protocol
@@ -69,8 +69,16 @@ def usage_errors_of_loading(model: str | Path) -> Iterator[None]:
         raise UsageError(f"cannot load {model} as an ONNX model: {type(exc).__name__}: {exc}") from exc
 
 
+#: Reads one file with a byte bound: `read_image_file`'s signature and errors.
+Reader = Callable[[str, int], bytes]
+
+
 class LocalEngine:
-    """In-process: decoding threads feed batches to one model session in the calling thread."""
+    """In-process: decoding threads feed batches to one model session in the calling thread.
+
+    The Ray engine's CPU actors run this same engine on their share of the files (`results`), so that
+    both engines give the same rows by construction.
+    """
 
     def __init__(
         self,
@@ -78,6 +86,7 @@ class LocalEngine:
         top_k: int,
         batch_size: int = DEFAULT_BATCH_SIZE,
         threads: int | None = None,
+        read: Reader = read_image_file,
     ) -> None:
         self.session = session
         self.top_k = top_k
@@ -85,6 +94,8 @@ class LocalEngine:
         self.threads = threads or available_cores()
         #: The service's default limits, so that both engines refuse the same files.
         self.limits = Limits()
+        #: How a path becomes bytes: local files here; the Ray engine's actors also read URIs.
+        self.read = read
 
     @classmethod
     def load(
@@ -110,6 +121,11 @@ class LocalEngine:
         return self.session.labels
 
     def classify(self, paths: Iterable[str]) -> Iterator[Row]:
+        for path, result in self.results(paths):
+            yield Row.from_result(path, result)
+
+    def results(self, paths: Iterable[str]) -> Iterator[tuple[str, dict[str, Any]]]:
+        """(path, result object of the HTTP contract) per file, in order; a failed file's is its error."""
         # Each decoding thread reads and decodes a whole batch while the model runs on the current one
         # (OpenVINO and ONNX Runtime release the GIL). One task per batch, not per file: a plain JPEG
         # decodes in ~25 µs, about what a future per file cost in submitting, waking and GIL hand-offs.
@@ -129,19 +145,21 @@ class LocalEngine:
     def prepare(self, path: str) -> tuple[str, np.ndarray | ClientError]:
         """Read, decode and single-crop one file as the service would; a failure is returned, not raised."""
         try:
-            data = read_image_file(path, self.limits.max_image_bytes)
+            data = self.read(path, self.limits.max_image_bytes)
             return path, load_image(data, self.session.info.preprocessing, self.limits)
         except ClientError as exc:
             return path, exc
 
-    def _classify_batch(self, batch: list[tuple[str, np.ndarray | ClientError]]) -> Iterator[Row]:
+    def _classify_batch(
+        self, batch: list[tuple[str, np.ndarray | ClientError]]
+    ) -> Iterator[tuple[str, dict[str, Any]]]:
         crops = [item for _, item in batch if isinstance(item, np.ndarray)]
         results = iter(self.session.classify(crops, top_k=self.top_k))
         for path, item in batch:
             if isinstance(item, ClientError):
-                yield Row.failed(path, item.code, item.message)
+                yield path, {"error": item.to_dict()}
             else:
-                yield Row.from_result(path, next(results))
+                yield path, next(results)
 
 
 class ServerEngine:

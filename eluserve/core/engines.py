@@ -19,6 +19,7 @@ record of `eluserve validate-precision` (`precision_record`), else start-up refu
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import tempfile
 import threading
@@ -434,7 +435,9 @@ def select_backend(
             best = reference
         return _label(best)
 
-    key = f"{agree_with}|{model_file.resolve()}|{precision}|{[_label(c) for c in candidates]}"
+    # The model by content, not path: the Ray engine's actors each load a private copy of one file.
+    model = hashlib.sha256(model_file.read_bytes()).hexdigest()
+    key = f"{agree_with}|{model}|{precision}|{[_label(c) for c in candidates]}"
     chosen = choose() if agree_with is None else _agreed_choice(key, choose)
     selection.backend = next((c for c in candidates if _label(c) == chosen), reference)
     logger.info(
@@ -459,7 +462,6 @@ def _agreed_choice(key: str, choose: Callable[[], str]) -> str:
     start measures afresh).
     """
     import fcntl
-    import hashlib
     import json
     import os
 

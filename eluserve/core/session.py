@@ -88,8 +88,9 @@ class ModelSession:
                 default is ONNX Runtime, the reference, which costs no start-up measurement; the
                 service and `eluserve classify` default to `auto`.
             precision: fp32, or a lower precision that the model card's validation record allows.
-            agree_with: processes that pass the same value (a server's workers) make one `auto`
-                choice: the first measures, the others take its answer.
+            agree_with: processes on one machine that pass the same value (a server's workers, the
+                Ray engine's actors of one run) make one `auto` choice: the first measures, the others
+                take its answer.
 
         Raises:
             ConfigError: an unknown engine or precision, or a precision the model card does not allow.

@@ -22,8 +22,10 @@ pq = pytest.importorskip("pyarrow.parquet")
 
 from eluserve.classify.distributed import (  # noqa: E402
     DECODE_CPUS,
+    FILES_PER_CALL,
     RayEngine,
     RayResources,
+    files_per_call,
     iter_uri_files,
     list_files,
     plan,
@@ -66,24 +68,32 @@ def local_rows(model: Path, files: list[str]) -> list[Row]:
     return list(LocalEngine.load(model, 3, batch_size=4).classify(files))
 
 
-def test_plan_gives_gpus_to_actors_and_leaves_cpus_to_decoding() -> None:
-    assert plan([2.0], 0.0, RayResources()) == plan([2.0], 0.0, RayResources(actors=1))
+def test_plan_gives_gpus_to_actors_and_cpus_to_one_thread_actors() -> None:
+    assert plan([2.0], 0.0, RayResources()) == plan([2.0], 0.0, RayResources(actors=2))
     two_cores = plan([2.0], 0.0, RayResources())
-    assert (two_cores.actors, two_cores.threads, two_cores.gpus_per_actor) == (1, 2, 0.0)
-    assert two_cores.actors * two_cores.cpus_per_actor + DECODE_CPUS <= 2.0
+    assert (two_cores.actors, two_cores.threads, two_cores.gpus_per_actor) == (2, 1, 0.0)
+    assert two_cores.actors * two_cores.cpus_per_actor == 2.0
+    assert two_cores.decode_cpus == 0.0  # the actors decode
     big = plan([16.0, 16.0], 0.0, RayResources())
-    assert (big.actors, big.threads) == (8, 4)
+    assert (big.actors, big.threads) == (32, 1)
     gpus = plan([8.0, 8.0], 4.0, RayResources())
     assert (gpus.actors, gpus.gpus_per_actor, gpus.cpus_per_actor) == (4, 1.0, 1.0)
+    assert gpus.decode_cpus == DECODE_CPUS
     assert plan([8.0], 4.0, RayResources(gpus_per_actor=0.5)).actors == 8
     assert plan([8.0], 4.0, RayResources(gpus_per_actor=0)).gpus_per_actor == 0.0
     with pytest.raises(UsageError, match="the cluster has 0 GPUs"):
         plan([8.0], 0.0, RayResources(gpus_per_actor=1))
-    assert plan([0.0, 8.0], 0.0, RayResources()).actors == 2
+    assert plan([0.0, 8.0], 0.0, RayResources()).actors == 8
     with pytest.raises(UsageError, match="lower --ray-actors"):
-        plan([2.0], 0.0, RayResources(actors=2))
+        plan([2.0], 0.0, RayResources(actors=3))
     with pytest.raises(UsageError, match="lower --ray-actors"):
         plan([8.0], 2.0, RayResources(actors=3))
+
+
+def test_files_per_call_are_large_but_shared_by_every_actor() -> None:
+    assert files_per_call(10_000, 2, 64) == FILES_PER_CALL
+    assert files_per_call(1_000, 2, 64) == 125  # four calls per actor
+    assert files_per_call(100, 8, 64) == 64  # never below one inference batch
 
 
 def test_uri_listing_follows_the_local_rules(tmp_path: Path) -> None:
@@ -163,13 +173,14 @@ def test_cli_usage_errors(classify: Classify, tree: Tree, serving_model_path: Pa
 
 @pytest.fixture
 def two_nodes(local_ray: None) -> Iterator[None]:
-    """A head of 1 CPU and a worker node of 2 CPUs, in place of the module's local Ray."""
+    """A head of 1 CPU and a worker node of 2 CPUs and 1 GPU (declared: Ray counts it, ONNX Runtime
+    finds none and runs on the CPU), in place of the module's local Ray."""
     from ray.cluster_utils import Cluster
 
     ray.shutdown()
     started = time.perf_counter()
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
-    cluster.add_node(num_cpus=2)
+    cluster.add_node(num_cpus=2, num_gpus=1)
     ray.init(address=cluster.address, logging_level="ERROR")
     cluster.wait_for_nodes()
     print(f"\ntwo-node cluster: {time.perf_counter() - started:.1f} s")
@@ -179,8 +190,16 @@ def two_nodes(local_ray: None) -> Iterator[None]:
 
 
 def test_same_rows_on_two_nodes(two_nodes: None, tree: Tree, serving_model_path: Path) -> None:
-    """Actors of 0.875 CPU: one fits on the 1-CPU head, two on the worker, so rows come from both."""
+    """GPU actors (decoding tasks feed the one GPU's actor) and CPU actors (one CPU each: one on the
+    head, two on the worker, so rows come from both nodes) give the in-process engine's rows."""
     files = list(iter_image_files([str(tree.root / "cifar"), str(tree.root / "bad")], EXTENSIONS))
-    engine = RayEngine.load(serving_model_path, 3, batch_size=4).connect()
-    assert engine.plan is not None and engine.plan.actors == 3
-    assert_same_rows(list(engine.classify(files)), local_rows(serving_model_path, files))
+    want = local_rows(serving_model_path, files)
+    gpu = RayEngine.load(serving_model_path, 3, batch_size=4).connect()
+    assert gpu.plan is not None and (gpu.plan.actors, gpu.plan.gpus_per_actor) == (1, 1.0)
+    assert_same_rows(list(gpu.classify(files)), want)
+    cpu = RayEngine.load(serving_model_path, 3, batch_size=4, resources=RayResources(gpus_per_actor=0))
+    cpu.connect()
+    assert cpu.plan is not None and cpu.plan.actors == 3
+    assert_same_rows(list(cpu.classify(files)), want)
+    # Both nodes share this machine's temporary folder, so the three actors made one `auto` choice.
+    assert len(cpu.runs_on) == 1, cpu.runs_on

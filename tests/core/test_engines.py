@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -154,12 +156,21 @@ def test_a_passing_record_lets_bf16_serve_on_openvino(
 
 
 def test_processes_that_agree_make_one_auto_choice(tiny_model_path: Path, tmp_path: Path) -> None:
-    group = f"test-{tmp_path.name}"
+    # Records outlive the test in the temporary folder, and the tiny model's bytes are the same in every
+    # session: a group name of its own, so that the first session measures.
+    group = f"test-{uuid.uuid4().hex}"
     first = ModelSession.from_path(tiny_model_path, engine=AUTO, intra_op_threads=1, agree_with=group)
     second = ModelSession.from_path(tiny_model_path, engine=AUTO, intra_op_threads=1, agree_with=group)
     alone = ModelSession.from_path(tiny_model_path, engine=AUTO, intra_op_threads=1, agree_with=f"{group}-b")
+    # The Ray engine's actors each load a private copy of the model: the same model, by content.
+    copy = tmp_path / "copy" / tiny_model_path.name
+    copy.parent.mkdir()
+    shutil.copyfile(tiny_model_path, copy)
+    copied = ModelSession.from_path(copy, engine=AUTO, intra_op_threads=1, agree_with=group)
 
     assert len(first.selection.images_per_second) == 2  # measured
     assert second.selection.images_per_second == {}  # took the first one's answer
     assert (second.engine, second.provider) == (first.engine, first.provider)
+    assert copied.selection.images_per_second == {}
+    assert copied.engine == first.engine
     assert len(alone.selection.images_per_second) == 2  # another group measures for itself
