@@ -66,7 +66,10 @@ class Settings:
     #: Largest batch the adaptive batcher sends to ONNX Runtime (1 turns batching off).
     max_batch_size: int = 64
     #: The batcher refuses a request (429) whose images would wait longer than this behind the queue.
-    max_latency_ms: int = 1000
+    #: 64 connections of 16-image requests queue ~1 s of work per worker on 2 cores: with a 1 s budget,
+    #: most of them were refused and served throughput fell to 0.4 of the peak (wrk retries at once);
+    #: with 2 s, none (1 039 img/s, p99 1.3 s; docs/bench/serving-engine-v2.md).
+    max_latency_ms: int = 2000
     #: Worker processes, each decoding, batching and running its own ONNX Runtime session. Two measured
     #: best on 2 cores (`eluserve bench`, c=64: 1 039 images/s against 909 with one): decoding and HTTP
     #: then run on both cores, not beside one ONNX Runtime call at a time.
