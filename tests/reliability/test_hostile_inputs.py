@@ -55,31 +55,31 @@ MULTIPART = f"multipart/form-data; boundary={BOUNDARY}"
 ERRORS = "eluserve_client_errors_total"
 
 
-@pytest.fixture(scope="module")
-def server(tmp_path_factory: pytest.TempPathFactory, serving_model_path: Path) -> Iterator[BentoServer]:
-    with running_server(
-        tmp_path_factory.mktemp("hostile-server"),
+def hostile_server(folder: Path, model: Path, parser: str) -> contextlib.AbstractContextManager[BentoServer]:
+    """The server under test: default limits, shortened request timeout and header deadline."""
+    return running_server(
+        folder,
         {
-            "ELUSERVE_MODEL": str(serving_model_path),
+            "ELUSERVE_MODEL": str(model),
             "ELUSERVE_TIMEOUT_S": str(TIMEOUT_S),
             "ELUSERVE_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
+            "ELUSERVE_HTTP_PARSER": parser,
         },
-    ) as running:
+    )
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, serving_model_path: Path) -> Iterator[BentoServer]:
+    folder = tmp_path_factory.mktemp("hostile-server")
+    with hostile_server(folder, serving_model_path, "httptools") as running:
         yield running
 
 
 @pytest.fixture(scope="module")
 def h11_server(tmp_path_factory: pytest.TempPathFactory, serving_model_path: Path) -> Iterator[BentoServer]:
     """The same server on uvicorn's other HTTP parser, h11, for the header-deadline cases."""
-    with running_server(
-        tmp_path_factory.mktemp("hostile-h11-server"),
-        {
-            "ELUSERVE_MODEL": str(serving_model_path),
-            "ELUSERVE_TIMEOUT_S": str(TIMEOUT_S),
-            "ELUSERVE_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
-            "ELUSERVE_HTTP_PARSER": "h11",
-        },
-    ) as running:
+    folder = tmp_path_factory.mktemp("hostile-h11-server")
+    with hostile_server(folder, serving_model_path, "h11") as running:
         yield running
 
 
