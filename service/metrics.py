@@ -20,7 +20,6 @@ takes 0.05-2 ms for batch 1 and up to a few tens of ms for batch 64; a loaded ma
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
@@ -164,11 +163,11 @@ class ModelSeries:
     changes while the version is loaded.
     """
 
-    images_ok: Any
-    images_error: Any
-    preprocess: Any
-    top1_probability: Any
-    predictions: dict[str, Any]
+    images_ok: Counter
+    images_error: Counter
+    preprocess: Histogram
+    top1_probability: Histogram
+    predictions: dict[str, Counter]
 
     @classmethod
     def of(cls, info: ModelMetadata) -> ModelSeries:
