@@ -438,10 +438,13 @@ def select_backend(
             best = reference
         return _label(best)
 
-    # The model by content, not path: the Ray engine's actors each load a private copy of one file.
-    model = hashlib.sha256(model_file.read_bytes()).hexdigest()
-    key = f"{agree_with}|{model}|{precision}|{[_label(c) for c in candidates]}"
-    chosen = choose() if agree_with is None else _agreed_choice(key, choose)
+    if agree_with is None:
+        chosen = choose()
+    else:
+        # The model by content, not path: the Ray engine's actors each load a private copy of one file.
+        # Read and hashed only here: a process that agrees with no one need not read the model again.
+        model = hashlib.sha256(model_file.read_bytes()).hexdigest()
+        chosen = _agreed_choice(f"{agree_with}|{model}|{precision}|{[_label(c) for c in candidates]}", choose)
     selection.backend = next((c for c in candidates if _label(c) == chosen), reference)
     logger.info(
         "engine auto: %s (%s)",
