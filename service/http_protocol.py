@@ -93,9 +93,15 @@ class HeaderDeadline(asyncio.Protocol):
             self.header_timeout_s,
         )
 
-    def _connection_ended(self) -> None:
+    # Cooperative: `super()` is the parser's uvicorn protocol, which follows this class in the MRO.
+    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
+        super().connection_made(transport)
+        self._arm_header_deadline()
+
+    def connection_lost(self, exc: Exception | None) -> None:
         self._disarm_header_deadline()
         accept_balance.connection_closed()
+        super().connection_lost(exc)
 
 
 class HttpToolsDeadlineProtocol(HeaderDeadline, HttpToolsProtocol):
@@ -109,14 +115,6 @@ class HttpToolsDeadlineProtocol(HeaderDeadline, HttpToolsProtocol):
 
     def _headers_pending(self) -> bool:
         return self._receiving_headers
-
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._arm_header_deadline()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._connection_ended()
-        super().connection_lost(exc)
 
     def on_message_begin(self) -> None:
         self._receiving_headers = True
@@ -140,20 +138,12 @@ class H11DeadlineProtocol(HeaderDeadline, H11Protocol):
     def _headers_pending(self) -> bool:
         return self.conn.their_state is h11.IDLE
 
-    def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
-        super().connection_made(transport)
-        self._arm_header_deadline()
-
     def data_received(self, data: bytes) -> None:
         if self.conn.their_state is h11.IDLE:
             self._arm_header_deadline()
         super().data_received(data)
         if self.conn.their_state is not h11.IDLE:
             self._disarm_header_deadline()
-
-    def connection_lost(self, exc: Exception | None) -> None:
-        self._connection_ended()
-        super().connection_lost(exc)
 
 
 def install(header_timeout_s: float, parser: str = HTTP_PARSERS[0]) -> None:
