@@ -12,7 +12,8 @@ loads and unloads reach every worker through `eluserve.service.control`. Overloa
 contract's 429 `overloaded` and `Retry-After`, whether the batcher's latency budget or BentoML's
 concurrency limit refuses (`eluserve.service.bentoml_patches`). `/readyz` turns ready once the worker
 has loaded and warmed its models up (BentoML asks `__is_ready__`); `/livez` and `/metrics` are
-BentoML's. Settings come from `eluserve.service.config` (``ELUSERVE_*``).
+BentoML's; requests for our own routes skip the parts of BentoML's middleware that do nothing for them
+(`eluserve.service.fast_path`). Settings come from `eluserve.service.config` (``ELUSERVE_*``).
 """
 
 from __future__ import annotations
@@ -34,7 +35,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from eluserve.core.session import available_cores
-from eluserve.service import accept_balance, bentoml_patches, http_protocol, openapi
+from eluserve.service import accept_balance, bentoml_patches, fast_path, http_protocol, openapi
 from eluserve.service.config import load_settings
 from eluserve.service.control import LOADED, ControlState, Follower, ensure_control_dir
 from eluserve.service.models_api import ModelsApi
@@ -151,6 +152,7 @@ UNTRACED_PATHS = (
     "/readyz",
     "/metrics",
 )
+fast_path.install(http_app, tracing=settings.tracing)
 
 
 @bentoml.asgi_app(http_app, path="/")
@@ -158,6 +160,7 @@ UNTRACED_PATHS = (
     workers=settings.workers,
     traffic={"timeout": settings.timeout_s, "max_concurrency": settings.max_concurrency},
     tracing={} if settings.tracing else {"excluded_urls": list(UNTRACED_PATHS)},
+    logging={"access": {"enabled": settings.access_log}},
 )
 class EluClassifier:
     """Public endpoints (`eluserve.service.http_api` has the HTTP contract) over the repository's models."""

@@ -106,6 +106,11 @@ class Settings:
     #: rate is 0 and nothing is exported, and that cost ~20 % of the service's throughput (`eluserve
     #: bench`, c=64: 740 against 894 images/s).
     tracing: bool = False
+    #: BentoML's access log, a line per request on the workers' output. Off by default: at the service's
+    #: request rates it is a log line per millisecond and ~6 % of its CPU (`eluserve bench`, /classify
+    #: c=32: 464 against 493 images per CPU-second); `eluserve_*` and `bentoml_service_request_*` count
+    #: every request either way.
+    access_log: bool = False
 
     def limits(self) -> Limits:
         """The per-image limits for `eluserve.core.preprocessing`."""

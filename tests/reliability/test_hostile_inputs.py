@@ -56,11 +56,13 @@ ERRORS = "eluserve_client_errors_total"
 
 
 def hostile_server(folder: Path, model: Path, parser: str) -> contextlib.AbstractContextManager[BentoServer]:
-    """The server under test: default limits, shortened request timeout and header deadline."""
+    """The server under test: default limits, shortened request timeout and header deadline, and the
+    access log on (what it writes down is checked last)."""
     return running_server(
         folder,
         {
             "ELUSERVE_MODEL": str(model),
+            "ELUSERVE_ACCESS_LOG": "true",
             "ELUSERVE_TIMEOUT_S": str(TIMEOUT_S),
             "ELUSERVE_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S),
             "ELUSERVE_HTTP_PARSER": parser,

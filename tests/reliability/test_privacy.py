@@ -83,7 +83,12 @@ def server(tmp_path_factory: pytest.TempPathFactory, serving_model_path: Path) -
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(bento_server, "BENTOML", str(wrapper))
         running = start_server(
-            tmp, {"ELUSERVE_MODEL": str(serving_model_path), "__BENTOML_DEBUG_USAGE": "True"}
+            tmp,
+            {
+                "ELUSERVE_MODEL": str(serving_model_path),
+                "ELUSERVE_ACCESS_LOG": "true",  # the log shows the requests were served
+                "__BENTOML_DEBUG_USAGE": "True",
+            },
         )
     try:
         own = os.readlink("/proc/self/ns/net")

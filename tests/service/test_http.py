@@ -405,6 +405,13 @@ def test_the_server_is_still_healthy_after_everything(client: httpx.Client, serv
     assert "Traceback" not in log, log[-3000:]
 
 
+def test_no_access_log_unless_the_operator_turns_it_on(
+    client: httpx.Client, server: BentoServer, samples: list[tuple[str, bytes]]
+) -> None:
+    assert post_classify(client, samples[0][1]).status_code == 200
+    assert "path=/classify," not in server.log()  # ELUSERVE_ACCESS_LOG: tests/service/test_fast_path.py
+
+
 def test_loading_models_is_off_unless_the_operator_turns_it_on(client: httpx.Client) -> None:
     for action in ("load", "unload"):
         response = client.post(f"/v2/repository/models/anything/{action}", json={})

@@ -1,0 +1,108 @@
+"""The service's own routes straight to its Starlette app, past the parts of BentoML's stack they skip.
+
+BentoML's worker app is a Starlette app of its own: its middleware (traffic metrics, OpenTelemetry,
+access log, request deadline, concurrency limit, CORS when configured, BentoML's request context), then
+its exception middleware and router, whose mount at "/" is our app (`eluserve.service.app.http_app`),
+with an error middleware, exception middleware and router of its own. For a 32×32 image that path cost
+more CPU than the rest of the request (docs/bench/serving-engine-v2.md, "Round 4").
+
+`install` changes the middleware list BentoML's app factory builds, in two ways:
+
+- `OwnRoutes` goes in just before BentoML's request context: a request for one of our routes leaves
+  BentoML's stack there for our app. It has been through BentoML's traffic metrics (so
+  `bentoml_service_request_*` keep counting our routes), access log (when on), request deadline (504),
+  concurrency limit (the contract's 429, `eluserve.service.bentoml_patches`) and CORS (when on), the
+  same middleware instances as every other route. It skips the request context
+  (`bentoml.context.request`, which none of our routes reads), BentoML's exception middleware and
+  router (our app has its own).
+- OpenTelemetry's middleware is left out while tracing is off. Our routes are in its `excluded_urls`
+  then, so for them it only matched the URL against those patterns on every request; BentoML's own
+  routes (/metrics, probes) would only make spans that nothing samples or exports.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from starlette.applications import Starlette
+from starlette.middleware import Middleware
+from starlette.routing import Route
+
+logger = logging.getLogger(__name__)
+
+ASGIApp = Callable[..., Any]
+
+
+class OwnRoutes:
+    """ASGI middleware: our app's routes to `ours`, everything else on through BentoML's stack."""
+
+    def __init__(self, app: ASGIApp, ours: Starlette) -> None:
+        self.app = app
+        self.ours = ours
+        routes = [route for route in ours.routes if isinstance(route, Route)]
+        # Exact paths answer the hot routes with one set lookup; templated ones need their regex.
+        self._exact = frozenset(route.path for route in routes if "{" not in route.path)
+        self._patterns = tuple(route.path_regex for route in routes if "{" in route.path)
+
+    def is_ours(self, path: str) -> bool:
+        """Whether `path` is one of our routes (any method: our app answers 405 for a wrong one)."""
+        return path in self._exact or any(pattern.match(path) for pattern in self._patterns)
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http" and self.is_ours(scope["path"]):
+            await self.ours(scope, receive, send)
+        else:
+            await self.app(scope, receive, send)
+
+
+def rearrange(middleware: Iterable[Middleware], ours: Starlette, *, tracing: bool) -> list[Middleware]:
+    """BentoML's middleware list with `OwnRoutes` before its request context, and without
+    OpenTelemetry's middleware unless `tracing`.
+
+    Raises:
+        ValueError: the list has no `ContextMiddleware`, so there is no place that all of BentoML's
+            traffic handling precedes.
+    """
+    kept = [entry for entry in middleware if tracing or entry.cls.__name__ != "OpenTelemetryMiddleware"]
+    names = [entry.cls.__name__ for entry in kept]
+    if "ContextMiddleware" not in names:
+        raise ValueError(f"no ContextMiddleware in BentoML's middleware list {names}")
+    at = names.index("ContextMiddleware")
+    return [*kept[:at], Middleware(OwnRoutes, ours=ours), *kept[at:]]
+
+
+def install(ours: Starlette, *, tracing: bool) -> bool:
+    """Rearrange the middleware of the app BentoML builds for a service that mounts `ours` at "/".
+
+    Returns:
+        whether BentoML's app factory has the shape this was written for; otherwise every request goes
+        through BentoML's whole stack, as it would without this module (and the log says so).
+    """
+    try:
+        from _bentoml_impl.server.app import ServiceAppFactory
+    except ImportError:
+        logger.warning("BentoML's ServiceAppFactory moved; every request goes through its whole stack")
+        return False
+    built = ServiceAppFactory.middlewares
+    if not isinstance(built, property) or built.fget is None:
+        logger.warning("BentoML's app factory changed shape; every request goes through its whole stack")
+        return False
+    bentoml_middleware = built.fget
+    if getattr(bentoml_middleware, "eluserve_fast_path", False):
+        return True
+
+    def middleware(factory: Any) -> list[Middleware]:
+        entries = bentoml_middleware(factory)
+        if not any(app is ours and path == "/" for app, path, _ in factory.service.mount_apps):
+            return entries
+        try:
+            return rearrange(entries, ours, tracing=tracing)
+        except ValueError as exc:
+            logger.warning("%s; every request goes through BentoML's whole stack", exc)
+            return entries
+
+    middleware.eluserve_fast_path = True  # type: ignore[attr-defined]
+    ServiceAppFactory.middlewares = property(middleware)
+    return True
