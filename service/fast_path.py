@@ -9,12 +9,12 @@ more CPU than the rest of the request (docs/bench/serving-engine-v2.md, "Round 4
 `install` changes the middleware list BentoML's app factory builds, in two ways:
 
 - `OwnRoutes` goes in just before BentoML's request context: a request for one of our routes leaves
-  BentoML's stack there for our app. It has been through BentoML's traffic metrics (so
-  `bentoml_service_request_*` keep counting our routes), access log (when on), request deadline (504),
-  concurrency limit (the contract's 429, `eluserve.service.bentoml_patches`) and CORS (when on), the
-  same middleware instances as every other route. It skips the request context
-  (`bentoml.context.request`, which none of our routes reads), BentoML's exception middleware and
-  router (our app has its own).
+  BentoML's stack there, for our app or straight for the route's endpoint. It has been through
+  BentoML's traffic metrics (so `bentoml_service_request_*` keep counting our routes), access log
+  (when on), request deadline (504), concurrency limit (the contract's 429,
+  `eluserve.service.bentoml_patches`) and CORS (when on), the same middleware instances as every other
+  route. It skips the request context (`bentoml.context.request`, which none of our routes reads),
+  BentoML's exception middleware and router, and for most routes our own.
 - OpenTelemetry's middleware is left out while tracing is off. Our routes are in its `excluded_urls`
   then, so for them it only matched the URL against those patterns on every request; BentoML's own
   routes (/metrics, probes) would only make spans that nothing samples or exports.
@@ -28,6 +28,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
+from starlette.requests import Request
 from starlette.routing import Route
 
 logger = logging.getLogger(__name__)
@@ -36,22 +37,35 @@ ASGIApp = Callable[..., Any]
 
 
 class OwnRoutes:
-    """ASGI middleware: our app's routes to `ours`, everything else on through BentoML's stack."""
+    """ASGI middleware: our app's routes to `ours`, everything else on through BentoML's stack.
+
+    A request for a route without path parameters (`/classify`, `/classify_batch`, `/model`, ...) with
+    one of its methods goes straight to the route's endpoint: our app's error and exception middleware
+    and router would only find that route again, and the endpoints answer every error themselves
+    (`eluserve.service.http_api.Frontend`). Anything else (templated routes, a wrong method: our app's
+    405) goes through our app.
+    """
 
     def __init__(self, app: ASGIApp, ours: Starlette) -> None:
         self.app = app
         self.ours = ours
         routes = [route for route in ours.routes if isinstance(route, Route)]
-        # Exact paths answer the hot routes with one set lookup; templated ones need their regex.
-        self._exact = frozenset(route.path for route in routes if "{" not in route.path)
+        self._direct = {route.path: route for route in routes if "{" not in route.path}
         self._patterns = tuple(route.path_regex for route in routes if "{" in route.path)
 
     def is_ours(self, path: str) -> bool:
         """Whether `path` is one of our routes (any method: our app answers 405 for a wrong one)."""
-        return path in self._exact or any(pattern.match(path) for pattern in self._patterns)
+        return path in self._direct or any(pattern.match(path) for pattern in self._patterns)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
-        if scope["type"] == "http" and self.is_ours(scope["path"]):
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        route = self._direct.get(scope["path"])
+        if route is not None and route.methods is not None and scope["method"] in route.methods:
+            response = await route.endpoint(Request(scope, receive))
+            await response(scope, receive, send)
+        elif self.is_ours(scope["path"]):
             await self.ours(scope, receive, send)
         else:
             await self.app(scope, receive, send)
