@@ -189,3 +189,17 @@ def test_quick_bench_against_pytriton_where_it_is_installed(
     result = run_bench(config)
     run = result.runs["triton"]
     assert not result.failed and run.levels[0].ok > 0 and run.levels[0].error_count == 0, result.markdown
+
+
+def test_the_gpu_checks_client_processes_share_the_requests(service: ServerProcess, cifar_zip: Path) -> None:
+    """The GPU check's multi-process client, against the CPU service: every request answered, images
+    counted once (it raises on any non-2xx answer)."""
+    from load_tests.fixtures import cifar_jpegs
+    from load_tests.gpu_check import serve_load, split
+    from tests.service.metrics_scrape import MetricsDelta
+
+    assert split(10, 3) == [4, 3, 3] and sum(split(7, 4)) == 7
+    files = [upload.data for upload in cifar_jpegs(4, cifar_zip)]
+    with MetricsDelta(service.url) as delta:
+        assert serve_load(service.url, files, requests=6, concurrency=3, processes=2) > 0
+    assert delta("eluserve_images_total", outcome="ok") == 6 * len(files)
