@@ -161,6 +161,13 @@ def test_cli_parquet_rows_and_resume(
     assert not (tmp_path / "rows.parquet.partial").exists()
 
 
+def test_commands_on_one_running_ray_make_one_auto_choice(local_ray: None, serving_model_path: Path) -> None:
+    """Two commands joining the same Ray name it alike to their actors, so that the second takes the
+    first's `auto` choice instead of measuring the engines again (`load_session`)."""
+    first, second = (RayEngine.load(serving_model_path, 3).connect() for _ in range(2))
+    assert first.run == second.run
+
+
 def test_cli_usage_errors(classify: Classify, tree: Tree, serving_model_path: Path) -> None:
     for args, message in (
         ([tree.root, "--engine", "ray", "--server", "http://127.0.0.1:1"], "pick one"),
@@ -203,3 +210,4 @@ def test_same_rows_on_two_nodes(two_nodes: None, tree: Tree, serving_model_path:
     assert_same_rows(list(cpu.classify(files)), want)
     # Both nodes share this machine's temporary folder, so the three actors made one `auto` choice.
     assert len(cpu.runs_on) == 1, cpu.runs_on
+    assert cpu.run == gpu.run
