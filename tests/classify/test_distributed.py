@@ -211,3 +211,22 @@ def test_same_rows_on_two_nodes(two_nodes: None, tree: Tree, serving_model_path:
     # Both nodes share this machine's temporary folder, so the three actors made one `auto` choice.
     assert len(cpu.runs_on) == 1, cpu.runs_on
     assert cpu.run == gpu.run
+
+
+@pytest.fixture
+def no_ray() -> Iterator[None]:
+    """No Ray connected in this process (the module's, if up, shut down): last in the module, since the
+    tests above share the module's Ray."""
+    ray.shutdown()
+    yield
+    ray.shutdown()
+
+
+def test_a_ray_of_its_own_gives_the_same_rows(no_ray: None, tree: Tree, serving_model_path: Path) -> None:
+    """Without a Ray to join, the engine starts one (timing the engines for its actors meanwhile, in
+    this process), gives the in-process engine's rows, and shuts it down."""
+    files = list(iter_image_files([str(tree.root / "cifar"), str(tree.root / "bad")], EXTENSIONS))
+    with RayEngine.load(serving_model_path, 3, batch_size=4).connect() as engine:
+        assert_same_rows(list(engine.classify(files)), local_rows(serving_model_path, files))
+        assert len(engine.runs_on) == 1, engine.runs_on
+    assert not ray.is_initialized()
