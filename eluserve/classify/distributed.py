@@ -404,8 +404,11 @@ class RayEngine:
         # Ray logs each dataset's plan and start at INFO, and warns that its progress bars are off; the
         # command prints its own summary. Errors still show.
         logging.getLogger("ray.data").setLevel(logging.ERROR)
+        # A Ray this engine starts (normally: `address` None) lives as long as the command, and its
+        # actors on this machine find the choice made here while it starts, under this engine's name.
+        own = address is None and not ray.is_initialized()
         if not ray.is_initialized():
-            if address is None:
+            if own:
                 self._choose_while_ray_starts()
             try:
                 ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR)
@@ -418,10 +421,9 @@ class RayEngine:
         # Joining a Ray: one `auto` choice per machine for as long as that Ray runs, not one per command.
         # The first command's actors measure (0.9 s of one core on the 2-core machine, before any actor
         # of that machine classifies) and later commands take their answer, as a server's workers do
-        # for as long as it runs. The head's id changes with each start of the cluster. A Ray this
-        # engine starts lives as long as the command, so its run keeps the name chosen in advance.
+        # for as long as it runs. The head's id changes with each start of the cluster.
         head = next((node["NodeID"] for node in alive if HEAD_RESOURCE in node["Resources"]), None)
-        if head is not None and not self._started:
+        if head is not None and not own:
             self.run = f"eluserve-ray-{head}"
         nodes = [node["Resources"] for node in alive]
         self.plan = plan(
