@@ -30,7 +30,6 @@ import logging
 import math
 import os
 import tempfile
-import threading
 import uuid
 from collections.abc import Container, Iterable, Iterator, Sequence
 from dataclasses import dataclass
@@ -165,11 +164,6 @@ def _error_json(exc: ClientError) -> str:
     return json.dumps({"error": exc.to_dict()})
 
 
-def agreement(run: str, threads: int) -> str:
-    """The group whose `auto` choice sessions of `threads` threads share on one machine (`load_session`)."""
-    return f"{run}|{threads} threads"
-
-
 def load_session(model: Any, suffix: str, threads: int, runtime: str, run: str) -> ModelSession:
     """An actor's session, warmed up, from the model bytes that `model` (an object reference) names.
 
@@ -185,7 +179,7 @@ def load_session(model: Any, suffix: str, threads: int, runtime: str, run: str) 
         model_file = Path(folder) / f"model{suffix}"
         model_file.write_bytes(ray.get(model))
         session = ModelSession.from_path(
-            model_file, intra_op_threads=threads, engine=runtime, agree_with=agreement(run, threads)
+            model_file, intra_op_threads=threads, engine=runtime, agree_with=f"{run}|{threads} threads"
         )
     if ray.get_gpu_ids() and session.provider != CUDA:
         logger.warning(
@@ -404,12 +398,7 @@ class RayEngine:
         # Ray logs each dataset's plan and start at INFO, and warns that its progress bars are off; the
         # command prints its own summary. Errors still show.
         logging.getLogger("ray.data").setLevel(logging.ERROR)
-        # A Ray this engine starts (normally: `address` None) lives as long as the command, and its
-        # actors on this machine find the choice made here while it starts, under this engine's name.
-        own = address is None and not ray.is_initialized()
         if not ray.is_initialized():
-            if own:
-                self._choose_while_ray_starts()
             try:
                 ray.init(address=address, include_dashboard=False, logging_level=logging.ERROR)
             except (ConnectionError, ValueError, RuntimeError) as exc:
@@ -418,12 +407,12 @@ class RayEngine:
                 ) from exc
             self._started = True
         alive = [node for node in ray.nodes() if node["Alive"]]
-        # Joining a Ray: one `auto` choice per machine for as long as that Ray runs, not one per command.
-        # The first command's actors measure (0.9 s of one core on the 2-core machine, before any actor
-        # of that machine classifies) and later commands take their answer, as a server's workers do
-        # for as long as it runs. The head's id changes with each start of the cluster.
+        # One `auto` choice per machine for as long as this Ray runs, not one per command: on a running
+        # cluster the first command's actors measure (0.9 s of one core on the 2-core machine, before
+        # any actor of that machine classifies) and later commands take their answer, as a server's
+        # workers do for as long as it runs. The head's id changes with each start of the cluster.
         head = next((node["NodeID"] for node in alive if HEAD_RESOURCE in node["Resources"]), None)
-        if head is not None and not own:
+        if head is not None:
             self.run = f"eluserve-ray-{head}"
         nodes = [node["Resources"] for node in alive]
         self.plan = plan(
@@ -436,32 +425,6 @@ class RayEngine:
         # One progress bar, `classify_files`' rows: Ray's per-operator bars would fight it for the terminal.
         context.enable_progress_bars = False
         return self
-
-    def _choose_while_ray_starts(self) -> None:
-        """Make this machine's `auto` choice for the actors (`load_session`) here, while Ray starts.
-
-        Starting a local Ray leaves about 40 % of the 2-core machine idle for its 3-5 s (Ray waits on
-        its own processes), and the actors cannot exist before it ends; the choice (two sessions, parity,
-        0.9 s of timing on one core) then costs the actors nothing but reading it. At the actors' thread
-        count, under their run's name: the choice they would make. A daemon thread, never joined: if it
-        is still timing when the actors load, they wait for its answer as for a sibling's, and its
-        answer is of no use after the command, whose Ray it was.
-        """
-        if self.runtime != AUTO:
-            return
-
-        def choose() -> None:
-            try:
-                ModelSession.from_path(
-                    self.model_file,
-                    intra_op_threads=ACTOR_THREADS,
-                    engine=AUTO,
-                    agree_with=agreement(self.run, ACTOR_THREADS),
-                )
-            except Exception as exc:  # the actors then choose, and report what fails, themselves
-                logger.warning("could not choose the actors' inference engine in advance: %s", exc)
-
-        threading.Thread(target=choose, name="eluserve-ray-auto", daemon=True).start()
 
     def close(self) -> None:
         if self._started:

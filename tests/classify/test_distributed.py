@@ -231,8 +231,8 @@ def no_ray() -> Iterator[None]:
 
 
 def test_a_ray_of_its_own_gives_the_same_rows(no_ray: None, tree: Tree, serving_model_path: Path) -> None:
-    """Without a Ray to join, the engine starts one (timing the engines for its actors meanwhile, in
-    this process), gives the in-process engine's rows, and shuts it down."""
+    """Without a Ray to join, the engine starts one, gives the in-process engine's rows, and shuts it
+    down."""
     files = list(iter_image_files([str(tree.root / "cifar"), str(tree.root / "bad")], EXTENSIONS))
     with RayEngine.load(serving_model_path, 3, batch_size=4).connect() as engine:
         assert_same_rows(list(engine.classify(files)), local_rows(serving_model_path, files))
