@@ -12,6 +12,9 @@ engine at its best batch. `--engine ray` adds `eluserve classify --engine ray` o
 `--ray-address`), set against the in-process engine at the same batch size twice: as whole commands
 (the model's load, or Ray's start, to the last row: what a user waits for; the issue's goal is this
 ratio ≥ 0.8 on 10 000 files) and as classification alone (Ray's actor pool start included).
+`--ray-head` also starts one Ray head apart from the benchmark (`ray start --head`, as a cluster user's
+Ray runs before their command) and times `--engine ray --ray-address` joining it beside the command that
+starts its own Ray, both set against the in-process engine of the same rounds.
 """
 
 from __future__ import annotations
@@ -20,7 +23,10 @@ import argparse
 import contextlib
 import itertools
 import os
+import shutil
+import socket
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -124,6 +130,8 @@ def bench(args: argparse.Namespace) -> str:
     moves img/s by tens of percent.
     """
     quiet_http_log()
+    if args.ray_head and args.engine != "ray":
+        raise UsageError("--ray-head times --engine ray joining a running Ray: add --engine ray")
     zip_path = Path(args.data)
     if not zip_path.is_file():
         raise UsageError(f"no CIFAR-10 JPEG zip at {zip_path}; pass --data")
@@ -145,11 +153,13 @@ def bench(args: argparse.Namespace) -> str:
         sample = itertools.islice(iter_image_files([folder], {"jpg"}), max(sizes))
         crops = np.stack([local.prepare(path)[1] for path in sample])
         batches = {size: np.resize(crops, (size, *crops.shape[1:])) for size in sizes}
-        keys = [*engines, RAY_KEY] if args.engine == "ray" else list(engines)
+        head = stack.enter_context(ray_head(available_cores())) if args.ray_head else None
+        ray_keys = [RAY_KEY, *([JOINED_KEY] if head else [])] if args.engine == "ray" else []
+        keys = [*engines, *ray_keys]
         runs: dict[tuple[str, int], list[float]] = {key: [] for key in keys}
         first_rows: dict[tuple[str, int], list[float]] = {key: [] for key in keys}
         steady: dict[tuple[str, int], list[float]] = {key: [] for key in keys}
-        commands: dict[str, list[Command]] = {"in-process": [], "ray": []}
+        commands: dict[tuple[str, int] | None, list[Command]] = {None: [], **{key: [] for key in ray_keys}}
 
         def classify(key: tuple[str, int], engine: Engine) -> None:
             files = iter_image_files([folder], {"jpg"})
@@ -165,8 +175,10 @@ def bench(args: argparse.Namespace) -> str:
             for key, engine in engines.items():
                 classify(key, engine)
             if args.engine == "ray":
-                commands["in-process"].append(local_command(args, folder, sink))
-                commands["ray"].append(ray_command(args, folder, sink, classify))
+                commands[None].append(local_command(args, folder, sink))
+                commands[RAY_KEY].append(ray_command(args, args.ray_address, RAY_KEY, folder, sink, classify))
+                if head:
+                    commands[JOINED_KEY].append(ray_command(args, head, JOINED_KEY, folder, sink, classify))
     median = {key: statistics.median(values) for key, values in raw.items()}
     best = max(median, key=median.__getitem__)
     served = local.session.engine
@@ -190,33 +202,61 @@ def bench(args: argparse.Namespace) -> str:
             f"(goal ≥ {GOAL})" + (f", {ips / same:.3f} of raw {served} at batch {size}" if same else "")
         )
     local_key = ("classify in-process", DEFAULT_BATCH_SIZE)
-    if RAY_KEY in runs and local_key in runs:
-        ratio = statistics.median(runs[RAY_KEY]) / statistics.median(runs[local_key])
-        after = statistics.median(steady[RAY_KEY]) / statistics.median(steady[local_key])
-        local_seconds = statistics.median(command.seconds for command in commands["in-process"])
-        ray_seconds = statistics.median(command.seconds for command in commands["ray"])
-        lines += [
-            f"  command start to last row (load the model or start Ray, then classify), median: in-process "
-            f"{local_seconds:.1f} s, --engine ray {ray_seconds:.1f} s (starting Ray "
-            f"{statistics.median(command.start for command in commands['ray']):.1f} s of it; shutting it "
-            f"down after the last row {statistics.median(command.stop for command in commands['ray']):.1f} "
-            f"s more): Ray ÷ in-process end to end {local_seconds / ray_seconds:.3f}",
-            f"  classify only, at batch {DEFAULT_BATCH_SIZE}: --engine ray ÷ in-process {ratio:.3f} (each "
-            "Ray run includes starting its actor pool, not starting Ray; the in-process model is loaded)",
-            f"  first row after: in-process {statistics.median(first_rows[local_key]):.1f} s, "
-            f"--engine ray {statistics.median(first_rows[RAY_KEY]):.1f} s; from then on (steady state), "
-            f"Ray ÷ in-process {after:.3f}",
-            "  per round (in-process s, Ray s, starting Ray s): "
-            + ", ".join(
-                f"({mine.seconds:.1f}, {theirs.seconds:.1f}, {theirs.start:.1f})"
-                for mine, theirs in zip(commands["in-process"], commands["ray"], strict=True)
-            ),
-        ]
+    if ray_keys and local_key in runs:
+        lines += ray_lines(ray_keys, commands, runs, first_rows, steady, local_key, args.ray_address)
     return "\n".join(lines)
 
 
-#: The Ray engine's figures, at the CLI's default batch size.
+#: The Ray engine's figures, at the CLI's default batch size: starting its own Ray (or joining
+#: --ray-address), and joining the head that --ray-head started.
 RAY_KEY = ("classify --engine ray", DEFAULT_BATCH_SIZE)
+JOINED_KEY = ("classify --engine ray, running Ray", DEFAULT_BATCH_SIZE)
+
+
+def ray_lines(
+    keys: Sequence[tuple[str, int]],
+    commands: dict[tuple[str, int] | None, list[Command]],
+    runs: dict[tuple[str, int], list[float]],
+    first_rows: dict[tuple[str, int], list[float]],
+    steady: dict[tuple[str, int], list[float]],
+    local_key: tuple[str, int],
+    address: str | None,
+) -> list[str]:
+    """The Ray engine's figures, each Ray command set against the in-process engine of the same rounds."""
+    local_seconds = statistics.median(command.seconds for command in commands[None])
+    names = {
+        RAY_KEY: f"--ray-address {address}" if address else "starting its own local Ray",
+        JOINED_KEY: "--ray-address of a running Ray (--ray-head)",
+    }
+    lines = [
+        "  command start to last row (load the model, or start or join Ray, then classify), medians: "
+        f"in-process {local_seconds:.1f} s"
+    ]
+    for key in keys:
+        mine = commands[key]
+        seconds = statistics.median(command.seconds for command in mine)
+        lines += [
+            f"    --engine ray, {names[key]}: {seconds:.1f} s (starting or joining Ray "
+            f"{statistics.median(command.start for command in mine):.1f} s of it; first row "
+            f"{statistics.median(first_rows[key]):.1f} s after classifying began; leaving or shutting down "
+            f"Ray after the last row {statistics.median(command.stop for command in mine):.1f} s more): "
+            f"Ray ÷ in-process end to end {local_seconds / seconds:.3f}",
+            f"      classify only, at batch {DEFAULT_BATCH_SIZE}: Ray ÷ in-process "
+            f"{statistics.median(runs[key]) / statistics.median(runs[local_key]):.3f} (the actor pool's "
+            "start included; the in-process model is loaded); from each engine's first row on (steady "
+            f"state) {statistics.median(steady[key]) / statistics.median(steady[local_key]):.3f}",
+        ]
+    lines += [
+        f"  first row after: in-process {statistics.median(first_rows[local_key]):.1f} s",
+        "  per round (in-process s, then per Ray command: s, of which starting or joining Ray s): "
+        + ", ".join(
+            "("
+            + ", ".join([f"{local.seconds:.1f}", *(f"{ray.seconds:.1f} ({ray.start:.1f})" for ray in others)])
+            + ")"
+            for local, *others in zip(commands[None], *(commands[key] for key in keys), strict=True)
+        ),
+    ]
+    return lines
 
 
 @dataclass(frozen=True)
@@ -227,7 +267,7 @@ class Command:
     seconds: float
     #: Of which starting or joining Ray (0 in-process).
     start: float = 0.0
-    #: Shutting down the Ray it started, after the last row.
+    #: Shutting down the Ray it started, or leaving the one it joined, after the last row.
     stop: float = 0.0
 
 
@@ -241,24 +281,91 @@ def local_command(args: argparse.Namespace, folder: str, sink: TextIO) -> Comman
 
 def ray_command(
     args: argparse.Namespace,
+    address: str | None,
+    key: tuple[str, int],
     folder: str,
     sink: TextIO,
     classify: Callable[[tuple[str, int], Engine], None],
 ) -> Command:
-    """`--engine ray`: start (or join) Ray, classify, shut down; the classify part is also recorded
-    as the Ray engine's run (`classify`), set against the in-process engine's with its model loaded."""
+    """`--engine ray`: start Ray (address None) or join it, classify, shut down or leave; the classify
+    part is also recorded as `key`'s run (`classify`), set against the in-process engine's with its model
+    loaded."""
     from eluserve.classify.distributed import RayEngine
 
     started = time.perf_counter()
     engine = RayEngine.load(args.model, batch_size=DEFAULT_BATCH_SIZE, runtime=args.runtime)
     try:
-        engine.connect(args.ray_address)
+        engine.connect(address)
         connected = time.perf_counter()
-        classify(RAY_KEY, engine)
+        classify(key, engine)
         finished = time.perf_counter()
     finally:
         engine.close()
     return Command(finished - started, connected - started, time.perf_counter() - finished)
+
+
+#: How long a Ray head may take to start on a busy machine before the benchmark gives up.
+RAY_HEAD_START_SECONDS = 120.0
+
+
+def free_port() -> int:
+    """A TCP port nothing listens on now, for a Ray head beside any other Ray on the machine."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+@contextlib.contextmanager
+def ray_head(cpus: int) -> Iterator[str]:
+    """A Ray head of `cpus` CPUs running apart from the benchmark, as a cluster user's Ray runs before
+    their command; yields its address and stops it (only it) at the end.
+
+    `ray start --head --block` in its own temporary directory, on free ports: it writes its address
+    there, not in /tmp/ray where a plain `ray.init()` (the command that starts its own Ray) would find it
+    and join it, and it shares no port with another Ray on the machine. Terminating the blocking
+    `ray start` stops the processes it started and no others (`ray stop` would stop every Ray here).
+    """
+    ray_script = shutil.which("ray", path=os.path.dirname(sys.executable)) or shutil.which("ray")
+    if ray_script is None:
+        raise UsageError("--ray-head needs Ray's `ray` command: pip install 'eluserve[distributed]'")
+    # Ray 2.60's `ray start` turns on token authentication, and a driver given an explicit address uses
+    # the token only when RAY_AUTH_MODE says so: what a user of such a cluster exports too.
+    os.environ.setdefault("RAY_AUTH_MODE", "token")
+    # Without a drain timeout of 0, a terminated head waits up to 30 s for work to drain: there is none.
+    environment = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S": "0"}
+    # A short path: Ray's Unix sockets live below it, and socket paths are limited to about 100 bytes.
+    folder = Path(tempfile.mkdtemp(prefix="ray-head-", dir="/tmp"))
+    log = folder / "ray-start.log"
+    command = [
+        ray_script,
+        "start",
+        "--head",
+        "--block",
+        "--port=0",
+        f"--num-cpus={cpus}",
+        f"--temp-dir={folder}",
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+        f"--dashboard-agent-listen-port={free_port()}",
+    ]
+    address_file = folder / "ray_current_cluster"
+    with open(log, "wb") as output:
+        head = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT, env=environment)
+    try:
+        deadline = time.monotonic() + RAY_HEAD_START_SECONDS
+        while not (address_file.is_file() and address_file.read_text().strip()):
+            if head.poll() is not None or time.monotonic() > deadline:
+                raise UsageError(f"--ray-head: `ray start --head` did not start: {log.read_text()[-2000:]}")
+            time.sleep(0.2)
+        yield address_file.read_text().strip()
+    finally:
+        head.terminate()
+        try:
+            head.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            head.kill()
+            head.wait()
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def raw_engines(model_file: Path) -> dict[str, Backend]:
@@ -302,5 +409,11 @@ def register(subparsers: Any) -> None:
         help="ray: also measure `eluserve classify --engine ray` (needs eluserve[distributed])",
     )
     bench_parser.add_argument("--ray-address", help="Ray cluster for --engine ray (default: a local Ray)")
+    bench_parser.add_argument(
+        "--ray-head",
+        action="store_true",
+        help="with --engine ray: also start a Ray head before the rounds and time --engine ray joining it "
+        "(a cluster user's case) beside the command that starts its own Ray",
+    )
     bench_parser.add_argument("--concurrency", type=positive_int, default=DEFAULT_CONCURRENCY)
     bench_parser.set_defaults(func=cmd_bench)

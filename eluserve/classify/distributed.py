@@ -54,6 +54,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
+#: The resource that Ray gives its head node alone (`ray.nodes()`): names a cluster's start.
+HEAD_RESOURCE = "node:__internal_head__"
+
 #: Files per Ray Data dataset. The path list of a window is built on the driver (~100 bytes a path),
 #: and each window starts its actor pool anew (seconds), so windows are large but bounded.
 WINDOW = 100_000
@@ -165,16 +168,19 @@ def load_session(model: Any, suffix: str, threads: int, runtime: str, run: str) 
     """An actor's session, warmed up, from the model bytes that `model` (an object reference) names.
 
     The bytes go through a private temporary file, removed once loaded: the engines load by path, and
-    the node need not share the driver's file system. The actors of one `run` on one node make one
-    `auto` choice, as a server's workers do: measured apart, engines within a few per cent of each
-    other would split them, and one run's rows would come from two engines.
+    the node need not share the driver's file system. The actors that one machine runs for one Ray
+    (`run`, `RayEngine.run`) make one `auto` choice per thread count, as a server's workers do: measured
+    apart, engines within a few per cent of each other would split them, and one run's rows would come
+    from two engines.
     """
     import ray
 
     with tempfile.TemporaryDirectory(prefix="eluserve-ray-") as folder:
         model_file = Path(folder) / f"model{suffix}"
         model_file.write_bytes(ray.get(model))
-        session = ModelSession.from_path(model_file, intra_op_threads=threads, engine=runtime, agree_with=run)
+        session = ModelSession.from_path(
+            model_file, intra_op_threads=threads, engine=runtime, agree_with=f"{run}|{threads} threads"
+        )
     if ray.get_gpu_ids() and session.provider != CUDA:
         logger.warning(
             "an inference actor was given a GPU but runs on %s: install onnxruntime-gpu on this node",
@@ -366,7 +372,8 @@ class RayEngine:
         self.plan: Plan | None = None
         #: The inference engines the actors ran on ("openvino CPU", ...): each node's `auto` chooses.
         self.runs_on: set[str] = set()
-        #: Names this run to its actors, so that those of one node make one `auto` choice.
+        #: Names the Ray this engine joined to its actors (`connect`), so that those on one machine make
+        #: one `auto` choice.
         self.run = f"eluserve-ray-{uuid.uuid4().hex}"
 
     @classmethod
@@ -399,7 +406,15 @@ class RayEngine:
                     f"cannot start or reach Ray at {address or 'a new local instance'}: {exc}"
                 ) from exc
             self._started = True
-        nodes = [node["Resources"] for node in ray.nodes() if node["Alive"]]
+        alive = [node for node in ray.nodes() if node["Alive"]]
+        # One `auto` choice per machine for as long as this Ray runs, not one per command: on a running
+        # cluster the first command's actors measure (0.9 s of one core on the 2-core machine, before
+        # any actor of that machine classifies) and later commands take their answer, as a server's
+        # workers do for as long as it runs. The head's id changes with each start of the cluster.
+        head = next((node["NodeID"] for node in alive if HEAD_RESOURCE in node["Resources"]), None)
+        if head is not None:
+            self.run = f"eluserve-ray-{head}"
+        nodes = [node["Resources"] for node in alive]
         self.plan = plan(
             [node.get("CPU", 0.0) for node in nodes],
             sum(node.get("GPU", 0.0) for node in nodes),

@@ -161,6 +161,13 @@ def test_cli_parquet_rows_and_resume(
     assert not (tmp_path / "rows.parquet.partial").exists()
 
 
+def test_commands_on_one_running_ray_make_one_auto_choice(local_ray: None, serving_model_path: Path) -> None:
+    """Two commands joining the same Ray name it alike to their actors, so that the second takes the
+    first's `auto` choice instead of measuring the engines again (`load_session`)."""
+    first, second = (RayEngine.load(serving_model_path, 3).connect() for _ in range(2))
+    assert first.run == second.run
+
+
 def test_cli_usage_errors(classify: Classify, tree: Tree, serving_model_path: Path) -> None:
     for args, message in (
         ([tree.root, "--engine", "ray", "--server", "http://127.0.0.1:1"], "pick one"),
@@ -172,7 +179,7 @@ def test_cli_usage_errors(classify: Classify, tree: Tree, serving_model_path: Pa
 
 
 @pytest.fixture
-def two_nodes(local_ray: None) -> Iterator[None]:
+def two_nodes(local_ray: None) -> Iterator[str]:
     """A head of 1 CPU and a worker node of 2 CPUs and 1 GPU (declared: Ray counts it, ONNX Runtime
     finds none and runs on the CPU), in place of the module's local Ray."""
     from ray.cluster_utils import Cluster
@@ -184,12 +191,12 @@ def two_nodes(local_ray: None) -> Iterator[None]:
     ray.init(address=cluster.address, logging_level="ERROR")
     cluster.wait_for_nodes()
     print(f"\ntwo-node cluster: {time.perf_counter() - started:.1f} s")
-    yield
+    yield cluster.address
     ray.shutdown()
     cluster.shutdown()
 
 
-def test_same_rows_on_two_nodes(two_nodes: None, tree: Tree, serving_model_path: Path) -> None:
+def test_same_rows_on_two_nodes(two_nodes: str, tree: Tree, serving_model_path: Path) -> None:
     """GPU actors (decoding tasks feed the one GPU's actor) and CPU actors (one CPU each: one on the
     head, two on the worker, so rows come from both nodes) give the in-process engine's rows."""
     files = list(iter_image_files([str(tree.root / "cifar"), str(tree.root / "bad")], EXTENSIONS))
@@ -203,3 +210,31 @@ def test_same_rows_on_two_nodes(two_nodes: None, tree: Tree, serving_model_path:
     assert_same_rows(list(cpu.classify(files)), want)
     # Both nodes share this machine's temporary folder, so the three actors made one `auto` choice.
     assert len(cpu.runs_on) == 1, cpu.runs_on
+    assert cpu.run == gpu.run
+    # Commands given the cluster's address (each its own `ray.init`, as the CLI's) name it alike to their
+    # actors, so that the second takes the first's `auto` choice instead of measuring again.
+    ray.shutdown()
+    runs = []
+    for _ in range(2):
+        with RayEngine.load(serving_model_path, 3).connect(two_nodes) as engine:
+            runs.append(engine.run)
+    assert runs[0] == runs[1] == cpu.run
+
+
+@pytest.fixture
+def no_ray() -> Iterator[None]:
+    """No Ray connected in this process (the module's, if up, shut down): last in the module, since the
+    tests above share the module's Ray."""
+    ray.shutdown()
+    yield
+    ray.shutdown()
+
+
+def test_a_ray_of_its_own_gives_the_same_rows(no_ray: None, tree: Tree, serving_model_path: Path) -> None:
+    """Without a Ray to join, the engine starts one, gives the in-process engine's rows, and shuts it
+    down."""
+    files = list(iter_image_files([str(tree.root / "cifar"), str(tree.root / "bad")], EXTENSIONS))
+    with RayEngine.load(serving_model_path, 3, batch_size=4).connect() as engine:
+        assert_same_rows(list(engine.classify(files)), local_rows(serving_model_path, files))
+        assert len(engine.runs_on) == 1, engine.runs_on
+    assert not ray.is_initialized()
