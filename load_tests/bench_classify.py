@@ -57,7 +57,7 @@ from eluserve.core.engines import (
     Backend,
     OpenVinoBackend,
     OrtBackend,
-    measure_backend,
+    measure_parallel,
 )
 from eluserve.core.paths import default_model_file
 from eluserve.core.session import CPU, available_cores
@@ -123,7 +123,8 @@ def bench(args: argparse.Namespace) -> str:
     """Measure; rounds are interleaved so that drift in the machine's speed hits every figure alike.
 
     The raw figures are each fp32 engine alone (`eluserve.core.engines`, as the serving path creates
-    them) on the same model, every core, on real crops, at several batch sizes. The classify figures
+    them) on the same model, every core (one session of every core's threads, and one one-thread
+    session per core at once), on real crops, at several batch sizes. The classify figures
     include walking, reading, decoding, batching and writing the rows. Each is set against the fastest
     raw engine's best batch (the goal) and against the raw figure of the engine classification runs on
     at the same batch size (the pipeline's own overhead), because on small inputs batch size alone
@@ -141,7 +142,9 @@ def bench(args: argparse.Namespace) -> str:
     raw: dict[tuple[str, int], list[float]] = {(name, size): [] for name in backends for size in sizes}
     with contextlib.ExitStack() as stack:
         engines: dict[tuple[str, int], Engine] = {
-            ("classify in-process", size): LocalEngine(local.session, local.top_k, size, args.threads)
+            ("classify in-process", size): LocalEngine(
+                local.session, local.top_k, size, args.threads, more_sessions=local.sessions[1:]
+            )
             for size in args.batch_sizes
         }
         if args.server:
@@ -171,7 +174,7 @@ def bench(args: argparse.Namespace) -> str:
 
         for _ in range(args.rounds):
             for (name, size), values in raw.items():
-                values.append(measure_backend(backends[name], batches[size], seconds=args.seconds))
+                values.append(measure_parallel(backends[name], batches[size], seconds=args.seconds))
             for key, engine in engines.items():
                 classify(key, engine)
             if args.engine == "ray":
@@ -181,11 +184,13 @@ def bench(args: argparse.Namespace) -> str:
                     commands[JOINED_KEY].append(ray_command(args, head, JOINED_KEY, folder, sink, classify))
     median = {key: statistics.median(values) for key, values in raw.items()}
     best = max(median, key=median.__getitem__)
-    served = local.session.engine
+    # The raw figure of the engine and shape the in-process engine runs on (its sessions at once).
+    served = local.session.engine + (f" ×{len(local.sessions)} sessions" if len(local.sessions) > 1 else "")
     info = local.session.info
     lines = [
-        f"bench-classify: {count} CIFAR-10 JPEGs, model {info.tag} ({info.path}), classify on {served} "
-        f"{local.session.provider} (--runtime {args.runtime}), {available_cores()} cores, median of "
+        f"bench-classify: {count} CIFAR-10 JPEGs, model {info.tag} ({info.path}), classify on "
+        f"{local.session.engine} {local.session.provider}, {len(local.sessions)} session(s) (--runtime "
+        f"{args.runtime}), {available_cores()} cores, median of "
         f"{args.rounds} rounds",
         *(
             f"  raw {name} img/s by batch size: "
@@ -368,13 +373,25 @@ def ray_head(cpus: int) -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def raw_engines(model_file: Path) -> dict[str, Backend]:
-    """Every fp32 engine that loads here, on every core: the limits classification is held to."""
-    backends: dict[str, Backend] = {"onnxruntime": OrtBackend.create(model_file, [CPU], available_cores())}
-    try:
-        backends[OPENVINO] = OpenVinoBackend.create(model_file, available_cores())
-    except Exception as exc:  # reported, and the limit is ORT's
-        print(f"bench-classify: raw OpenVINO not measured: {type(exc).__name__}: {exc}", file=sys.stderr)
+def raw_engines(model_file: Path) -> dict[str, list[Backend]]:
+    """Every fp32 engine that loads here, in both shapes that use every core: one session of a thread
+    per core (`onnxruntime`), and one one-thread session per core run at once (`onnxruntime ×2
+    sessions`, as the service's workers and the in-process engine run it). The limits classification is
+    held to: the fastest of them, whichever shape."""
+    cores = available_cores()
+    shapes = [(1, cores), *([(cores, 1)] if cores > 1 else [])]
+    backends: dict[str, list[Backend]] = {}
+    for sessions, threads in shapes:
+        suffix = f" ×{sessions} sessions" if sessions > 1 else ""
+        backends[f"onnxruntime{suffix}"] = [
+            OrtBackend.create(model_file, [CPU], threads) for _ in range(sessions)
+        ]
+        try:
+            backends[f"{OPENVINO}{suffix}"] = [
+                OpenVinoBackend.create(model_file, threads) for _ in range(sessions)
+            ]
+        except Exception as exc:  # reported, and the limit is ORT's
+            print(f"bench-classify: raw OpenVINO not measured: {type(exc).__name__}: {exc}", file=sys.stderr)
     return backends
 
 
@@ -400,7 +417,7 @@ def register(subparsers: Any) -> None:
         default=[DEFAULT_BATCH_SIZE, 256],
         help="classify batch sizes to measure in-process (default: 64,256)",
     )
-    bench_parser.add_argument("--threads", type=positive_int, help="decoding threads")
+    bench_parser.add_argument("--threads", type=positive_int, help="the in-process engine's --threads")
     bench_parser.add_argument("--server", metavar="URL", help="also measure a running service")
     bench_parser.add_argument(
         "--engine",

@@ -279,7 +279,12 @@ def register(subparsers: Any) -> None:
     parser.add_argument(
         "--batch-size", type=positive_int, default=DEFAULT_BATCH_SIZE, help="images per batch/request"
     )
-    parser.add_argument("--threads", type=positive_int, help="decoding threads (default: available cores)")
+    parser.add_argument(
+        "--threads",
+        type=positive_int,
+        help="cores to use: one one-thread model session each, and as many reading and decoding threads "
+        "(default: available cores)",
+    )
     parser.add_argument(
         "--concurrency", type=positive_int, default=DEFAULT_CONCURRENCY, help="requests in flight (--server)"
     )

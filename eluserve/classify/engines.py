@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import queue
 import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
@@ -74,10 +75,15 @@ Reader = Callable[[str, int], bytes]
 
 
 class LocalEngine:
-    """In-process: decoding threads feed batches to one model session in the calling thread.
+    """In-process: worker threads each read, decode and classify whole batches, on model sessions that
+    they take turns on.
 
-    The Ray engine's CPU actors run this same engine on their share of the files (`results`), so that
-    both engines give the same rows by construction.
+    With one session (of several threads) the workers overlap reading and decoding with the inference
+    of another batch. With one session of one thread per core (`load`'s default), each batch runs on a
+    single core from file to result: no inference waits for its slowest thread while another thread
+    decodes on that core, which a multi-threaded session does once per batch. The Ray engine's CPU
+    actors run this same engine on their share of the files (`results`), so that both engines give the
+    same rows by construction.
     """
 
     def __init__(
@@ -87,11 +93,17 @@ class LocalEngine:
         batch_size: int = DEFAULT_BATCH_SIZE,
         threads: int | None = None,
         read: Reader = read_image_file,
+        more_sessions: Sequence[ModelSession] = (),
     ) -> None:
         self.session = session
+        #: The sessions the workers take turns on; all of one model on one engine.
+        self.sessions = (session, *more_sessions)
         self.top_k = top_k
         self.batch_size = batch_size
-        self.threads = threads or available_cores()
+        #: Worker threads: one more than the sessions or decoding threads asked for, so that a batch
+        #: is read and decoded while every session classifies one (with one session of one thread, as
+        #: a Ray actor runs, one thread decodes while the other classifies).
+        self.workers = max(threads or available_cores(), len(self.sessions)) + 1
         #: The service's default limits, so that both engines refuse the same files.
         self.limits = Limits()
         #: How a path becomes bytes: local files here; the Ray engine's actors also read URIs.
@@ -105,12 +117,24 @@ class LocalEngine:
         batch_size: int = DEFAULT_BATCH_SIZE,
         threads: int | None = None,
         engine: str = AUTO,
+        sessions: int | None = None,
     ) -> LocalEngine:
         """Load `model` on `engine` (`eluserve.core.engines`: auto times the engines that pass parity
-        with ONNX Runtime and keeps the fastest); a missing or malformed file is a `UsageError` naming it."""
+        with ONNX Runtime and keeps the fastest) as `sessions` sessions (default: one per thread) that
+        share `threads` (default: every core); a missing or malformed file is a `UsageError` naming it."""
+        threads = threads or available_cores()
+        count = max(1, min(sessions or threads, threads))
         with usage_errors_of_loading(model):
-            session = ModelSession.from_path(model, engine=engine)
-        return cls(session, checked_top_k(top_k, session.info.num_classes), batch_size, threads)
+            first = ModelSession.from_path(model, engine=engine, intra_op_threads=threads // count)
+            more = [
+                ModelSession.from_path(
+                    model, engine=first.engine, precision=first.precision, intra_op_threads=threads // count
+                )
+                for _ in range(count - 1)
+            ]
+        return cls(
+            first, checked_top_k(top_k, first.info.num_classes), batch_size, threads, more_sessions=more
+        )
 
     @property
     def model(self) -> str:
@@ -126,17 +150,28 @@ class LocalEngine:
 
     def results(self, paths: Iterable[str]) -> Iterator[tuple[str, dict[str, Any]]]:
         """(path, result object of the HTTP contract) per file, in order; a failed file's is its error."""
-        # Each decoding thread reads and decodes a whole batch while the model runs on the current one
-        # (OpenVINO and ONNX Runtime release the GIL). One task per batch, not per file: a plain JPEG
-        # decodes in ~25 µs, about what a future per file cost in submitting, waking and GIL hand-offs.
+        # One task per batch, not per file: a plain JPEG decodes in ~25 µs, about what a future per
+        # file cost in submitting, waking and GIL hand-offs. OpenVINO and ONNX Runtime release the GIL.
+        free: queue.SimpleQueue[ModelSession] = queue.SimpleQueue()
+        for session in self.sessions:
+            free.put(session)
+
+        def work(paths: list[str]) -> list[tuple[str, dict[str, Any]]]:
+            batch = self.prepare_batch(paths)
+            session = free.get()
+            try:
+                return list(self._classify_batch(batch, session))
+            finally:
+                free.put(session)
+
         with (
-            ThreadPoolExecutor(self.threads, thread_name_prefix="eluserve-decode") as pool,
+            ThreadPoolExecutor(self.workers, thread_name_prefix="eluserve-classify") as pool,
             contextlib.closing(
-                in_order(pool, self.prepare_batch, chunks(paths, self.batch_size), self.threads + 1)
+                in_order(pool, work, chunks(paths, self.batch_size), self.workers + 1)
             ) as batches,
         ):
-            for batch in batches:
-                yield from self._classify_batch(batch)
+            for results in batches:
+                yield from results
 
     def prepare_batch(self, paths: list[str]) -> list[tuple[str, np.ndarray | ClientError]]:
         """`prepare` for each of `paths`, in order."""
@@ -151,10 +186,10 @@ class LocalEngine:
             return path, exc
 
     def _classify_batch(
-        self, batch: list[tuple[str, np.ndarray | ClientError]]
+        self, batch: list[tuple[str, np.ndarray | ClientError]], session: ModelSession
     ) -> Iterator[tuple[str, dict[str, Any]]]:
         crops = [item for _, item in batch if isinstance(item, np.ndarray)]
-        results = iter(self.session.classify(crops, top_k=self.top_k))
+        results = iter(session.classify(crops, top_k=self.top_k))
         for path, item in batch:
             if isinstance(item, ClientError):
                 yield path, {"error": item.to_dict()}

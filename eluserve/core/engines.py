@@ -299,6 +299,32 @@ def measure_backend(
             return runs * len(batch) / elapsed
 
 
+def measure_parallel(backends: Sequence[Backend], batch: np.ndarray, seconds: float) -> float:
+    """Images/s of `backends` running `batch` at once, one thread each, over about `seconds` (after one
+    warm-up run each): the throughput of several one-thread sessions that share the cores, as the
+    service's workers and the in-process folder engine run them."""
+    if len(backends) == 1:
+        return measure_backend(backends[0], batch, seconds)
+    for backend in backends:
+        backend.run(batch)
+    runs = [0] * len(backends)
+    started = time.perf_counter()
+
+    def loop(index: int) -> None:
+        while True:
+            backends[index].run(batch)
+            runs[index] += 1
+            if time.perf_counter() - started >= seconds:
+                return
+
+    threads = [threading.Thread(target=loop, args=(index,)) for index in range(len(backends))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return sum(runs) * len(batch) / (time.perf_counter() - started)
+
+
 def measure_interleaved(
     backends: Sequence[Backend], batch: np.ndarray, rounds: int = SELECTION_ROUNDS
 ) -> dict[str, float]:

@@ -264,7 +264,21 @@ def test_the_engine_reads_ahead_a_bounded_number_of_files(tree: Tree, tiny_model
     first = list(itertools.islice(rows, 40))
     rows.close()
     assert len(first) == 40 and all(row.ok for row in first)
-    assert next(taken) <= 40 + 3 * 16 + 1
+    assert next(taken) <= 40 + (engine.workers + 1) * 16 + 1  # the batches its workers hold in flight
+
+
+def test_one_thread_session_per_core_gives_the_rows_of_one_session(tree: Tree, tiny_model_path: Path) -> None:
+    """The workers take turns on several sessions; every file still gets its own result, in order."""
+    single = LocalEngine.load(tiny_model_path, batch_size=4, threads=2, sessions=1)
+    several = LocalEngine.load(tiny_model_path, batch_size=4, threads=2)
+    assert (len(single.sessions), len(several.sessions)) == (1, 2)
+    paths = sorted(str(path) for path in tree.root.rglob("*") if path.is_file())
+    expected, actual = list(single.classify(paths)), list(several.classify(paths))
+    assert [row.path for row in actual] == paths
+    assert [(row.label, row.error) for row in actual] == [(row.label, row.error) for row in expected]
+    assert any(row.error for row in actual) and any(row.ok for row in actual)
+    for mine, theirs in zip(actual, expected, strict=True):
+        assert mine.probability == pytest.approx(theirs.probability, abs=1e-5)
 
 
 def test_undecodable_file_names_survive_a_resume(

@@ -24,6 +24,7 @@ from eluserve.core.engines import (
     OrtBackend,
     check_parity,
     cpu_supports_bf16,
+    measure_parallel,
     require_precision,
     synthetic_crops,
 )
@@ -174,3 +175,19 @@ def test_processes_that_agree_make_one_auto_choice(tiny_model_path: Path, tmp_pa
     assert copied.selection.images_per_second == {}
     assert copied.engine == first.engine
     assert len(alone.selection.images_per_second) == 2  # another group measures for itself
+
+
+def test_parallel_measurement_runs_every_session(tiny_model_path: Path) -> None:
+    class Counting:
+        def __init__(self) -> None:
+            self.backend = OrtBackend.create(tiny_model_path, [CPU], 1)
+            self.calls = 0
+
+        def run(self, batch: np.ndarray) -> np.ndarray:
+            self.calls += 1
+            return self.backend.run(batch)
+
+    sessions = [Counting(), Counting()]
+    batch = synthetic_crops(32, 32, count=4)
+    assert measure_parallel(sessions, batch, seconds=0.05) > 0  # type: ignore[arg-type]
+    assert all(session.calls >= 2 for session in sessions)  # a warm-up run and at least one measured
