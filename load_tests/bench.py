@@ -15,7 +15,9 @@ server, decoded server-side by all of them with `eluserve.core.preprocessing`:
   BYTES tensor and is decoded in the inference callable;
 - the limit: the fastest raw in-process engine (`eluserve.core.engines`: ONNX Runtime fp32, OpenVINO fp32,
   and OpenVINO bf16 where the CPU and the model card allow it) at its best batch size, among the
-  engines at the service's precision, fed already-decoded crops, measured while no server runs.
+  engines at the service's precision, fed already-decoded crops, measured while no server runs; each
+  engine in both shapes that use every core, one session of every core's threads and one one-thread
+  session per core at once (the service's workers run the second).
 
 The service is also driven by wrk (`load_tests.wrk`, the native client: about 0.1 core where the Python
 load generator takes most of one of the two cores it measures on), for both request kinds: `/classify`
@@ -115,43 +117,55 @@ class BenchResult:
         return any(run.failed for run in self.runs.values())
 
 
-def raw_backends(model_file: Path, info: Any) -> tuple[dict[tuple[str, str], Backend], dict[str, str]]:
-    """The raw engines of `RAW_ENGINES` that load here, every core each; and why the others do not."""
+def raw_backends(
+    model_file: Path, info: Any
+) -> tuple[dict[tuple[str, str, int], list[Backend]], dict[str, str]]:
+    """The raw engines of `RAW_ENGINES` that load here, keyed (engine, precision, sessions), each in
+    both shapes that use every core: one session of every core's threads, and one one-thread session
+    per core run at once (the service's workers run the second); and why the others do not load."""
     from eluserve.core.engines import OpenVinoBackend, OrtBackend, require_precision
     from eluserve.core.session import CPU, available_cores
 
-    backends: dict[tuple[str, str], Backend] = {}
+    cores = available_cores()
+    shapes = [(1, cores), *([(cores, 1)] if cores > 1 else [])]
+    backends: dict[tuple[str, str, int], list[Backend]] = {}
     skipped: dict[str, str] = {}
     for engine, precision in RAW_ENGINES:
         try:
             require_precision(info, precision)
-            if engine == "onnxruntime":
-                backends[engine, precision] = OrtBackend.create(model_file, [CPU], available_cores())
-            else:
-                backends[engine, precision] = OpenVinoBackend.create(model_file, available_cores(), precision)
+            for sessions, threads in shapes:
+                backends[engine, precision, sessions] = [
+                    OrtBackend.create(model_file, [CPU], threads)
+                    if engine == "onnxruntime"
+                    else OpenVinoBackend.create(model_file, threads, precision)
+                    for _ in range(sessions)
+                ]
         except Exception as exc:  # an engine that cannot run here is reported, the others measured
             skipped[f"{engine} {precision}"] = f"{type(exc).__name__}: {exc}"
     return backends, skipped
 
 
 def measure_raw(
-    backends: Mapping[tuple[str, str], Backend], crops: np.ndarray, batch_sizes: Sequence[int], seconds: float
+    backends: Mapping[tuple[str, str, int], Sequence[Backend]],
+    crops: np.ndarray,
+    batch_sizes: Sequence[int],
+    seconds: float,
 ) -> list[RawPoint]:
-    """The in-process limits: each engine on every core, real crops tiled to each batch size."""
+    """The in-process limits: each engine and shape on every core, real crops tiled to each batch size."""
     import numpy as np
 
-    from eluserve.core.engines import measure_backend
+    from eluserve.core.engines import measure_parallel
     from eluserve.core.throughput import Throughput
     from load_tests.report import RawPoint
 
     points = []
-    for (engine, precision), backend in backends.items():
+    for (engine, precision, sessions), shape in backends.items():
         for size in batch_sizes:
             wall, cpu = time.perf_counter(), time.process_time()
-            images_per_second = measure_backend(backend, crops[np.arange(size) % len(crops)], seconds)
+            images_per_second = measure_parallel(shape, crops[np.arange(size) % len(crops)], seconds)
             cores = (time.process_time() - cpu) / (time.perf_counter() - wall)
             throughput = Throughput(size, images_per_second, size / images_per_second)
-            points.append(RawPoint(throughput, 1000 * cores / images_per_second, engine, precision))
+            points.append(RawPoint(throughput, 1000 * cores / images_per_second, engine, precision, sessions))
     return points
 
 
@@ -457,6 +471,7 @@ def run_bench(config: BenchConfig) -> BenchResult:
                         "cpu_ms_per_image": p.cpu_ms_per_image,
                         "engine": p.engine,
                         "precision": p.precision,
+                        "sessions": p.sessions,
                     }
                     for p in raw
                 ],

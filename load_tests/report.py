@@ -66,10 +66,13 @@ class RawPoint:
     cpu_ms_per_image: float
     engine: str = "onnxruntime"
     precision: str = "fp32"
+    #: Sessions run at once, sharing the cores (one thread each when several).
+    sessions: int = 1
 
     @property
     def name(self) -> str:
-        return f"{self.engine} {self.precision}"
+        shape = f" ×{self.sessions} sessions" if self.sessions > 1 else ""
+        return f"{self.engine} {self.precision}{shape}"
 
 
 @dataclass(frozen=True)
