@@ -143,6 +143,16 @@ class ServerProcess:
             shutil.rmtree(self.scratch, ignore_errors=True)
 
 
+#: Set in a process that imported the service (`eluserve.service.control`): a server started with it
+#: would share that server's control state and metrics folder instead of making its own.
+PER_SERVER_ENVIRONMENT = ("ELUSERVE_CONTROL_DIR", "PROMETHEUS_MULTIPROC_DIR")
+
+
+def inherited_environment() -> dict[str, str]:
+    """This process's environment without what belongs to one server."""
+    return {key: value for key, value in os.environ.items() if key not in PER_SERVER_ENVIRONMENT}
+
+
 def _spawn(
     name: str,
     command: Sequence[str],
@@ -161,7 +171,7 @@ def _spawn(
         process = subprocess.Popen(
             list(command),
             cwd=REPO_ROOT,
-            env={**os.environ, "BENTOML_DO_NOT_TRACK": "True", "PYTHONUNBUFFERED": "1", **env},
+            env={**inherited_environment(), "BENTOML_DO_NOT_TRACK": "True", "PYTHONUNBUFFERED": "1", **env},
             stdout=log,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,

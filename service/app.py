@@ -29,6 +29,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import bentoml
+from bentoml._internal.configuration.containers import BentoMLContainer
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -64,6 +65,11 @@ http_protocol.install(settings.header_timeout_s, settings.http_parser)
 accept_balance.install()
 # Created by the `bentoml serve` process, inherited by its workers: see `eluserve.service.control`.
 control_dir = ensure_control_dir()
+# The workers' metrics files in this server's own folder. BentoML's default is one folder per
+# BENTOML_HOME, which every `bentoml serve` empties as it starts: a second server on the host (a
+# blue/green restart, a benchmark) deleted the first one's counters, and the first then answered
+# /metrics with the second one's. `bentoml serve` reads the setting after importing this module.
+BentoMLContainer.prometheus_multiproc_dir.set(str(control_dir / "prometheus"))
 
 
 async def _classify(request: Request) -> Response:

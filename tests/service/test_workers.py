@@ -19,7 +19,7 @@ import pytest
 
 from eluserve.core.contract import read_model_info
 from load_tests.wrk import cifar_body, run_wrk
-from tests.service.bento_server import BentoServer, start_server
+from tests.service.bento_server import BentoServer, running_server, start_server
 from tests.service.image_samples import encode, gradient
 from tests.service.metrics_scrape import MetricsDelta, Scrape
 
@@ -37,10 +37,12 @@ class Started:
 
 @pytest.fixture(scope="module")
 def started(tmp_path_factory: pytest.TempPathFactory, serving_model_path: Path) -> Iterator[Started]:
+    folder = tmp_path_factory.mktemp("workers-server")
     server = start_server(
-        tmp_path_factory.mktemp("workers-server"),
+        folder,
         {
             "ELUSERVE_MODEL": str(serving_model_path),
+            "ELUSERVE_CONTROL_DIR": str(folder / "control"),
             "ELUSERVE_WORKERS": "2",
             "ELUSERVE_WARMUP_MIN_SECONDS": str(WARMUP_SECONDS),
         },
@@ -103,7 +105,9 @@ def test_metrics_are_summed_over_all_worker_processes(started: Started, serving_
     # Both workers really served (and wrote metrics of their own): the sums above span two processes.
     assert delta("eluserve_worker_images_total", worker="1") > 0
     assert delta("eluserve_worker_images_total", worker="2") > 0
-    counter_files = {path.name for path in (server.home / "prometheus_multiproc_dir").glob("counter_*.db")}
+    counter_files = {
+        path.name for path in (server.log_path.parent / "control" / "prometheus").glob("counter_*.db")
+    }
     assert len(counter_files) >= 2, counter_files
 
 
@@ -187,3 +191,26 @@ def test_sixty_four_connections_meet_no_concurrency_limit_and_no_5xx(started: St
     # wrk does not count answers to the (at most 64) requests in flight when it stops.
     refused = delta("eluserve_requests_rejected_total", reason="latency_budget")
     assert result.count(429) <= refused <= result.count(429) + 64
+
+
+def test_a_second_server_on_the_host_leaves_the_first_ones_metrics(
+    started: Started, tmp_path: Path, serving_model_path: Path
+) -> None:
+    """Both servers share BENTOML_HOME, whose metrics folder every `bentoml serve` empties as it starts."""
+    first = started.server
+    image = {"image": ("a.jpg", encode(gradient(32, 32, seed=3), "JPEG"))}
+
+    def classified(url: str) -> float:
+        return Scrape.of(url).value("eluserve_images_total", outcome="ok") or 0.0
+
+    assert httpx.post(first.url + "/classify", files=image, timeout=30).status_code == 200
+    before = classified(first.url)
+    env = {
+        "ELUSERVE_MODEL": str(serving_model_path),
+        "ELUSERVE_WORKERS": "1",
+        "BENTOML_HOME": str(first.home),
+    }
+    with running_server(tmp_path, env) as second:
+        assert httpx.post(first.url + "/classify", files=image, timeout=30).status_code == 200
+        assert classified(first.url) == before + 1
+        assert classified(second.url) == 0
