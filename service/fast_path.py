@@ -17,6 +17,12 @@ off (docs/bench/serving-engine-v2.md, "Round 4"; the access log alone: 464 again
   `eluserve.service.bentoml_patches`) and CORS (when on), the same middleware instances as every other
   route. It skips the request context (`bentoml.context.request`, which none of our routes reads),
   BentoML's exception middleware and router, and for most routes our own.
+- BentoML's traffic metrics label each request with its route, not its raw path: a route of ours
+  with path parameters by its template (`/models/{name}/classify`), a path that no route serves as
+  `unmatched`. BentoML labels by the raw path, so every distinct path a client sends (a scanner's
+  thousands, or a model name per request) became series of its own in `/metrics`, without bound.
+  `EndpointLabel` shows that middleware the label in place of the path; `RealPath` puts the path back
+  before anything else reads it.
 - OpenTelemetry's middleware is left out while tracing is off. Our routes are in its `excluded_urls`
   then, so for them it only matched the URL against those patterns on every request; BentoML's own
   routes (/metrics, probes) would only make spans that nothing samples or exports.
@@ -73,20 +79,82 @@ class OwnRoutes:
             await self.app(scope, receive, send)
 
 
+#: BentoML 1.4's own routes (besides the mount of our app): exact paths, and the prefix of a mount.
+BENTOML_PATHS = frozenset({"/", "/livez", "/healthz", "/readyz", "/metrics", "/schema.json", "/docs.json"})
+BENTOML_PREFIXES = ("/static_content",)
+#: The label of a path that no route serves.
+UNMATCHED = "unmatched"
+#: Where `EndpointLabel` keeps the real path while BentoML's traffic metrics read the label.
+_REAL_PATH = "eluserve.real_path"
+
+
+class EndpointLabel:
+    """ASGI middleware around BentoML's traffic metrics: `scope["path"]` reads as the request's route
+    (a bounded set of values) until `RealPath` restores it."""
+
+    def __init__(self, app: ASGIApp, ours: Starlette) -> None:
+        self.app = app
+        routes = [route for route in ours.routes if isinstance(route, Route)]
+        self._exact = BENTOML_PATHS | {route.path for route in routes if "{" not in route.path}
+        self._templates = tuple((route.path, route.path_regex) for route in routes if "{" in route.path)
+
+    def label(self, path: str) -> str:
+        """The route that serves `path`, as its template, or `UNMATCHED`."""
+        if path in self._exact:
+            return path
+        for template, pattern in self._templates:
+            if pattern.match(path):
+                return template
+        for prefix in BENTOML_PREFIXES:
+            if path.startswith(prefix + "/"):
+                return prefix
+        return UNMATCHED
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] == "http":
+            label = self.label(scope["path"])
+            if label != scope["path"]:
+                scope[_REAL_PATH] = scope["path"]
+                scope["path"] = label
+        await self.app(scope, receive, send)
+
+
+class RealPath:
+    """ASGI middleware just inside BentoML's traffic metrics: the request's path again."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if _REAL_PATH in scope:
+            scope["path"] = scope.pop(_REAL_PATH)
+        await self.app(scope, receive, send)
+
+
 def rearrange(middleware: Iterable[Middleware], ours: Starlette, *, tracing: bool) -> list[Middleware]:
-    """BentoML's middleware list with `OwnRoutes` before its request context, and without
-    OpenTelemetry's middleware unless `tracing`.
+    """BentoML's middleware list with `OwnRoutes` before its request context, its traffic metrics
+    between `EndpointLabel` and `RealPath` (when metrics are on), and without OpenTelemetry's
+    middleware unless `tracing`.
 
     Raises:
         ValueError: the list has no `ContextMiddleware`, so there is no place that all of BentoML's
             traffic handling precedes.
     """
-    kept = [entry for entry in middleware if tracing or entry.cls.__name__ != "OpenTelemetryMiddleware"]
-    names = [entry.cls.__name__ for entry in kept]
+    rearranged: list[Middleware] = []
+    for entry in middleware:
+        name = entry.cls.__name__
+        if name == "OpenTelemetryMiddleware" and not tracing:
+            continue
+        if name == "ContextMiddleware":
+            rearranged.append(Middleware(OwnRoutes, ours=ours))
+        if name == "RunnerTrafficMetricsMiddleware":
+            rearranged += [Middleware(EndpointLabel, ours=ours), entry, Middleware(RealPath)]
+        else:
+            rearranged.append(entry)
+    names = [entry.cls.__name__ for entry in rearranged]
     if "ContextMiddleware" not in names:
         raise ValueError(f"no ContextMiddleware in BentoML's middleware list {names}")
-    at = names.index("ContextMiddleware")
-    return [*kept[:at], Middleware(OwnRoutes, ours=ours), *kept[at:]]
+    return rearranged
 
 
 def install(ours: Starlette, *, tracing: bool) -> bool:

@@ -46,14 +46,16 @@ def _classes(entries: list[Middleware]) -> list[type]:
 def test_own_routes_leave_after_bentomls_traffic_handling_and_before_its_context() -> None:
     rearranged = fast_path.rearrange([Middleware(cls) for cls in BENTOML_ORDER], http_app, tracing=False)
     assert _classes(rearranged) == [
+        fast_path.EndpointLabel,
         RunnerTrafficMetricsMiddleware,
+        fast_path.RealPath,
         AccessLogMiddleware,
         TimeoutMiddleware,
         MaxConcurrencyMiddleware,
         fast_path.OwnRoutes,
         ContextMiddleware,
     ]
-    assert rearranged[4].kwargs == {"ours": http_app}
+    assert rearranged[6].kwargs == {"ours": http_app}
 
 
 def test_tracing_keeps_opentelemetry() -> None:
@@ -75,6 +77,16 @@ def test_the_factory_builds_the_rearranged_list_for_our_service() -> None:
     assert fast_path.OwnRoutes in classes
     assert classes.index(fast_path.OwnRoutes) == classes.index(ContextMiddleware) - 1
     assert OpenTelemetryMiddleware not in classes  # ELUSERVE_TRACING is off by default
+
+
+def test_metrics_label_a_request_by_its_route() -> None:
+    label = fast_path.EndpointLabel(_echo("unused"), http_app).label
+    assert label("/classify") == "/classify"
+    assert label("/models/elufast-cifar10/classify") == "/models/{name}/classify"
+    assert label("/v2/models/x/versions/3/infer") == "/v2/models/{name}/versions/{version}/infer"
+    assert label("/livez") == "/livez" and label("/metrics") == "/metrics"
+    assert label("/static_content/app.js") == "/static_content"
+    assert label("/wp-login.php") == label("/classify/extra") == fast_path.UNMATCHED
 
 
 def _echo(text: str) -> Any:
@@ -144,6 +156,24 @@ def test_our_routes_keep_the_request_deadline(server: BentoServer) -> None:
     response = httpx.post(f"{server.url}/classify_batch", files=photos, timeout=60.0)
     assert response.status_code == 504, response.text
     assert "error" in response.json()
+
+
+@pytest.mark.integration
+def test_paths_no_route_serves_share_one_metrics_label(server: BentoServer, cifar_zip: Path) -> None:
+    """A scanner's paths and made-up model names add no series to /metrics."""
+    name, data = cifar_samples(cifar_zip, per_class=1)[0]
+    with MetricsDelta(server.url) as delta:
+        for i in range(3):
+            assert httpx.get(f"{server.url}/scan-{i}.php", timeout=10).status_code == 404
+            response = httpx.post(f"{server.url}/models/made-up-{i}/classify", files={"image": (name, data)})
+            assert response.status_code == 404
+    total = "bentoml_service_request_total"
+    assert delta(total, endpoint=fast_path.UNMATCHED, http_response_code="404") == 3
+    assert delta(total, endpoint="/models/{name}/classify", http_response_code="404") == 3
+    scrape = httpx.get(f"{server.url}/metrics", timeout=10).text
+    assert "scan-" not in scrape and "made-up-" not in scrape
+    # The request itself saw its real path: the access log says which route it asked for.
+    assert "path=/scan-0.php," in server.log() and "path=/models/made-up-0/classify," in server.log()
 
 
 @pytest.mark.integration
