@@ -21,11 +21,13 @@ workers it starts in ``ELUSERVE_CONTROL_DIR`` (they inherit its environment).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
 import json
 import logging
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -48,6 +50,10 @@ def ensure_control_dir() -> Path:
     if not value:
         value = tempfile.mkdtemp(prefix="eluserve-control-")
         os.environ[CONTROL_DIR_ENV] = value
+        # The process that made it outlives its server's workers (`bentoml serve` stops them first):
+        # removed when it exits, the folder and the metrics files in it do not pile up in /tmp, one per
+        # start. A folder the operator named is theirs to keep.
+        atexit.register(shutil.rmtree, value, ignore_errors=True)
     folder = Path(value)
     folder.mkdir(parents=True, exist_ok=True)
     return folder

@@ -214,3 +214,18 @@ def test_a_second_server_on_the_host_leaves_the_first_ones_metrics(
         assert httpx.post(first.url + "/classify", files=image, timeout=30).status_code == 200
         assert classified(first.url) == before + 1
         assert classified(second.url) == 0
+
+
+def test_the_server_removes_its_control_folder_when_it_stops(
+    tmp_path: Path, serving_model_path: Path
+) -> None:
+    """The folder holds the workers' metrics files too: one left behind per start would fill /tmp."""
+    with running_server(
+        tmp_path, {"ELUSERVE_MODEL": str(serving_model_path), "ELUSERVE_WORKERS": "1"}
+    ) as server:
+        workers = psutil.Process(server.process.pid).children(recursive=True)
+        folders = {worker.environ().get("ELUSERVE_CONTROL_DIR") for worker in workers} - {None}
+        assert len(folders) == 1, folders
+        folder = Path(folders.pop())
+        assert (folder / "prometheus").is_dir()
+    assert not folder.exists()
