@@ -300,29 +300,20 @@ def measure_backend(
 
 
 def measure_parallel(backends: Sequence[Backend], batch: np.ndarray, seconds: float) -> float:
-    """Images/s of `backends` running `batch` at once, one thread each, over about `seconds` (after one
-    warm-up run each): the throughput of several one-thread sessions that share the cores, as the
-    service's workers and the in-process folder engine run them."""
-    if len(backends) == 1:
-        return measure_backend(backends[0], batch, seconds)
-    for backend in backends:
-        backend.run(batch)
-    runs = [0] * len(backends)
-    started = time.perf_counter()
+    """Images/s of `backends` running `batch` at once, one thread each, `measure_backend` in each: the
+    throughput of several one-thread sessions that share the cores, as the service's workers and the
+    in-process folder engine run them."""
+    rates = [0.0] * len(backends)
 
-    def loop(index: int) -> None:
-        while True:
-            backends[index].run(batch)
-            runs[index] += 1
-            if time.perf_counter() - started >= seconds:
-                return
+    def measure(index: int) -> None:
+        rates[index] = measure_backend(backends[index], batch, seconds)
 
-    threads = [threading.Thread(target=loop, args=(index,)) for index in range(len(backends))]
+    threads = [threading.Thread(target=measure, args=(index,)) for index in range(len(backends))]
     for thread in threads:
         thread.start()
     for thread in threads:
         thread.join()
-    return sum(runs) * len(batch) / (time.perf_counter() - started)
+    return sum(rates)
 
 
 def measure_interleaved(
