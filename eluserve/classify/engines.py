@@ -124,11 +124,12 @@ class LocalEngine:
         share `threads` (default: every core); a missing or malformed file is a `UsageError` naming it."""
         threads = threads or available_cores()
         count = max(1, min(sessions or threads, threads))
+        each = threads // count
         with usage_errors_of_loading(model):
-            first = ModelSession.from_path(model, engine=engine, intra_op_threads=threads // count)
+            first = ModelSession.from_path(model, engine=engine, intra_op_threads=each)
             more = [
                 ModelSession.from_path(
-                    model, engine=first.engine, precision=first.precision, intra_op_threads=threads // count
+                    model, engine=first.engine, precision=first.precision, intra_op_threads=each
                 )
                 for _ in range(count - 1)
             ]
