@@ -44,6 +44,22 @@ logger = logging.getLogger(__name__)
 ASGIApp = Callable[..., Any]
 
 
+class RouteTable:
+    """Our app's routes, as `OwnRoutes` and `EndpointLabel` look them up: those without path parameters
+    by their path (one dict lookup for the hot routes), the others by their template's regex."""
+
+    def __init__(self, app: Starlette) -> None:
+        routes = [route for route in app.routes if isinstance(route, Route)]
+        self.exact = {route.path: route for route in routes if "{" not in route.path}
+        self.templated = tuple((route.path, route.path_regex) for route in routes if "{" in route.path)
+
+    def template(self, path: str) -> str | None:
+        """The route that serves `path` (any method), as its path or template; None if none does."""
+        if path in self.exact:
+            return path
+        return next((template for template, pattern in self.templated if pattern.match(path)), None)
+
+
 class OwnRoutes:
     """ASGI middleware: our app's routes to `ours`, everything else on through BentoML's stack.
 
@@ -57,19 +73,17 @@ class OwnRoutes:
     def __init__(self, app: ASGIApp, ours: Starlette) -> None:
         self.app = app
         self.ours = ours
-        routes = [route for route in ours.routes if isinstance(route, Route)]
-        self._direct = {route.path: route for route in routes if "{" not in route.path}
-        self._patterns = tuple(route.path_regex for route in routes if "{" in route.path)
+        self.routes = RouteTable(ours)
 
     def is_ours(self, path: str) -> bool:
         """Whether `path` is one of our routes (any method: our app answers 405 for a wrong one)."""
-        return path in self._direct or any(pattern.match(path) for pattern in self._patterns)
+        return self.routes.template(path) is not None
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        route = self._direct.get(scope["path"])
+        route = self.routes.exact.get(scope["path"])
         if route is not None and route.methods is not None and scope["method"] in route.methods:
             response = await route.endpoint(Request(scope, receive))
             await response(scope, receive, send)
@@ -94,17 +108,15 @@ class EndpointLabel:
 
     def __init__(self, app: ASGIApp, ours: Starlette) -> None:
         self.app = app
-        routes = [route for route in ours.routes if isinstance(route, Route)]
-        self._exact = BENTOML_PATHS | {route.path for route in routes if "{" not in route.path}
-        self._templates = tuple((route.path, route.path_regex) for route in routes if "{" in route.path)
+        self.routes = RouteTable(ours)
 
     def label(self, path: str) -> str:
         """The route that serves `path`, as its template, or `UNMATCHED`."""
-        if path in self._exact:
+        if path in BENTOML_PATHS:
             return path
-        for template, pattern in self._templates:
-            if pattern.match(path):
-                return template
+        template = self.routes.template(path)
+        if template is not None:
+            return template
         for prefix in BENTOML_PREFIXES:
             if path.startswith(prefix + "/"):
                 return prefix
