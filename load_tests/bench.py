@@ -118,9 +118,9 @@ class BenchResult:
 
 
 def raw_backends(
-    model_file: Path, info: Any
+    model_file: Path, info: Any, engines: Sequence[tuple[str, str]] = RAW_ENGINES
 ) -> tuple[dict[tuple[str, str, int], list[Backend]], dict[str, str]]:
-    """The raw engines of `RAW_ENGINES` that load here, keyed (engine, precision, sessions), each in
+    """The raw `engines` (engine, precision) that load here, keyed (engine, precision, sessions), each in
     both shapes that use every core: one session of every core's threads, and one one-thread session
     per core run at once (the service's workers run the second); and why the others do not load."""
     from eluserve.core.engines import OpenVinoBackend, OrtBackend, require_precision
@@ -130,7 +130,7 @@ def raw_backends(
     shapes = [(1, cores), *([(cores, 1)] if cores > 1 else [])]
     backends: dict[tuple[str, str, int], list[Backend]] = {}
     skipped: dict[str, str] = {}
-    for engine, precision in RAW_ENGINES:
+    for engine, precision in engines:
         try:
             require_precision(info, precision)
             for sessions, threads in shapes:

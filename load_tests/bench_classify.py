@@ -50,18 +50,21 @@ from eluserve.classify.engines import (
 from eluserve.classify.files import UsageError, iter_image_files
 from eluserve.classify.rows import Row, RowWriter, open_text
 from eluserve.classify.run import classify_files
+from eluserve.core.contract import ModelMetadata
 from eluserve.core.engines import (
     AUTO,
     ENGINES,
+    FP32,
+    ONNXRUNTIME,
     OPENVINO,
     Backend,
-    OpenVinoBackend,
-    OrtBackend,
     measure_parallel,
 )
 from eluserve.core.paths import default_model_file
-from eluserve.core.session import CPU, available_cores
+from eluserve.core.session import available_cores
+from load_tests.bench import raw_backends
 from load_tests.fixtures import CIFAR_ZIP
+from load_tests.report import shape_label
 
 #: The share of the fastest raw engine's best img/s that classification should reach.
 GOAL = 0.9
@@ -137,7 +140,7 @@ def bench(args: argparse.Namespace) -> str:
     if not zip_path.is_file():
         raise UsageError(f"no CIFAR-10 JPEG zip at {zip_path}; pass --data")
     local = LocalEngine.load(args.model, threads=args.threads, engine=args.runtime)
-    backends = raw_engines(Path(local.session.info.path))
+    backends = raw_engines(Path(local.session.info.path), local.session.info)
     sizes = sorted({*BENCH_BATCH_SIZES, *args.batch_sizes})
     raw: dict[tuple[str, int], list[float]] = {(name, size): [] for name in backends for size in sizes}
     with contextlib.ExitStack() as stack:
@@ -185,7 +188,7 @@ def bench(args: argparse.Namespace) -> str:
     median = {key: statistics.median(values) for key, values in raw.items()}
     best = max(median, key=median.__getitem__)
     # The raw figure of the engine and shape the in-process engine runs on (its sessions at once).
-    served = local.session.engine + (f" ×{len(local.sessions)} sessions" if len(local.sessions) > 1 else "")
+    served = local.session.engine + shape_label(len(local.sessions))
     info = local.session.info
     lines = [
         f"bench-classify: {count} CIFAR-10 JPEGs, model {info.tag} ({info.path}), classify on "
@@ -373,26 +376,16 @@ def ray_head(cpus: int) -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def raw_engines(model_file: Path) -> dict[str, list[Backend]]:
-    """Every fp32 engine that loads here, in both shapes that use every core: one session of a thread
-    per core (`onnxruntime`), and one one-thread session per core run at once (`onnxruntime ×2
-    sessions`, as the service's workers and the in-process engine run it). The limits classification is
-    held to: the fastest of them, whichever shape."""
-    cores = available_cores()
-    shapes = [(1, cores), *([(cores, 1)] if cores > 1 else [])]
-    backends: dict[str, list[Backend]] = {}
-    for sessions, threads in shapes:
-        suffix = f" ×{sessions} sessions" if sessions > 1 else ""
-        backends[f"onnxruntime{suffix}"] = [
-            OrtBackend.create(model_file, [CPU], threads) for _ in range(sessions)
-        ]
-        try:
-            backends[f"{OPENVINO}{suffix}"] = [
-                OpenVinoBackend.create(model_file, threads) for _ in range(sessions)
-            ]
-        except Exception as exc:  # reported, and the limit is ORT's
-            print(f"bench-classify: raw OpenVINO not measured: {type(exc).__name__}: {exc}", file=sys.stderr)
-    return backends
+def raw_engines(model_file: Path, info: ModelMetadata) -> dict[str, list[Backend]]:
+    """Every fp32 engine that loads here, in both shapes that use every core
+    (`load_tests.bench.raw_backends`): one session of a thread per core (`onnxruntime`), and one
+    one-thread session per core run at once (`onnxruntime ×2 sessions`, as the service's workers and
+    the in-process engine run it). The limits classification is held to: the fastest of them,
+    whichever shape."""
+    backends, skipped = raw_backends(model_file, info, engines=((ONNXRUNTIME, FP32), (OPENVINO, FP32)))
+    for name, why in skipped.items():  # reported; the limit is then the other engine's
+        print(f"bench-classify: raw {name} not measured: {why}", file=sys.stderr)
+    return {engine + shape_label(sessions): shape for (engine, _, sessions), shape in backends.items()}
 
 
 def register(subparsers: Any) -> None:

@@ -71,8 +71,12 @@ class RawPoint:
 
     @property
     def name(self) -> str:
-        shape = f" ×{self.sessions} sessions" if self.sessions > 1 else ""
-        return f"{self.engine} {self.precision}{shape}"
+        return f"{self.engine} {self.precision}{shape_label(self.sessions)}"
+
+
+def shape_label(sessions: int) -> str:
+    """How a raw engine's name says that `sessions` one-thread sessions ran at once ("" for one)."""
+    return f" ×{sessions} sessions" if sessions > 1 else ""
 
 
 @dataclass(frozen=True)
