@@ -3,6 +3,7 @@
     .venv/bin/eluserve bench                      # ≈ 10 min on 2 cores: loadgen levels, then wrk
     .venv/bin/eluserve bench --quick              # smoke run: seconds per server
     .venv/bin/eluserve bench --servers service --client wrk --wrk-concurrency 16,64,256
+    .venv/bin/eluserve bench --servers service --client wrk --wrk-concurrency 16,32 --repeat 3
     .venv/bin/eluserve bench --servers service --profile --service-env ELUSERVE_MAX_LATENCY_MS=50
 
 Everything runs on 127.0.0.1 on free ports and is stopped afterwards. Each server gets the same
@@ -21,8 +22,14 @@ server, decoded server-side by all of them with `eluserve.core.preprocessing`:
 
 The service is also driven by wrk (`load_tests.wrk`, the native client: about 0.1 core where the Python
 load generator takes most of one of the two cores it measures on), for both request kinds: `/classify`
-with one image and `/classify_batch` with 16, at 1, 16, 64 and 256 connections. Only 2xx answers count
-as served images; every other answer is reported by status, 429s included.
+with one image and `/classify_batch` with 16, at 1, 16, 64 and 256 connections, `--repeat` times over
+(default once). Only 2xx answers count as served images; every other answer is reported by status, 429s
+included. Each wrk run is held against the limit measured again, in the configuration the initial sweep
+chose (engine, precision, shape, batch) for `--bracket-seconds` (default 2), right before and right
+after it while the server is idle: this host's speed drifts by 10-15 % within minutes, and the served
+figure moves with it, so a ratio to the sweep's figure from minutes earlier would measure the drift as
+much as the service. Over the repeated runs the report gives min / median / max and the spread of both
+the served figure and that ratio.
 
 Writes `bench.md` (the table, the goal ratios, cold starts, CPU by process), `bench.json` and
 `bench.png` to `--out` (default runs/bench/), and server logs under `logs/`. With `--profile`, py-spy
@@ -38,13 +45,14 @@ import json
 import os
 import sys
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:  # the heavy modules load only when the command runs, not for `eluserve --help`
     import numpy as np
+    import psutil
 
     from eluserve.core.engines import Backend
     from load_tests.fixtures import Attachment
@@ -88,6 +96,10 @@ class BenchConfig:
     wrk_concurrencies: tuple[int, ...] = (1, 16, 64, 256)
     wrk_seconds: float = 10.0
     wrk_batch_images: int = 16
+    #: Seconds the limit is measured for right before and right after each wrk run.
+    bracket_seconds: float = 2.0
+    #: Passes over the wrk levels against the same server, for their spread.
+    repeat: int = 1
 
     @classmethod
     def quick(cls, **overrides: Any) -> BenchConfig:
@@ -101,6 +113,7 @@ class BenchConfig:
             "raw_seconds": 0.2,
             "wrk_concurrencies": (1, 4),
             "wrk_seconds": 1.0,
+            "bracket_seconds": 0.2,
         }
         return cls(**{**values, **overrides})
 
@@ -152,8 +165,6 @@ def measure_raw(
     seconds: float,
 ) -> list[RawPoint]:
     """The in-process limits: each engine and shape on every core, real crops tiled to each batch size."""
-    import numpy as np
-
     from eluserve.core.engines import measure_parallel
     from eluserve.core.throughput import Throughput
     from load_tests.report import RawPoint
@@ -162,11 +173,18 @@ def measure_raw(
     for (engine, precision, sessions), shape in backends.items():
         for size in batch_sizes:
             wall, cpu = time.perf_counter(), time.process_time()
-            images_per_second = measure_parallel(shape, crops[np.arange(size) % len(crops)], seconds)
+            images_per_second = measure_parallel(shape, tiled(crops, size), seconds)
             cores = (time.process_time() - cpu) / (time.perf_counter() - wall)
             throughput = Throughput(size, images_per_second, size / images_per_second)
             points.append(RawPoint(throughput, 1000 * cores / images_per_second, engine, precision, sessions))
     return points
+
+
+def tiled(crops: np.ndarray, size: int) -> np.ndarray:
+    """A batch of `size` real crops, cycling through them."""
+    import numpy as np
+
+    return crops[np.arange(size) % len(crops)]
 
 
 def limit_point(raw: Sequence[RawPoint], precision: str) -> RawPoint | None:
@@ -178,33 +196,78 @@ def limit_point(raw: Sequence[RawPoint], precision: str) -> RawPoint | None:
     )
 
 
-def _run_wrk(config: BenchConfig, url: str, uploads: Sequence[Attachment], run: ServerRun) -> None:
-    """wrk against /classify (one image) and /classify_batch (`wrk_batch_images`), each count."""
+@dataclass(frozen=True)
+class LimitProbe:
+    """The limit's configuration (engine, precision, shape, batch) kept loaded after the sweep, to be
+    measured again around each wrk run: the host's speed drifts within minutes, so each run is held
+    against the limit of its own minutes. Idle sessions use no CPU while the servers run."""
+
+    backends: Sequence[Backend]
+    batch: np.ndarray
+    seconds: float
+
+    def __call__(self) -> float:
+        """The limit's images/s now, over about `seconds`."""
+        from eluserve.core.engines import measure_parallel
+
+        return measure_parallel(self.backends, self.batch, self.seconds)
+
+
+def _run_wrk(
+    config: BenchConfig,
+    url: str,
+    uploads: Sequence[Attachment],
+    run: ServerRun,
+    probe: Callable[[], float] | None,
+    server_processes: Callable[[], Sequence[psutil.Process]],
+) -> None:
+    """wrk against /classify (one image) and /classify_batch (`wrk_batch_images`), each count, `repeat`
+    passes over them, with the limit measured (`probe`) between runs once the server is quiet. One
+    measurement lies right after one run and right before the next, so it brackets both: the runs
+    are not stretched apart by twice the probe's seconds, which would give the host more time to move."""
     from load_tests.fixtures import multipart
-    from load_tests.wrk import run_wrk
+    from load_tests.report import WrkLevel
+    from load_tests.wrk import run_wrk, wait_quiet
+
+    def limit_now() -> float | None:
+        if probe is None:
+            return None
+        wait_quiet(server_processes())
+        return probe()
 
     batch = [uploads[i % len(uploads)] for i in range(config.wrk_batch_images)]
     kinds = (
         (url + "/classify", multipart("image", uploads[:1]), 1),
         (url + "/classify_batch", multipart("images", batch), len(batch)),
     )
-    for target, (body, content_type), images in kinds:
-        for connections in config.wrk_concurrencies:
-            result = run_wrk(
-                target,
-                body,
-                content_type,
-                connections=connections,
-                duration_s=config.wrk_seconds,
-                images_per_request=images,
-                timeout_s=30.0,
-            )
-            run.wrk.append(result)
-            refused = {status: n for status, n in result.statuses.items() if not 200 <= status < 300}
-            _progress(
-                f"{run.name}: wrk {target.rsplit('/', 1)[-1]} c={connections}: {result.images_per_s:.1f} "
-                f"img/s served, p99 {result.latency_ms.get(99.0, 0):.1f} ms, non-2xx {refused or 0}"
-            )
+    before = limit_now()
+    for repetition in range(1, config.repeat + 1):
+        for target, (body, content_type), images in kinds:
+            for connections in config.wrk_concurrencies:
+                result = run_wrk(
+                    target,
+                    body,
+                    content_type,
+                    connections=connections,
+                    duration_s=config.wrk_seconds,
+                    images_per_request=images,
+                    timeout_s=30.0,
+                )
+                after = limit_now()
+                level = WrkLevel(result, before, after, repetition)
+                run.wrk.append(level)
+                before = after
+                refused = {status: n for status, n in result.statuses.items() if not 200 <= status < 300}
+                bracket = (
+                    ""
+                    if level.ratio is None
+                    else f", limit {level.limit_before:.0f} → {level.limit_after:.0f} (÷ {level.ratio:.3f})"
+                )
+                _progress(
+                    f"{run.name}: wrk {level.endpoint} c={connections} run {repetition}/{config.repeat}: "
+                    f"{result.images_per_s:.1f} img/s served{bracket}, "
+                    f"p99 {result.latency_ms.get(99.0, 0):.1f} ms, non-2xx {refused or 0}"
+                )
 
 
 def _served_by(url: str) -> str:
@@ -284,6 +347,7 @@ def _bench_server(
     expected_label: str,
     labels: Sequence[str],
     max_batch_size: int,
+    probe: Callable[[], float] | None,
 ) -> ServerRun:
     from load_tests import profiling, servers
     from load_tests.loadgen import run_level
@@ -336,7 +400,7 @@ def _bench_server(
                 f"p99 {level.percentile_ms(99):.1f} ms, {level.error_count} errors"
             )
         if key == "service" and "wrk" in config.clients:
-            _run_wrk(config, server.url, uploads, run)
+            _run_wrk(config, server.url, uploads, run, probe, server.processes)
     except Exception as exc:  # one failing server is reported; the others are still measured
         run.problem = f"{type(exc).__name__}: {exc}"
         run.failed = True
@@ -379,11 +443,20 @@ def run_bench(config: BenchConfig) -> BenchResult:
     backends, raw_skipped = raw_backends(model_file, info)
     raw_started, raw_cpu, raw_machine = time.perf_counter(), time.process_time(), busy_seconds()
     raw = measure_raw(backends, crops, config.raw_batch_sizes, config.raw_seconds)
-    del backends  # their threads would compete with the servers
     raw_wall = time.perf_counter() - raw_started
     raw_other = max(0.0, busy_seconds() - raw_machine - (time.process_time() - raw_cpu)) / raw_wall
     limit = limit_point(raw, settings.precision)
     raw_best = limit.throughput if limit else None
+    probe = (
+        None
+        if limit is None
+        else LimitProbe(
+            backends[limit.engine, limit.precision, limit.sessions],
+            tiled(crops, limit.throughput.batch_size),
+            config.bracket_seconds,
+        )
+    )
+    del backends  # only the limit's sessions are kept (in `probe`), idle while the servers run
     if limit is not None:
         _progress(
             f"raw limit: {limit.name}, {limit.throughput.images_per_second:.1f} img/s at batch "
@@ -397,14 +470,16 @@ def run_bench(config: BenchConfig) -> BenchResult:
 
     runs = {
         key: _bench_server(
-            key, config, model_file, uploads, expected_label, info.labels, settings.max_batch_size
+            key, config, model_file, uploads, expected_label, info.labels, settings.max_batch_size, probe
         )
         for key in config.servers
     }
     ordered = [runs[key] for key in SERVERS if key in runs]
     top = max(config.concurrencies)
     goal_ratios = report.ratios(runs, raw_best, top, config.p99_budget_ms, limit.name if limit else "engine")
-    plotted = report.plot(ordered, raw_best, config.p99_budget_ms, config.out / "bench.png")
+    service_run = runs.get("service")
+    wrk_summary = report.summarize(service_run.wrk) if service_run else []
+    plotted = report.plot(ordered, raw_best, config.p99_budget_ms, config.out / "bench.png", wrk_summary)
 
     sections = [
         f"# eluserve bench: {info.tag} on {available_cores()} cores, {time.strftime('%Y-%m-%d %H:%M %Z')}",
@@ -432,14 +507,27 @@ def run_bench(config: BenchConfig) -> BenchResult:
         + ".\n\n"
         + report.raw_table(raw),
     ]
-    service_run = runs.get("service")
     if service_run is not None and service_run.wrk:
+        limit_text = (
+            "no limit was measured (no raw engine at the service's precision loaded)"
+            if limit is None
+            else f"limit before / after: raw {limit.name} at batch {limit.throughput.batch_size}, the "
+            f"sweep's limit, measured again for {config.bracket_seconds:g} s once the server is quiet, "
+            "right before and right after each run (one measurement between two runs is the after of "
+            "the first and the before of the second); ÷ limit: served ÷ the mean of the two; drift: "
+            "after ÷ before. Bracketed because this host's speed drifts by 10-15 % within minutes and "
+            "the served figure with it: against the sweep's figure from minutes earlier the ratio would "
+            "measure the drift too. A drift far from 1 marks a run during which the host moved"
+        )
         sections[5:5] = [
             f"## wrk (native client), service on {service_run.served_by}",
-            f"-t1, {config.wrk_seconds:g} s per run, keep-alive connections, one fixed multipart body per "
-            f"endpoint. Served img/s counts 2xx answers only; every other answer is listed by status. "
-            f"÷ limit: against raw {limit.name if limit else '—'} at its best batch.\n\n"
-            + report.wrk_table(service_run.wrk, raw_best),
+            f"-t1, {config.wrk_seconds:g} s per run, {config.repeat} pass(es) over the levels, keep-alive "
+            "connections, one fixed multipart body per endpoint. Served img/s counts 2xx answers only; "
+            f"every other answer is listed by status. {limit_text}.\n\n" + report.wrk_table(service_run.wrk),
+            f"### Over {config.repeat} run(s)",
+            "Spread: max ÷ min − 1, of the served figure and, separately, of the bracketed ratio (goal "
+            f"≤ {100 * report.SPREAD_GOAL:g} %, judged from {report.SPREAD_RUNS} runs). The ratio goal is "
+            "judged on the median.\n\n" + report.wrk_summary_table(wrk_summary),
         ]
     served_by = runs["service"].served_by if "service" in runs else "—"
     sections.insert(
@@ -484,7 +572,8 @@ def run_bench(config: BenchConfig) -> BenchResult:
                         "problem": run.problem,
                         "served_by": run.served_by,
                         "levels": [level.to_dict() for level in run.levels],
-                        "wrk": [result.to_dict() for result in run.wrk],
+                        "wrk": [level.to_dict() for level in run.wrk],
+                        "wrk_summary": [summary.to_dict() for summary in report.summarize(run.wrk)],
                     }
                     for key, run in runs.items()
                 },
@@ -510,6 +599,12 @@ def _ints(text: str) -> tuple[int, ...]:
     if not values or any(v < 1 for v in values):
         raise argparse.ArgumentTypeError(f"expected positive integers separated by commas, got {text!r}")
     return values
+
+
+def _positive(text: str) -> int:
+    if not text.strip().isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return int(text)
 
 
 def _names(text: str) -> tuple[str, ...]:
@@ -555,6 +650,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
             "clients": args.client,
             "wrk_concurrencies": args.wrk_concurrency,
             "wrk_seconds": args.wrk_seconds,
+            "bracket_seconds": args.bracket_seconds,
+            "repeat": args.repeat,
         }.items()
         if value is not None
     }
@@ -607,4 +704,14 @@ def register(subparsers: Any) -> None:
         "--wrk-concurrency", type=_ints, help="wrk connection counts per endpoint (default 1,16,64,256)"
     )
     bench.add_argument("--wrk-seconds", type=float, help="seconds per wrk run (default 10)")
+    bench.add_argument(
+        "--bracket-seconds",
+        type=float,
+        help="seconds the limit is measured for right before and after each wrk run (default 2)",
+    )
+    bench.add_argument(
+        "--repeat",
+        type=_positive,
+        help="passes over the wrk levels against the same server, for their spread (default 1)",
+    )
     bench.set_defaults(func=cmd_bench)

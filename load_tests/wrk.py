@@ -26,6 +26,7 @@ import json
 import shutil
 import subprocess
 import tempfile
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
@@ -279,6 +280,30 @@ def _cpu_seconds(processes: Sequence[psutil.Process]) -> float:
             continue
         total += times.user + times.system
     return total
+
+
+def wait_quiet(
+    processes: Sequence[psutil.Process],
+    cores: float = 0.15,
+    window_s: float = 0.2,
+    timeout_s: float = 10.0,
+) -> float:
+    """Wait until `processes` together use under `cores` over a `window_s` window, or `timeout_s` passes.
+
+    When wrk stops, the server still works through the requests it has queued (at 32 connections of 16
+    images, a third of a second of inference): whatever is measured next on the machine would share the
+    cores with it.
+
+    Returns:
+        the seconds waited.
+    """
+    started = time.perf_counter()
+    while True:
+        before = _cpu_seconds(processes)
+        time.sleep(window_s)
+        waited = time.perf_counter() - started
+        if _cpu_seconds(processes) - before < cores * window_s or waited >= timeout_s:
+            return waited
 
 
 def sweep(

@@ -10,6 +10,7 @@ gevent, which the rest of the test session must not inherit.
 from __future__ import annotations
 
 import importlib.util
+import itertools
 import json
 import os
 import re
@@ -159,13 +160,20 @@ def test_quick_bench_measures_service_and_naive_and_cleans_up(
     if "wrk" in config.clients:
         wrk = result.runs["service"].wrk
         assert "## wrk (native client)" in markdown
-        assert [(r.url.rsplit("/", 1)[-1], r.images_per_request, r.connections) for r in wrk] == [
+        assert [
+            (level.endpoint, level.result.images_per_request, level.result.connections) for level in wrk
+        ] == [
             ("classify", 1, 1),
             ("classify", 1, 4),
             ("classify_batch", 16, 1),
             ("classify_batch", 16, 4),
         ]
-        assert all(r.ok > 0 and r.server_errors == 0 for r in wrk), result.markdown
+        assert all(level.result.ok > 0 and level.result.server_errors == 0 for level in wrk), result.markdown
+        # Every run is bracketed by the limit, measured again in the sweep's configuration.
+        assert all(level.ratio is not None and level.ratio > 0 for level in wrk), result.markdown
+        assert all(earlier.limit_after == later.limit_before for earlier, later in itertools.pairwise(wrk))
+        assert "### Over 1 run(s)" in markdown
+        assert report["servers"]["service"]["wrk"][0]["ratio"] == pytest.approx(wrk[0].ratio, abs=1e-4)
     if importlib.util.find_spec("matplotlib") is not None:
         assert (tmp_path / "bench" / "bench.png").stat().st_size > 0
     assert _descendants(os.getpid()) <= before, "the bench left server processes behind"
