@@ -509,9 +509,9 @@ def run_bench(config: BenchConfig) -> BenchResult:
     ]
     if service_run is not None and service_run.wrk:
         limit_text = (
-            "no limit was measured (no raw engine at the service's precision loaded)"
+            "No limit was measured (no raw engine at the service's precision loaded)"
             if limit is None
-            else f"limit before / after: raw {limit.name} at batch {limit.throughput.batch_size}, the "
+            else f"Limit before / after: raw {limit.name} at batch {limit.throughput.batch_size}, the "
             f"sweep's limit, measured again for {config.bracket_seconds:g} s once the server is quiet, "
             "right before and right after each run (one measurement between two runs is the after of "
             "the first and the before of the second); ÷ limit: served ÷ the mean of the two; drift: "
