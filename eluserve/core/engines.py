@@ -25,6 +25,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -302,18 +303,11 @@ def measure_backend(
 def measure_parallel(backends: Sequence[Backend], batch: np.ndarray, seconds: float) -> float:
     """Images/s of `backends` running `batch` at once, one thread each, `measure_backend` in each: the
     throughput of several one-thread sessions that share the cores, as the service's workers and the
-    in-process folder engine run them."""
-    rates = [0.0] * len(backends)
-
-    def measure(index: int) -> None:
-        rates[index] = measure_backend(backends[index], batch, seconds)
-
-    threads = [threading.Thread(target=measure, args=(index,)) for index in range(len(backends))]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    return sum(rates)
+    in-process folder engine run them. A session that fails raises here: a thread that died would
+    otherwise count as 0 img/s and quietly lower the limit."""
+    with ThreadPoolExecutor(max_workers=len(backends)) as pool:
+        futures = [pool.submit(measure_backend, backend, batch, seconds) for backend in backends]
+        return sum(future.result() for future in futures)
 
 
 def measure_interleaved(

@@ -191,3 +191,16 @@ def test_parallel_measurement_runs_every_session(tiny_model_path: Path) -> None:
     batch = synthetic_crops(32, 32, count=4)
     assert measure_parallel(sessions, batch, seconds=0.05) > 0  # type: ignore[arg-type]
     assert all(session.calls >= 2 for session in sessions)  # a warm-up run and at least one measured
+
+
+def test_parallel_measurement_raises_when_a_session_fails(tiny_model_path: Path) -> None:
+    """A session that fails must not count as 0 img/s: that would quietly lower the bench's limit."""
+
+    class Failing:
+        def run(self, batch: np.ndarray) -> np.ndarray:
+            raise RuntimeError("device lost")
+
+    working = OrtBackend.create(tiny_model_path, [CPU], 1)
+    batch = synthetic_crops(32, 32, count=4)
+    with pytest.raises(RuntimeError, match="device lost"):
+        measure_parallel([working, Failing()], batch, seconds=0.05)  # type: ignore[list-item]
