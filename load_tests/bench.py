@@ -481,8 +481,10 @@ def run_bench(config: BenchConfig) -> BenchResult:
     wrk_summary = report.summarize(service_run.wrk) if service_run else []
     plotted = report.plot(ordered, raw_best, config.p99_budget_ms, config.out / "bench.png", wrk_summary)
 
-    sections = [
-        f"# eluserve bench: {info.tag} on {available_cores()} cores, {time.strftime('%Y-%m-%d %H:%M %Z')}",
+    # With `--client wrk` and only the service, the closed-loop load generator measured nothing: its
+    # table, goals and CPU split would only say "not run" and "not measured".
+    closed_loop_ran = any(run.levels for run in ordered)
+    closed_loop = [
         f"Closed loop, {config.warmup:g} s warm-up + {config.seconds:g} s measured per level; each "
         f"request one 32×32 CIFAR-10 JPEG ({len(uploads)} distinct, ≈ "
         f"{sum(len(u.data) for u in uploads) / len(uploads):.0f} B), decoded server-side by every server. "
@@ -493,13 +495,16 @@ def run_bench(config: BenchConfig) -> BenchResult:
         report.table(ordered, [limit] if limit else []),
         "## Goals",
         report.ratio_table(goal_ratios),
+    ]
+    sections = [
+        f"# eluserve bench: {info.tag} on {available_cores()} cores, {time.strftime('%Y-%m-%d %H:%M %Z')}",
+        *(closed_loop if closed_loop_ran else []),
         "## Cold start (process start → ready)",
         "\n".join(
             f"- {run.name}: {run.cold_start_s:.1f} s" if run.cold_start_s is not None else f"- {run.name}: —"
             for run in ordered
         ),
-        "## CPU by process",
-        report.cpu_table(ordered, top),
+        *(["## CPU by process", report.cpu_table(ordered, top)] if closed_loop_ran else []),
         "## Raw engines by batch size",
         f"Other work on the machine used {raw_other:.2f} cores meanwhile. The limit is the fastest engine "
         f"at the service's precision ({settings.precision})"
@@ -519,7 +524,8 @@ def run_bench(config: BenchConfig) -> BenchResult:
             "the served figure with it: against the sweep's figure from minutes earlier the ratio would "
             "measure the drift too. A drift far from 1 marks a run during which the host moved"
         )
-        sections[5:5] = [
+        wrk_at = sections.index("## Cold start (process start → ready)")
+        sections[wrk_at:wrk_at] = [
             f"## wrk (native client), service on {service_run.served_by}",
             f"-t1, {config.wrk_seconds:g} s per run, {config.repeat} pass(es) over the levels, keep-alive "
             "connections, one fixed multipart body per endpoint. Served img/s counts 2xx answers only; "
@@ -531,7 +537,7 @@ def run_bench(config: BenchConfig) -> BenchResult:
         ]
     served_by = runs["service"].served_by if "service" in runs else "—"
     sections.insert(
-        2,
+        2 if closed_loop_ran else 1,
         f"Service settings: {settings.workers} worker(s) × {settings.threads_per_worker()} inference "
         f"threads, engine {settings.engine} (served by {served_by}), "
         f"batches ≤ {settings.max_batch_size}, "
