@@ -60,6 +60,16 @@ BATCH_SIZE = Histogram(
     namespace=NAMESPACE,
     buckets=BATCH_SIZE_BUCKETS,
 )
+#: HTTP workers whose requests one device batch holds: from 1 to a GPU host's cores.
+WORKERS_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32, 64)
+DEVICE_BATCH_WORKERS = Histogram(
+    "device_batch_workers",
+    "HTTP workers whose requests one batch held, with shared device batching (ELUSERVE_DEVICE_BATCHING): "
+    "above 1, batches merge the requests of several workers.",
+    ["model", "version"],
+    namespace=NAMESPACE,
+    buckets=WORKERS_BUCKETS,
+)
 IMAGES = Counter(
     "images",
     "Images received, by outcome: ok = classified, error = refused with a client error.",
@@ -152,6 +162,7 @@ def init_metrics(info: ModelMetadata) -> None:
         CLIENT_ERRORS.labels(**model, code=code)
     INFERENCE_DURATION.labels(**model, provider=provider)
     BATCH_SIZE.labels(**model)
+    DEVICE_BATCH_WORKERS.labels(**model)
 
 
 @dataclass(frozen=True)
