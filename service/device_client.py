@@ -101,7 +101,6 @@ class DeviceLink:
         self.socket = socket_path(control_dir)
         self._ids = itertools.count(1)
         self._spawn_lock = threading.Lock()
-        self._spawned: list[subprocess.Popen[bytes]] = []
         self._connection: _Connection | None = None
         self._connect_lock: tuple[asyncio.AbstractEventLoop, asyncio.Lock] | None = None
 
@@ -122,7 +121,6 @@ class DeviceLink:
             DeviceUnavailable: none listened within `HOST_START_TIMEOUT_S`.
         """
         with self._spawn_lock:
-            self._spawned = [process for process in self._spawned if process.poll() is None]
             if self._reachable():
                 return
             env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(self.control_dir / "prometheus")}
@@ -131,9 +129,9 @@ class DeviceLink:
             logger.info("worker %d: starting the device host", os.getpid())
             # A session of its own: the host outlives this worker (it follows the server), and a signal
             # meant for this worker's group does not reach it.
-            self._spawned.append(
-                subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
-            )
+            process = subprocess.Popen(command, env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+            # Reaped whenever it exits (at once, for a candidate that lost the lock to another).
+            threading.Thread(target=process.wait, name="eluserve-device-host-reaper", daemon=True).start()
             deadline = time.monotonic() + HOST_START_TIMEOUT_S
             while not self._reachable():
                 if time.monotonic() > deadline:
