@@ -22,6 +22,7 @@ for a served image: only 2xx answers count as served images.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import subprocess
@@ -253,7 +254,9 @@ def parse_output(stdout: str, url: str, connections: int, images_per_request: in
 def listening_processes(url: str) -> list[psutil.Process]:
     """Every process that holds a listening socket on `url`'s port: a `bentoml serve` arbiter and all
     its workers, which share the arbiter's socket (`psutil.net_connections` names one holder of a
-    shared socket only, so each process is asked). Reading other users' processes needs root."""
+    shared socket only, so each process is asked), and the processes they started: the shared
+    device host (`eluserve.service.device_host`) listens on no TCP port but does the inference.
+    Reading other users' processes needs root."""
     import psutil
 
     port = urlsplit(url).port
@@ -265,7 +268,11 @@ def listening_processes(url: str) -> list[psutil.Process]:
             continue
         if any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in connections):
             holders.append(process)
-    return holders
+    started = []
+    for holder in holders:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            started += holder.children(recursive=True)
+    return list({process.pid: process for process in holders + started}.values())
 
 
 def _cpu_seconds(processes: Sequence[psutil.Process]) -> float:
