@@ -238,6 +238,10 @@ class DeviceLink:
                     answer.set_exception(DeviceUnavailable(f"the device host went away: {reason}"))
 
 
+#: Tells a worker's `SharedBatcher`s apart on the host (a reload holds the old and the new at once).
+_handles = itertools.count(1)
+
+
 def model_key(model_file: Path) -> str:
     """A version's identity on the host: the file, as it is now (a file replaced in place is new)."""
     stat = model_file.stat()
@@ -254,6 +258,7 @@ class SharedBatcher:
             "key": model_key(model_file),
             "path": str(model_file.resolve()),
             "pid": os.getpid(),
+            "handle": next(_handles),
         }
         opened = link.call({"op": "open", **self._request}, OPEN_TIMEOUT_S)
         #: The contract metadata, with the engine, device and precision the host's session runs on.

@@ -20,7 +20,8 @@ Lifetime: the host belongs to the server, not to the worker that started it. It 
 `bentoml serve` process (the workers' parent, passed as ``--server-pid``) is gone or the control folder
 was removed (the server removes it as it exits), checked every `WATCH_S`; a worker restart leaves it
 running. It releases a model version (session and batcher) once no live worker uses it: workers
-`open` and `close` the versions they serve, and the pids of dead workers are pruned every `WATCH_S`.
+`open` and `close` the versions they serve (an `infer` re-registers its sender with a restarted host),
+and the users of dead workers are pruned every `WATCH_S`.
 
 The frames are `eluserve.service.device_protocol`'s, over the Unix socket ``device.sock`` in the
 control folder (created 0700 by `tempfile.mkdtemp`, so only the server's user can connect). Batch size
@@ -69,11 +70,15 @@ WATCH_S = 0.5
 
 @dataclass(eq=False)
 class HostedModel:
-    """One model version on the device: its session, the shared batcher, the worker pids using it."""
+    """One model version on the device: its session, the shared batcher, and who uses it.
+
+    A user is a worker's pid and the handle of one `SharedBatcher` in it: a worker that reloads a
+    version opens it again before it closes the old handle, so the version stays loaded across.
+    """
 
     session: ModelSession
     batcher: Batcher
-    users: set[int] = field(default_factory=set)
+    users: set[tuple[int, int]] = field(default_factory=set)
 
 
 class DeviceHost:
@@ -105,14 +110,14 @@ class DeviceHost:
 
     # --- models -----------------------------------------------------------------------------------
 
-    async def _use(self, key: str, path: str, pid: int) -> HostedModel:
-        """The version `key` names, loaded and warmed up (once, whoever asks first), `pid` a user."""
+    async def _use(self, key: str, path: str, user: tuple[int, int]) -> HostedModel:
+        """The version `key` names, loaded and warmed up (once, whoever asks first), `user` a user."""
         async with self._loading.setdefault(key, asyncio.Lock()):
             model = self._models.get(key)
             if model is None:
                 model = await asyncio.to_thread(self._load, Path(path))
                 self._models[key] = model
-            model.users.add(pid)
+            model.users.add(user)
             return model
 
     def _load(self, path: Path) -> HostedModel:
@@ -139,11 +144,11 @@ class DeviceHost:
         )
         return HostedModel(session, batcher)
 
-    def _release(self, key: str, pid: int) -> None:
+    def _release(self, key: str, user: tuple[int, int]) -> None:
         model = self._models.get(key)
         if model is None:
             return
-        model.users.discard(pid)
+        model.users.discard(user)
         if not model.users:
             del self._models[key]
             model.batcher.close()
@@ -151,8 +156,8 @@ class DeviceHost:
 
     def _prune(self) -> None:
         for key, model in list(self._models.items()):
-            for pid in [pid for pid in model.users if not pid_alive(pid)]:
-                self._release(key, pid)
+            for user in [user for user in model.users if not pid_alive(user[0])]:
+                self._release(key, user)
 
     # --- frames -----------------------------------------------------------------------------------
 
@@ -196,17 +201,23 @@ class DeviceHost:
     async def _handle(self, frame: Frame) -> tuple[dict[str, Any], np.ndarray | None]:
         header = frame.header
         op = header.get("op")
-        key, path, pid = header.get("key"), header.get("path"), header.get("pid")
-        if not (isinstance(key, str) and isinstance(path, str) and isinstance(pid, int)):
-            raise FrameError(f"frame {frame.request_id}: {op!r} needs key, path and pid: {header}")
+        key, path, pid, handle = (header.get(name) for name in ("key", "path", "pid", "handle"))
+        if not (
+            isinstance(key, str)
+            and isinstance(path, str)
+            and isinstance(pid, int)
+            and isinstance(handle, int)
+        ):
+            raise FrameError(f"frame {frame.request_id}: {op!r} needs key, path, pid and handle: {header}")
+        user = (pid, handle)
         if op == "open":
-            info = (await self._use(key, path, pid)).session.info
+            info = (await self._use(key, path, user)).session.info
             return {"engine": info.engine, "device": info.provider, "precision": info.precision}, None
         if op == "close":
-            self._release(key, pid)
+            self._release(key, user)
             return {}, None
         if op == "infer":
-            model = await self._use(key, path, pid)
+            model = await self._use(key, path, user)
             images = frame.array_of()
             if images.dtype != np.uint8 or images.ndim != 4:
                 raise FrameError(f"frame {frame.request_id}: crops must be uint8 [N, H, W, 3]")

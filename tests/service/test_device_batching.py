@@ -152,6 +152,11 @@ def test_concurrent_requests_of_both_workers_are_merged_into_device_batches(
 
 def test_unload_releases_the_version_in_the_host_and_load_brings_it_back(shared: BentoServer) -> None:
     assert probe(shared, "/models/tiny-b/classify") == {"tiny-b:1"}
+    # A reload of a loaded version opens it again before the old handle closes: the host keeps it.
+    reload = httpx.post(shared.url + "/v2/repository/models/tiny-b/load", json={}, timeout=120)
+    assert reload.status_code == 200, reload.text
+    assert probe(shared, "/models/tiny-b/classify") == {"tiny-b:1"}
+    time.sleep(1.0)  # the replaced handles close once their requests are answered
     assert "released tiny-b:1" not in shared.log()
     unload = httpx.post(shared.url + "/v2/repository/models/tiny-b/unload", json={}, timeout=120)
     assert unload.status_code == 200, unload.text
