@@ -85,7 +85,9 @@ class Frame:
     def encode(self) -> list[bytes | memoryview]:
         """The frame as buffers to write one after another (the body is not copied)."""
         header = json.dumps(self.header, separators=(",", ":")).encode()
-        body: bytes | memoryview = memoryview(self.array).cast("B") if self.array is not None else self.body
+        body: bytes | memoryview = self.body
+        if self.array is not None:  # as flat bytes (an empty array too), without a copy
+            body = memoryview(self.array.reshape(-1).view(np.uint8))
         return [PREFIX.pack(self.request_id, len(header), len(body)), header, body]
 
     def array_of(self) -> np.ndarray:

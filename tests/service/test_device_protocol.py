@@ -53,6 +53,14 @@ def test_a_frame_with_an_array_survives_a_socket_both_ways() -> None:
     np.testing.assert_array_equal(frame.array_of(), np.linspace(0, 1, 20, dtype=np.float32).reshape(2, 10))
 
 
+def test_empty_and_strided_arrays_travel_as_their_values() -> None:
+    empty = Frame(1, {}).with_array(np.zeros((0, 32, 32, 3), dtype=np.uint8))
+    assert Frame(1, empty.header, bytes(empty.encode()[2])).array_of().shape == (0, 32, 32, 3)
+    strided = np.arange(20, dtype=np.float32).reshape(2, 10)[:, ::2]
+    frame = Frame(2, {}).with_array(strided)
+    np.testing.assert_array_equal(Frame(2, frame.header, bytes(frame.encode()[2])).array_of(), strided)
+
+
 def test_a_peer_that_closes_inside_a_frame_is_gone_not_a_short_frame() -> None:
     whole = b"".join(bytes(part) for part in Frame(1, {"op": "x"}, b"0123456789").encode())
     for cut in (0, 5, PREFIX.size + 3, len(whole) - 1):
