@@ -171,6 +171,13 @@ def main(argv: list[str] | None = None) -> int:
         default=[WORKER, SHARED],
         help="ELUSERVE_DEVICE_BATCHING modes measured at each worker count (default: worker,shared)",
     )
+    parser.add_argument(
+        "--max-batch-size",
+        type=positive_int,
+        default=None,
+        help="ELUSERVE_MAX_BATCH_SIZE of the served levels (default: the service's, 64); a shared device "
+        "host merges requests up to this many images, and the raw session peaks at larger batches",
+    )
     parser.add_argument("--concurrency", type=positive_int, default=64, help="requests in flight in all")
     parser.add_argument("--requests", type=positive_int, default=2000, help="64-image requests per level")
     args = parser.parse_args(argv)
@@ -242,6 +249,8 @@ def main(argv: list[str] | None = None) -> int:
                     "ELUSERVE_WORKERS": str(count),
                     "ELUSERVE_DEVICE_BATCHING": mode,
                 }
+                if args.max_batch_size:
+                    env["ELUSERVE_MAX_BATCH_SIZE"] = str(args.max_batch_size)
                 server = start_service(args.model, Path(logs), env=env)
                 try:
                     cold = server.wait_ready(timeout=240)
