@@ -143,27 +143,31 @@ class DeviceLink:
 
     # --- blocking calls (loads and unloads, from any thread) ------------------------------------------
 
-    def call(self, header: dict[str, Any], timeout_s: float) -> dict[str, Any]:
-        """One request on a connection of its own; the host is (re)started once if it does not answer.
+    def call(self, header: dict[str, Any], timeout_s: float, *, start_host: bool = True) -> dict[str, Any]:
+        """One request on a connection of its own; the host is (re)started once if it does not answer
+        (unless not `start_host`: a `close` has nothing to tell a host that is gone).
 
         Raises:
             DeviceUnavailable: no host, or it died before answering.
             ServiceError: the host's answer was an error.
         """
-        for attempt in range(2):
-            try:
-                with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
-                    sock.settimeout(timeout_s)
-                    sock.connect(str(self.socket))
-                    send_frame(sock, Frame(next(self._ids), header))
-                    return _checked(recv_frame(sock))
-            except OSError as exc:  # refused, missing socket, timeout, or the host died (PeerGone)
-                if attempt:
-                    raise DeviceUnavailable(
-                        f"the device host did not answer {header.get('op')}: {exc}"
-                    ) from exc
-                self.ensure_host()
-        raise AssertionError("unreachable")
+        try:
+            return self._call_once(header, timeout_s)
+        except OSError as exc:  # refused, missing socket, timeout, or the host died (PeerGone)
+            if not start_host:
+                raise DeviceUnavailable(f"the device host did not answer {header.get('op')}: {exc}") from exc
+        self.ensure_host()
+        try:
+            return self._call_once(header, timeout_s)
+        except OSError as exc:
+            raise DeviceUnavailable(f"the device host did not answer {header.get('op')}: {exc}") from exc
+
+    def _call_once(self, header: dict[str, Any], timeout_s: float) -> dict[str, Any]:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+            sock.settimeout(timeout_s)
+            sock.connect(str(self.socket))
+            send_frame(sock, Frame(next(self._ids), header))
+            return _checked(recv_frame(sock))
 
     # --- inference (the serving event loop) ---------------------------------------------------------
 
@@ -317,4 +321,4 @@ class SharedBatcher:
     def close(self) -> None:
         """Tell the host this worker no longer serves the version (it releases it with its last user)."""
         with contextlib.suppress(ServiceError):
-            self.link.call({"op": "close", **self._request}, CLOSE_TIMEOUT_S)
+            self.link.call({"op": "close", **self._request}, CLOSE_TIMEOUT_S, start_host=False)

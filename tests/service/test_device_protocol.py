@@ -255,3 +255,10 @@ def test_a_blocking_call_to_a_peer_that_closes_before_answering_is_a_503(link: D
     # answers, so the second attempt meets the same peer and the call fails with 503.
     with Peer(link.socket, hang_up), pytest.raises(DeviceUnavailable):
         link.call({"op": "open"}, timeout_s=5)
+
+
+def test_a_close_for_a_host_that_is_gone_starts_none(link: DeviceLink) -> None:
+    """No socket at all: a `close` fails with 503 at once (starting a host would be a process start,
+    which tests/process_guard.py refuses in this unmarked test)."""
+    with pytest.raises(DeviceUnavailable):
+        link.call({"op": "close"}, timeout_s=5, start_host=False)
