@@ -241,7 +241,9 @@ def _device_link(workers: int) -> DeviceLink | None:
         return None
     # The `bentoml serve` process is the workers' parent: the host lives as long as it does.
     worker = accept_balance.worker_index() or 0
-    return DeviceLink(control_dir, os.getppid(), worker, request_timeout_s=settings.timeout_s)
+    return DeviceLink(
+        control_dir, os.getppid(), worker, request_timeout_s=settings.timeout_s, workers=workers
+    )
 
 
 def _bentoml_workers(service_name: str, default: int) -> int:

@@ -71,6 +71,11 @@ class Settings:
     max_request_bytes: int = 100 * 1024 * 1024
     #: Largest batch the adaptive batcher sends to ONNX Runtime (1 turns batching off).
     max_batch_size: int = 64
+    #: Largest batch of the shared device host (`device_batching` shared); 0 means `max_batch_size` ×
+    #: workers: a full batch from every worker at once. Clients send whole batches (gpu_check: 64-image
+    #: requests), so a cap of `max_batch_size` would leave each device batch one worker's request and
+    #: nothing to merge, while a GPU runs its best at several hundred images per batch.
+    device_max_batch_size: int = 0
     #: The batcher refuses a request (429) whose images would wait longer than this behind the queue.
     #: 64 connections of 16-image requests queue ~1 s of work per worker on 2 cores: with a 1 s budget,
     #: most of them were refused and served throughput fell to 0.4 of the peak (wrk retries at once);
@@ -174,6 +179,10 @@ class Settings:
         """The worker processes to start: `workers`, or `default_workers` when it is 0."""
         return self.workers or self.default_workers()
 
+    def device_batch_size(self, workers: int) -> int:
+        """The shared device host's largest batch, for a server of `workers` workers."""
+        return self.device_max_batch_size or self.max_batch_size * workers
+
     def device_batching_mode(self, workers: int) -> str:
         """`shared` or `worker` for a server of `workers` workers (`device_batching` resolved)."""
         if self.device_batching != AUTO:
@@ -214,6 +223,7 @@ _MINIMUM: Mapping[str, float] = {
     "max_images": 1,
     "max_request_bytes": 1,
     "max_batch_size": 1,
+    "device_max_batch_size": 0,
     "max_latency_ms": 1,
     "workers": 0,
     "intra_op_threads": 0,

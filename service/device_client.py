@@ -93,10 +93,14 @@ class _Connection:
 class DeviceLink:
     """One worker's connection to its server's device host; see the module docstring."""
 
-    def __init__(self, control_dir: Path, server_pid: int, worker: int, request_timeout_s: float) -> None:
+    def __init__(
+        self, control_dir: Path, server_pid: int, worker: int, request_timeout_s: float, workers: int = 1
+    ) -> None:
         self.control_dir = control_dir
         self.server_pid = server_pid
         self.worker = worker
+        #: The server's worker count, which sizes the host's batches.
+        self.workers = workers
         self.request_timeout_s = request_timeout_s
         self.socket = socket_path(control_dir)
         self._ids = itertools.count(1)
@@ -126,6 +130,7 @@ class DeviceLink:
             env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(self.control_dir / "prometheus")}
             command = [sys.executable, "-m", "eluserve.service.device_host"]
             command += ["--control-dir", str(self.control_dir), "--server-pid", str(self.server_pid)]
+            command += ["--workers", str(self.workers)]
             logger.info("worker %d: starting the device host", os.getpid())
             # A session of its own: the host outlives this worker (it follows the server), and a signal
             # meant for this worker's group does not reach it.

@@ -84,10 +84,12 @@ class HostedModel:
 class DeviceHost:
     """The host's state: the loaded versions by key, and the answers to the workers' frames."""
 
-    def __init__(self, settings: Settings, control_dir: Path, server_pid: int) -> None:
+    def __init__(self, settings: Settings, control_dir: Path, server_pid: int, workers: int) -> None:
         self.settings = settings
         self.control_dir = control_dir
         self.server_pid = server_pid
+        #: Device batches merge up to a full batch from every worker (`Settings.device_batch_size`).
+        self.max_batch_size = settings.device_batch_size(workers)
         self._models: dict[str, HostedModel] = {}
         self._loading: dict[str, asyncio.Lock] = {}
 
@@ -123,7 +125,7 @@ class DeviceHost:
     def _load(self, path: Path) -> HostedModel:
         # One session for the device: with workers=1 its threads are every core (or the setting).
         session = open_session(path, self.settings, workers=1, server_pid=self.server_pid)
-        warm_up(session, self.settings)
+        warm_up(session, self.settings, largest=self.max_batch_size)
         info = session.info
         metrics.init_metrics(info)
         labels = {"model": info.name, "version": info.version}
@@ -137,7 +139,7 @@ class DeviceHost:
 
         batcher = Batcher(
             session.predict,
-            max_batch_size=self.settings.max_batch_size,
+            max_batch_size=self.max_batch_size,
             max_latency_s=self.settings.max_latency_ms / 1000,
             observe=observe,
             observe_sources=merged.observe,
@@ -234,6 +236,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="The shared device host of one `bentoml serve`.")
     parser.add_argument("--control-dir", type=Path, required=True)
     parser.add_argument("--server-pid", type=int, required=True)
+    parser.add_argument("--workers", type=int, required=True, help="the server's HTTP workers")
     args = parser.parse_args(argv)
     lock = (args.control_dir / LOCK_FILE).open("a")
     try:
@@ -241,7 +244,7 @@ def main(argv: list[str] | None = None) -> int:
     except BlockingIOError:
         return 0  # another candidate is the host
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s device-host: %(message)s")
-    asyncio.run(DeviceHost(load_settings(), args.control_dir, args.server_pid).run())
+    asyncio.run(DeviceHost(load_settings(), args.control_dir, args.server_pid, args.workers).run())
     return 0
 
 

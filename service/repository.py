@@ -174,9 +174,10 @@ class ServedVersion:
             warm_up(self.session, settings)
 
 
-def warm_up(session: ModelSession, settings: Settings) -> None:
+def warm_up(session: ModelSession, settings: Settings, largest: int | None = None) -> None:
+    """Warm-up passes at batch 1 and the largest batch (`largest`, default `max_batch_size`)."""
     session.warm_up(
-        batch_sizes=sorted({1, settings.max_batch_size}),
+        batch_sizes=sorted({1, settings.max_batch_size, largest or settings.max_batch_size}),
         rounds=settings.warmup_rounds,
         min_seconds=settings.warmup_min_seconds,
     )

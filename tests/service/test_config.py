@@ -129,6 +129,13 @@ def test_device_batching_is_shared_only_where_a_session_would_run_on_cuda() -> N
         load_settings({"ELUSERVE_DEVICE_BATCHING": "gpu"})
 
 
+def test_the_shared_device_batch_holds_a_full_batch_of_every_worker_unless_set() -> None:
+    assert Settings().device_batch_size(workers=15) == 64 * 15
+    assert Settings(max_batch_size=16).device_batch_size(workers=2) == 32
+    assert Settings(device_max_batch_size=512).device_batch_size(workers=15) == 512
+    assert load_settings({"ELUSERVE_DEVICE_MAX_BATCH_SIZE": "256"}).device_batch_size(workers=2) == 256
+
+
 def test_workers_default_to_two_or_to_the_cores_that_feed_a_shared_device() -> None:
     cores = available_cores()
     on_cuda = CUDA in ort.get_available_providers()

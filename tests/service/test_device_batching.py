@@ -97,6 +97,7 @@ def test_one_host_serves_both_workers_and_reports_the_engine_it_runs(
     shared: BentoServer, control_dir: Path, serving_model_path: Path
 ) -> None:
     (host,) = host_processes(control_dir)
+    assert host.cmdline()[-2:] == ["--workers", "2"]  # its batches hold up to 2 × 64 images
     # The load tool's img/CPU-s counts the host's CPU too (it holds no listening socket).
     assert host.pid in {process.pid for process in listening_processes(shared.url)}
     assert shared.log().count("device batching: shared (ELUSERVE_DEVICE_BATCHING=shared, 2 workers") == 2
