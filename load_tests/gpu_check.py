@@ -176,7 +176,7 @@ def main(argv: list[str] | None = None) -> int:
         type=positive_int,
         default=None,
         help="ELUSERVE_MAX_BATCH_SIZE of the served levels (default: the service's, 64); a shared device "
-        "host merges requests up to this many images, and the raw session peaks at larger batches",
+        "host's batches hold up to this × workers images (ELUSERVE_DEVICE_MAX_BATCH_SIZE's default)",
     )
     parser.add_argument("--concurrency", type=positive_int, default=64, help="requests in flight in all")
     parser.add_argument("--requests", type=positive_int, default=2000, help="64-image requests per level")
