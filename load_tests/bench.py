@@ -538,7 +538,7 @@ def run_bench(config: BenchConfig) -> BenchResult:
     served_by = runs["service"].served_by if "service" in runs else "—"
     sections.insert(
         2 if closed_loop_ran else 1,
-        f"Service settings: {settings.workers} worker(s) × {settings.threads_per_worker()} inference "
+        f"Service settings: {settings.worker_count()} worker(s) × {settings.threads_per_worker()} inference "
         f"threads, engine {settings.engine} (served by {served_by}), "
         f"batches ≤ {settings.max_batch_size}, "
         f"max latency {settings.max_latency_ms} ms, max concurrency {settings.max_concurrency}"

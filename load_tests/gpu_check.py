@@ -11,10 +11,15 @@ contract's `parity_tolerance`, top-1 agreement); raw CUDA session images/s at a 
 the CPU's; then a real `bentoml serve` with `ELUSERVE_PROVIDERS=CUDAExecutionProvider`, whose
 `/model` must report CUDA, under concurrent `/classify_batch` load, once per worker count (`--workers`,
 default 2 and the cores the client leaves: on a GPU host the CPU work of HTTP, multipart and decoding,
-not the device, bounds a few workers, issue #15). The load comes from several client processes
+not the device, bounds a few workers, issue #15), and at each worker count once per device batching
+mode (`--device-batching`, default both): `worker`, each worker batching its own requests on a CUDA
+session of its own, and `shared`, one device host per server batching every worker's crops on one
+session (`eluserve.service.device_host`). The load comes from several client processes
 (`--client-processes`), since one Python client process tops out far below a GPU host. Each level
-prints images/s and its ratio to the raw CUDA session's best. Exits non-zero when CUDA is not really
-used or parity fails. Runs in well under 5 minutes; CI never runs it.
+prints images/s, its ratio to the raw CUDA session's best, and the mean batch size and workers per
+device batch read from the server's /metrics; a table at the end puts the modes side by side. Exits
+non-zero when CUDA is not really used or parity fails. Runs in about 5 minutes (4 server levels of
+2 000 64-image requests); CI never runs it.
 """
 
 from __future__ import annotations
@@ -39,6 +44,7 @@ from eluserve.core.paths import default_model_file
 from eluserve.core.preprocessing import Limits, load_image
 from eluserve.core.session import CPU, CUDA, ModelSession, available_cores
 from eluserve.core.throughput import measure_session
+from eluserve.service.config import DEVICE_BATCHING, SHARED, WORKER
 from load_tests.fixtures import CIFAR_ZIP, cifar_jpegs
 from load_tests.servers import REPO_ROOT, start_service
 
@@ -95,6 +101,47 @@ def serve_load(url: str, files: list[bytes], requests: int, concurrency: int, pr
         return images / (time.perf_counter() - began)
 
 
+def batch_shape(url: str) -> tuple[float, float]:
+    """Mean images per device batch and mean workers per device batch (shared mode; 0 otherwise), from
+    the server's /metrics since it started."""
+    from prometheus_client.parser import text_string_to_metric_families
+
+    totals: dict[str, float] = {}
+    text = httpx.get(f"{url}/metrics", timeout=30).text
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            if sample.name.startswith(("eluserve_batch_size_", "eluserve_device_batch_workers_")):
+                totals[sample.name] = totals.get(sample.name, 0.0) + sample.value
+
+    def mean(metric: str) -> float:
+        count = totals.get(f"{metric}_count", 0.0)
+        return totals.get(f"{metric}_sum", 0.0) / count if count else 0.0
+
+    return mean("eluserve_batch_size"), mean("eluserve_device_batch_workers")
+
+
+def device_modes(value: str) -> list[str]:
+    """`--device-batching`: comma-separated `worker` and/or `shared`."""
+    modes = [mode.strip() for mode in value.split(",") if mode.strip()]
+    unknown = [mode for mode in modes if mode not in DEVICE_BATCHING]
+    if not modes or unknown:
+        raise argparse.ArgumentTypeError(f"use worker and/or shared, comma-separated; got {value!r}")
+    return modes
+
+
+def print_table(
+    rates: dict[tuple[int, str], float], workers: list[int], modes: list[str], raw: float
+) -> None:
+    """The served images/s per worker count and device batching mode, side by side."""
+    print(f"\n{'workers':>7} " + " ".join(f"{mode + ' img/s':>14} {'÷ raw':>6}" for mode in modes))
+    for count in workers:
+        cells = [f"{rates[count, mode]:>14.0f} {rates[count, mode] / raw:>6.3f}" for mode in modes]
+        ratio = ""
+        if (count, WORKER) in rates and (count, SHARED) in rates:
+            ratio = f"   shared ÷ worker {rates[count, SHARED] / rates[count, WORKER]:.2f}"
+        print(f"{count:>7} " + " ".join(cells) + ratio)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--model", type=Path, default=default_model_file())
@@ -117,6 +164,19 @@ def main(argv: list[str] | None = None) -> int:
         type=positive_int,
         default=max(1, available_cores() // 4),
         help="load-generating processes (default: a quarter of the cores)",
+    )
+    parser.add_argument(
+        "--device-batching",
+        type=device_modes,
+        default=[WORKER, SHARED],
+        help="ELUSERVE_DEVICE_BATCHING modes measured at each worker count (default: worker,shared)",
+    )
+    parser.add_argument(
+        "--max-batch-size",
+        type=positive_int,
+        default=None,
+        help="ELUSERVE_MAX_BATCH_SIZE of the served levels (default: the service's, 64); a shared device "
+        "host's batches hold up to this × workers images (ELUSERVE_DEVICE_MAX_BATCH_SIZE's default)",
     )
     parser.add_argument("--concurrency", type=positive_int, default=64, help="requests in flight in all")
     parser.add_argument("--requests", type=positive_int, default=2000, help="64-image requests per level")
@@ -179,27 +239,43 @@ def main(argv: list[str] | None = None) -> int:
 
     files = [u.data for u in uploads[:64]]
     providers = set()
+    rates: dict[tuple[int, str], float] = {}
     for count in workers:
-        with tempfile.TemporaryDirectory() as logs:
-            env = {"ELUSERVE_PROVIDERS": f"{CUDA},{CPU}", "ELUSERVE_WORKERS": str(count)}
-            server = start_service(args.model, Path(logs), env=env)
-            try:
-                cold = server.wait_ready(timeout=240)
-                provider = httpx.get(f"{server.url}/model", timeout=10).json()["execution_provider"]
-                providers.add(provider)
-                print(
-                    f"service, {count} workers: ready in {cold:.1f} s, /model execution_provider: {provider}"
-                )
-                serve_load(server.url, files, max(args.concurrency, args.requests // 10), args.concurrency, 1)
-                rate = serve_load(server.url, files, args.requests, args.concurrency, args.client_processes)
-                print(
-                    f"service, {count} workers, /classify_batch (64 images, {args.concurrency} in flight "
-                    f"from {args.client_processes} client processes): {rate:.0f} img/s, "
-                    f"{rate / raw_best:.3f} of the raw CUDA session's best ({raw_best:.0f} img/s); "
-                    "goal 50 000 img/s"
-                )
-            finally:
-                server.stop()
+        for mode in args.device_batching:
+            level = f"service, {count} workers, {mode} device batching"
+            with tempfile.TemporaryDirectory() as logs:
+                env = {
+                    "ELUSERVE_PROVIDERS": f"{CUDA},{CPU}",
+                    "ELUSERVE_WORKERS": str(count),
+                    "ELUSERVE_DEVICE_BATCHING": mode,
+                }
+                if args.max_batch_size:
+                    env["ELUSERVE_MAX_BATCH_SIZE"] = str(args.max_batch_size)
+                server = start_service(args.model, Path(logs), env=env)
+                try:
+                    cold = server.wait_ready(timeout=240)
+                    provider = httpx.get(f"{server.url}/model", timeout=10).json()["execution_provider"]
+                    providers.add(provider)
+                    print(f"{level}: ready in {cold:.1f} s, /model execution_provider: {provider}")
+                    serve_load(
+                        server.url, files, max(args.concurrency, args.requests // 10), args.concurrency, 1
+                    )
+                    rate = serve_load(
+                        server.url, files, args.requests, args.concurrency, args.client_processes
+                    )
+                    rates[count, mode] = rate
+                    batch, merged = batch_shape(server.url)
+                    print(
+                        f"{level}, /classify_batch (64 images, {args.concurrency} in flight from "
+                        f"{args.client_processes} client processes): {rate:.0f} img/s, "
+                        f"{rate / raw_best:.3f} of the raw CUDA session's best ({raw_best:.0f} img/s); "
+                        f"mean device batch {batch:.1f} images"
+                        + (f" from {merged:.2f} workers" if merged else "")
+                        + "; goal 50 000 img/s"
+                    )
+                finally:
+                    server.stop()
+    print_table(rates, workers, args.device_batching, raw_best)
     ok = (
         results["fp32"][0] <= tolerance
         and results["fp32"][1] == 1.0

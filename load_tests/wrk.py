@@ -22,6 +22,7 @@ for a served image: only 2xx answers count as served images.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import shutil
 import subprocess
@@ -251,10 +252,16 @@ def parse_output(stdout: str, url: str, connections: int, images_per_request: in
     )
 
 
+#: The module the shared device host runs as (`python -m ...`), found among a server's processes by it.
+DEVICE_HOST_MODULE = "eluserve.service.device_host"
+
+
 def listening_processes(url: str) -> list[psutil.Process]:
     """Every process that holds a listening socket on `url`'s port: a `bentoml serve` arbiter and all
     its workers, which share the arbiter's socket (`psutil.net_connections` names one holder of a
-    shared socket only, so each process is asked). Reading other users' processes needs root."""
+    shared socket only, so each process is asked), and the shared device host they started
+    (`eluserve.service.device_host`), which listens on no TCP port but does the inference. Reading other
+    users' processes needs root."""
     import psutil
 
     port = urlsplit(url).port
@@ -266,7 +273,14 @@ def listening_processes(url: str) -> list[psutil.Process]:
             continue
         if any(c.status == psutil.CONN_LISTEN and c.laddr and c.laddr.port == port for c in connections):
             holders.append(process)
-    return holders
+    hosts = []
+    for holder in holders:
+        with contextlib.suppress(psutil.Error):
+            for child in holder.children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    if DEVICE_HOST_MODULE in child.cmdline():
+                        hosts.append(child)
+    return list({process.pid: process for process in holders + hosts}.values())
 
 
 def _cpu_seconds(processes: Sequence[psutil.Process]) -> float:

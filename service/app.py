@@ -7,13 +7,16 @@ worker accepts only while it holds the fewest open connections). Each worker rea
 itself (see `eluserve.service.forms`), decodes and crops in `eluserve.service.http_api`, and pools the
 crops of concurrent requests into ONNX Runtime batches with `eluserve.service.batching.Batcher`, one
 session and batcher per model version it serves (threads = cores ÷ workers, so workers do not
-oversubscribe the machine). The models come from a repository folder (`eluserve.service.repository`);
-loads and unloads reach every worker through `eluserve.service.control`. Overload is answered with the
-contract's 429 `overloaded` and `Retry-After`, whether the batcher's latency budget or BentoML's
-concurrency limit refuses (`eluserve.service.bentoml_patches`). `/readyz` turns ready once the worker
-has loaded and warmed its models up (BentoML asks `__is_ready__`); `/livez` and `/metrics` are
-BentoML's; requests for our own routes skip the parts of BentoML's middleware that do nothing for them
-(`eluserve.service.fast_path`). Settings come from `eluserve.service.config` (``ELUSERVE_*``).
+oversubscribe the machine); with shared device batching (`ELUSERVE_DEVICE_BATCHING`, the default on
+CUDA) the workers send their crops to one device host per server instead, whose batches mix every
+worker's requests (`eluserve.service.device_host`). The models come from a repository folder
+(`eluserve.service.repository`); loads and unloads reach every worker through
+`eluserve.service.control`. Overload is answered with the contract's 429 `overloaded` and
+`Retry-After`, whether the batcher's latency budget or BentoML's concurrency limit refuses
+(`eluserve.service.bentoml_patches`). `/readyz` turns ready once the worker has loaded and warmed its
+models up (BentoML asks `__is_ready__`); `/livez` and `/metrics` are BentoML's; requests for our own
+routes skip the parts of BentoML's middleware that do nothing for them (`eluserve.service.fast_path`).
+Settings come from `eluserve.service.config` (``ELUSERVE_*``).
 """
 
 from __future__ import annotations
@@ -37,8 +40,9 @@ from starlette.routing import Route
 
 from eluserve.core.session import available_cores
 from eluserve.service import accept_balance, bentoml_patches, fast_path, http_protocol, openapi
-from eluserve.service.config import load_settings
+from eluserve.service.config import SHARED, load_settings
 from eluserve.service.control import LOADED, ControlState, Follower, ensure_control_dir
+from eluserve.service.device_client import DeviceLink
 from eluserve.service.models_api import ModelsApi
 from eluserve.service.repository import ModelRegistry, check_repository
 from eluserve.service.v2 import InferenceProtocol
@@ -163,7 +167,7 @@ fast_path.install(http_app, tracing=settings.tracing)
 
 @bentoml.asgi_app(http_app, path="/")
 @bentoml.service(
-    workers=settings.workers,
+    workers=settings.worker_count(),
     traffic={"timeout": settings.timeout_s, "max_concurrency": settings.max_concurrency},
     tracing={} if settings.tracing else {"excluded_urls": list(UNTRACED_PATHS)},
     logging={"access": {"enabled": settings.access_log}},
@@ -182,8 +186,8 @@ class EluClassifier:
         check_repository(settings)
 
     def __init__(self) -> None:
-        workers = _bentoml_workers("EluClassifier", default=settings.workers)
-        self.registry = ModelRegistry(settings, workers)
+        workers = _bentoml_workers("EluClassifier", default=settings.worker_count())
+        self.registry = ModelRegistry(settings, workers, _device_link(workers))
         self.follower = Follower(ControlState(control_dir), self._apply, settings.control_poll_s)
         # A worker restarted after loads and unloads starts in the state the others serve
         # (`eluserve.service.control`); it turns ready once every version is warmed up.
@@ -221,6 +225,25 @@ class EluClassifier:
         """Release the inference threads once the worker has answered what it held."""
         self.follower.stop()
         self.registry.close()
+
+
+def _device_link(workers: int) -> DeviceLink | None:
+    """The device host link when batches are shared by the server's workers; None when per worker."""
+    mode = settings.device_batching_mode(workers)
+    logger.info(
+        "device batching: %s (ELUSERVE_DEVICE_BATCHING=%s, %d workers, CUDA %s)",
+        mode,
+        settings.device_batching,
+        workers,
+        "would serve" if settings.runs_on_cuda() else "would not serve",
+    )
+    if mode != SHARED:
+        return None
+    # The `bentoml serve` process is the workers' parent: the host lives as long as it does.
+    worker = accept_balance.worker_index() or 0
+    return DeviceLink(
+        control_dir, os.getppid(), worker, request_timeout_s=settings.timeout_s, workers=workers
+    )
 
 
 def _bentoml_workers(service_name: str, default: int) -> int:

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Hashable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
@@ -34,6 +34,8 @@ from eluserve.service import metrics
 Predict = Callable[[np.ndarray], np.ndarray]
 #: Called after every batch with its size and its ONNX Runtime seconds (metrics).
 BatchObserver = Callable[[int, float], None]
+#: Called once per batch with how many distinct sources (`__call__`'s `source`) its requests came from.
+SourceObserver = Callable[[int], None]
 
 #: Weight of the newest batch in the per-image time estimate: recent enough to follow a change of
 #: load or machine, smooth enough that one slow batch (a page fault, a noisy neighbour) does not
@@ -45,6 +47,7 @@ EMA_WEIGHT = 0.2
 class _Job:
     images: np.ndarray
     future: asyncio.Future[np.ndarray]
+    source: Hashable = None
 
 
 class Batcher:
@@ -63,6 +66,7 @@ class Batcher:
         max_batch_size: int,
         max_latency_s: float,
         observe: BatchObserver | None = None,
+        observe_sources: SourceObserver | None = None,
     ) -> None:
         if max_batch_size < 1:
             raise ValueError(f"max_batch_size must be at least 1, got {max_batch_size}")
@@ -70,6 +74,7 @@ class Batcher:
         self.max_batch_size = max_batch_size
         self.max_latency_s = max_latency_s
         self._observe = observe
+        self._observe_sources = observe_sources
         self._pending: deque[_Job] = deque()
         self._queued_images = 0
         self._running_images = 0
@@ -82,14 +87,22 @@ class Batcher:
         """The smoothed ONNX Runtime time per image of recent batches; None before the first."""
         return self._seconds_per_image
 
-    async def __call__(self, images: np.ndarray) -> np.ndarray:
+    @property
+    def backlog_images(self) -> int:
+        """Images queued or running now (what a new request would wait behind)."""
+        return self._queued_images + self._running_images
+
+    async def __call__(self, images: np.ndarray, source: Hashable = None) -> np.ndarray:
         """Probabilities for `images` (uint8 [N, H, W, 3]).
+
+        `source` says where the request came from (the shared device host passes the HTTP worker), so
+        that `observe_sources` can tell how many sources each batch merged.
 
         Raises:
             ServiceError: 429 `overloaded` when the queue ahead is longer than `max_latency_s`.
         """
         self.admit(len(images))
-        job = _Job(images, asyncio.get_running_loop().create_future())
+        job = _Job(images, asyncio.get_running_loop().create_future(), source)
         self._pending.append(job)
         self._queued_images += len(images)
         self._dispatch()
@@ -145,6 +158,8 @@ class Batcher:
 
     async def _run(self, jobs: list[_Job]) -> None:
         images = jobs[0].images if len(jobs) == 1 else np.concatenate([job.images for job in jobs])
+        if self._observe_sources is not None:
+            self._observe_sources(len({job.source for job in jobs}))
         loop = asyncio.get_running_loop()
         try:
             probs, seconds = await loop.run_in_executor(self._executor, self._predict_timed, images)

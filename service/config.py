@@ -24,8 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import onnxruntime as ort
+
 from eluserve.core.contract import MODEL_FILE, read_model_info, resolve_model_file
-from eluserve.core.engines import ENGINES, PRECISIONS
+from eluserve.core.engines import AUTO, CUDA, ENGINES, OPENVINO, PRECISIONS
 from eluserve.core.errors import ConfigError
 from eluserve.core.paths import DEFAULT_MODEL_NAME, packaged_models_dir
 from eluserve.core.preprocessing import Limits
@@ -35,6 +37,10 @@ ENV_PREFIX = "ELUSERVE_"
 CONFIG_ENV = "ELUSERVE_CONFIG"
 #: HTTP/1.1 parsers of the workers' uvicorn (`eluserve.service.http_protocol`); the first is the default.
 HTTP_PARSERS = ("httptools", "h11")
+#: `device_batching`: per worker, one shared device host per server, or chosen by where sessions run.
+WORKER = "worker"
+SHARED = "shared"
+DEVICE_BATCHING = (AUTO, WORKER, SHARED)
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*:[A-Za-z0-9_.-]+$")
 
 
@@ -65,15 +71,26 @@ class Settings:
     max_request_bytes: int = 100 * 1024 * 1024
     #: Largest batch the adaptive batcher sends to ONNX Runtime (1 turns batching off).
     max_batch_size: int = 64
+    #: Largest batch of the shared device host (`device_batching` shared); 0 means `max_batch_size` ×
+    #: workers: a full batch from every worker at once. Clients send whole batches (gpu_check: 64-image
+    #: requests), so a cap of `max_batch_size` would leave each device batch one worker's request and
+    #: nothing to merge, while a GPU runs its best at several hundred images per batch.
+    device_max_batch_size: int = 0
     #: The batcher refuses a request (429) whose images would wait longer than this behind the queue.
     #: 64 connections of 16-image requests queue ~1 s of work per worker on 2 cores: with a 1 s budget,
     #: most of them were refused and served throughput fell to 0.4 of the peak (wrk retries at once);
     #: with 2 s, none (1 039 img/s, p99 1.3 s; docs/bench/serving-engine-v2.md).
     max_latency_ms: int = 2000
-    #: Worker processes, each decoding, batching and running its own ONNX Runtime session. Two measured
-    #: best on 2 cores (`eluserve bench`, c=64: 1 039 images/s against 909 with one): decoding and HTTP
-    #: then run on both cores, not beside one ONNX Runtime call at a time.
-    workers: int = 2
+    #: Worker processes, each parsing and decoding requests (and, with per-worker device batching,
+    #: batching and running its own session); 0 means `default_workers`. Two measured best on 2 cores
+    #: (`eluserve bench`, c=64: 1 039 images/s against 909 with one): decoding and HTTP then run on
+    #: both cores, not beside one ONNX Runtime call at a time.
+    workers: int = 0
+    #: `worker`: each worker batches its own requests on its own session; `shared`: one device host
+    #: process per server batches the crops of every worker on one session
+    #: (`eluserve.service.device_host`); `auto`: shared where the session runs on CUDA and there is
+    #: more than one worker, else worker (on CPU the host's extra hop costs throughput, docs/bench/).
+    device_batching: str = AUTO
     #: ONNX Runtime threads per worker; 0 means available cores ÷ workers.
     intra_op_threads: int = 0
     #: ONNX Runtime execution providers, comma-separated; empty means CUDA if it works, else CPU.
@@ -125,11 +142,52 @@ class Settings:
         """Intra-op threads so that all workers' sessions together use each core once.
 
         `workers` is the worker count BentoML actually starts (its own config file may override ours);
-        None means `workers`.
+        None means `worker_count()`.
         """
         if self.intra_op_threads > 0:
             return self.intra_op_threads
-        return max(1, available_cores() // (workers or self.workers))
+        return max(1, available_cores() // (workers or self.worker_count()))
+
+    def runs_on_cuda(self) -> bool:
+        """Whether a session would be created on ONNX Runtime's CUDA provider (`eluserve.core.engines`).
+
+        True where this onnxruntime build offers CUDA, the providers setting leaves it in, and the
+        engine is not OpenVINO (CPU only). A build with CUDA on a machine without a usable GPU still
+        answers True: the session then falls back to CPU, as it logs.
+        """
+        providers = self.provider_list()
+        return (
+            self.engine != OPENVINO
+            and CUDA in ort.get_available_providers()
+            and (providers is None or CUDA in providers)
+        )
+
+    def default_workers(self) -> int:
+        """The worker count when `workers` is 0.
+
+        Where shared device batching would feed a GPU (`auto` or `shared`, on CUDA): every core but one
+        decodes, and that one is left to the device host, whose event loop receives every worker's
+        crops, concatenates the batches and drives the device. On a GPU host the CPU work of HTTP,
+        multipart and decoding, not the device, bounds the service (issue #15), so it gets the cores.
+        Elsewhere 2, measured best on 2 cores (see `workers`).
+        """
+        if self.device_batching != WORKER and self.runs_on_cuda():
+            return max(2, available_cores() - 1)
+        return 2
+
+    def worker_count(self) -> int:
+        """The worker processes to start: `workers`, or `default_workers` when it is 0."""
+        return self.workers or self.default_workers()
+
+    def device_batch_size(self, workers: int) -> int:
+        """The shared device host's largest batch, for a server of `workers` workers."""
+        return self.device_max_batch_size or self.max_batch_size * workers
+
+    def device_batching_mode(self, workers: int) -> str:
+        """`shared` or `worker` for a server of `workers` workers (`device_batching` resolved)."""
+        if self.device_batching != AUTO:
+            return self.device_batching
+        return SHARED if workers > 1 and self.runs_on_cuda() else WORKER
 
     def model_file(self) -> Path:
         """The default model's .onnx file (for a versioned default, see `eluserve.service.repository`)."""
@@ -165,8 +223,9 @@ _MINIMUM: Mapping[str, float] = {
     "max_images": 1,
     "max_request_bytes": 1,
     "max_batch_size": 1,
+    "device_max_batch_size": 0,
     "max_latency_ms": 1,
-    "workers": 1,
+    "workers": 0,
     "intra_op_threads": 0,
     "max_concurrency": 1,
     "timeout_s": 0.001,
@@ -181,6 +240,7 @@ _CHOICES: Mapping[str, tuple[str, ...]] = {
     "precision": PRECISIONS,
     "model_control": ("none", "explicit"),
     "http_parser": HTTP_PARSERS,
+    "device_batching": DEVICE_BATCHING,
 }
 
 

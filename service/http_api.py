@@ -58,7 +58,7 @@ Infer = Callable[[np.ndarray], Awaitable[np.ndarray]]
 
 def error_response(error: ClientError | ServiceError) -> JSONResponse:
     """The contract's error body with the error's status."""
-    headers = {"Retry-After": "1"} if error.status == 429 else None
+    headers = {"Retry-After": "1"} if error.status in (429, 503) else None
     return JSONResponse({"error": error.to_dict()}, status_code=error.status, headers=headers)
 
 

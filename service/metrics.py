@@ -4,7 +4,9 @@ BentoML starts every worker with ``PROMETHEUS_MULTIPROC_DIR`` set and answers `/
 in that folder, so plain `prometheus_client` metrics created at import time are multiprocess metrics in
 the workers: each process writes its own file and the scrape sums counters and histograms over every
 worker. The one gauge uses ``livemax`` so that N workers report one series, not N, and a stopped
-worker's value disappears.
+worker's value disappears. With shared device batching the device host (`eluserve.service.device_host`)
+is one more such process: batch size, inference time, `device_batch_workers` and the refusals of its
+batcher are written there, once per device batch; the workers count their images, results and errors.
 
 Every series carries `model` and `version` (the service serves a repository of models, see
 `eluserve.service.repository`); a client error that no model can be blamed for (an unknown model, a
@@ -59,6 +61,16 @@ BATCH_SIZE = Histogram(
     ["model", "version"],
     namespace=NAMESPACE,
     buckets=BATCH_SIZE_BUCKETS,
+)
+#: HTTP workers whose requests one device batch holds: from 1 to a GPU host's cores.
+WORKERS_BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 32, 64)
+DEVICE_BATCH_WORKERS = Histogram(
+    "device_batch_workers",
+    "HTTP workers whose requests one batch held, with shared device batching (ELUSERVE_DEVICE_BATCHING): "
+    "above 1, batches merge the requests of several workers.",
+    ["model", "version"],
+    namespace=NAMESPACE,
+    buckets=WORKERS_BUCKETS,
 )
 IMAGES = Counter(
     "images",
@@ -152,6 +164,7 @@ def init_metrics(info: ModelMetadata) -> None:
         CLIENT_ERRORS.labels(**model, code=code)
     INFERENCE_DURATION.labels(**model, provider=provider)
     BATCH_SIZE.labels(**model)
+    DEVICE_BATCH_WORKERS.labels(**model)
 
 
 @dataclass(frozen=True)

@@ -33,6 +33,7 @@ CLIENT_STATUSES = {
     "413": "too many images, bytes or pixels",
     "415": "not multipart/form-data, or an image format the service does not decode",
     "429": "overloaded: retry after the Retry-After seconds",
+    "503": "device_unavailable: the shared device host is restarting; retry after the Retry-After seconds",
 }
 
 SWAGGER_PAGE = """<!doctype html>

@@ -10,11 +10,12 @@ The folder names are the model's identity in the routes, so they must agree with
 is listed in the index as unavailable with the reason and is never served. The latest version of a
 model is the largest number, or (for versions that are not all numbers) the last in string order.
 
-Each HTTP worker holds its own `ModelRegistry`: one ONNX Runtime session, one adaptive `Batcher` and
-one `Frontend` per loaded version. A (re)load builds and warms the new sessions first, then swaps them
-in under a lock; a request holds a lease on the version it started on, and a replaced version is
-closed only once its last lease is returned, so requests in flight finish on the version they started
-on. A load that fails leaves what was serving untouched.
+Each HTTP worker holds its own `ModelRegistry`: per loaded version, one `Frontend` and one adaptive
+`Batcher` over a session of its own, or, with shared device batching, a `SharedBatcher` whose batches
+run in the server's device host (`eluserve.service.device_host`). A (re)load builds and warms the new
+sessions first, then swaps them in under a lock; a request holds a lease on the version it started on,
+and a replaced version is closed only once its last lease is returned, so requests in flight finish on
+the version they started on. A load that fails leaves what was serving untouched.
 
 Sessions are created in one place, `open_session`, so that engine choices reach every model.
 """
@@ -35,10 +36,11 @@ from typing import Any
 from eluserve.core.contract import MODEL_FILE, ModelMetadata, read_model_info
 from eluserve.core.engines import require_precision
 from eluserve.core.errors import ClientError, ConfigError, ModelFormatError
-from eluserve.core.session import ModelSession
+from eluserve.core.session import CPU, ModelSession
 from eluserve.service import accept_balance, metrics
 from eluserve.service.batching import Batcher
 from eluserve.service.config import Settings
+from eluserve.service.device_client import DeviceLink, SharedBatcher
 from eluserve.service.http_api import Frontend
 
 logger = logging.getLogger(__name__)
@@ -129,12 +131,14 @@ def scan_repository(root: Path) -> dict[str, RepositoryEntry]:
     return entries
 
 
-def open_session(model_file: Path, settings: Settings, workers: int) -> ModelSession:
+def open_session(
+    model_file: Path, settings: Settings, workers: int, server_pid: int | None = None
+) -> ModelSession:
     """The one place where the service creates an inference session.
 
-    The engine and precision are the settings' (`eluserve.core.engines`); the workers of one
-    `bentoml serve` (their parent process) agree on one `auto` choice per model file, so that they all
-    report and run the same engine.
+    The engine and precision are the settings' (`eluserve.core.engines`); the processes of one
+    `bentoml serve` (`server_pid`, by default this process's parent: a worker's) agree on one `auto`
+    choice per model file, so that they all report and run the same engine.
     """
     return ModelSession.from_path(
         model_file,
@@ -142,36 +146,55 @@ def open_session(model_file: Path, settings: Settings, workers: int) -> ModelSes
         intra_op_threads=settings.threads_per_worker(workers),
         engine=settings.engine,
         precision=settings.precision,
-        agree_with=f"bentoml-serve-{os.getppid()}",
+        agree_with=f"bentoml-serve-{server_pid or os.getppid()}",
     )
 
 
 @dataclass(eq=False)
 class ServedVersion:
-    """One loaded version in one worker: its session, batcher and HTTP frontend."""
+    """One loaded version in one worker: its batcher and HTTP frontend, and its session if it has one."""
 
-    session: ModelSession
-    batcher: Batcher
+    info: ModelMetadata
+    batcher: Batcher | SharedBatcher
     frontend: Frontend
+    #: The worker's own session; None with shared device batching (the device host holds it).
+    session: ModelSession | None = None
     loaded_at: float = field(default_factory=time.time)
     #: Requests that hold this version now (changed under the registry's lock).
     leases: int = 0
 
     @property
-    def info(self) -> ModelMetadata:
-        return self.session.info
+    def provider(self) -> str:
+        """The execution provider (or OpenVINO device) that runs the version."""
+        return self.info.provider or CPU
+
+    def warm_up(self, settings: Settings) -> None:
+        """Warm up the worker's own session; a shared one was warmed by the host as it loaded it."""
+        if self.session is not None:
+            warm_up(self.session, settings)
 
 
-def warm_up(session: ModelSession, settings: Settings) -> None:
+def warm_up(session: ModelSession, settings: Settings, largest: int | None = None) -> None:
+    """Warm-up passes at batch 1 and the largest batch (`largest`, default `max_batch_size`)."""
     session.warm_up(
-        batch_sizes=sorted({1, settings.max_batch_size}),
+        batch_sizes=sorted({1, settings.max_batch_size, largest or settings.max_batch_size}),
         rounds=settings.warmup_rounds,
         min_seconds=settings.warmup_min_seconds,
     )
 
 
-def serve_version(model_file: Path, settings: Settings, workers: int, *, warm: bool = True) -> ServedVersion:
-    """Open, wrap and (`warm`) warm up one version; nothing is published until this returns."""
+def serve_version(
+    model_file: Path, settings: Settings, workers: int, *, warm: bool = True, link: DeviceLink | None = None
+) -> ServedVersion:
+    """Open, wrap and (`warm`) warm up one version; nothing is published until this returns.
+
+    With a `link` (shared device batching) the device host opens (and warms up) the session, and this
+    worker only counts the images it sent.
+    """
+    if link is not None:
+        shared = SharedBatcher(link, model_file, max_latency_s=settings.max_latency_ms / 1000)
+        metrics.init_metrics(shared.info)
+        return ServedVersion(shared.info, shared, Frontend(shared.info, settings, infer=shared))
     session = open_session(model_file, settings, workers)
     info = session.info
     metrics.init_metrics(info)
@@ -194,15 +217,17 @@ def serve_version(model_file: Path, settings: Settings, workers: int, *, warm: b
     )
     if warm:
         warm_up(session, settings)
-    return ServedVersion(session, batcher, Frontend(info, settings, infer=batcher))
+    return ServedVersion(info, batcher, Frontend(info, settings, infer=batcher), session)
 
 
 class ModelRegistry:
     """The models one worker serves, by name and version; see the module docstring."""
 
-    def __init__(self, settings: Settings, workers: int) -> None:
+    def __init__(self, settings: Settings, workers: int, link: DeviceLink | None = None) -> None:
         self.settings = settings
         self.workers = workers
+        #: The device host link with shared device batching; None when each worker runs its sessions.
+        self.link = link
         self.root = settings.repository_dir()
         self.pinned = settings.pinned_model_file()
         self.default_name = settings.default_model_name()
@@ -285,7 +310,7 @@ class ModelRegistry:
                     "version": version,
                     "model": versions[version].info.tag,
                     "state": "READY",
-                    "execution_provider": versions[version].session.provider,
+                    "execution_provider": versions[version].provider,
                     "path": versions[version].info.path,
                     "loaded_at": versions[version].loaded_at,
                 }
@@ -331,7 +356,7 @@ class ModelRegistry:
         """Warm up every loaded version (the first requests then do not pay for lazy initialisation)."""
         for versions in self.loaded().values():
             for served in versions.values():
-                warm_up(served.session, self.settings)
+                served.warm_up(self.settings)
 
     def load(self, name: str, *, strict: bool = True, warm: bool = True) -> list[str]:
         """(Re)load every version of `name` from disk: built and warmed first, then swapped in.
@@ -358,7 +383,9 @@ class ModelRegistry:
             fresh: dict[str, ServedVersion] = {}
             for version, model_file in entry.versions.items():
                 try:
-                    fresh[version] = serve_version(model_file, self.settings, self.workers, warm=warm)
+                    fresh[version] = serve_version(
+                        model_file, self.settings, self.workers, warm=warm, link=self.link
+                    )
                 except Exception as exc:
                     metrics.MODEL_LOADS.labels(model=name, version=version, outcome="error").inc()
                     for built in fresh.values():
@@ -369,10 +396,10 @@ class ModelRegistry:
                 self._models[name] = fresh
             for version, served in fresh.items():
                 metrics.MODEL_LOADS.labels(model=name, version=version, outcome="ok").inc()
-                metrics.set_model_info(served.info, served.session.provider, loaded=True)
+                metrics.set_model_info(served.info, served.provider, loaded=True)
             for version, old in previous.items():
                 if version not in fresh:
-                    metrics.set_model_info(old.info, old.session.provider, loaded=False)
+                    metrics.set_model_info(old.info, old.provider, loaded=False)
             self._retire(previous.values())
             logger.info("model %s: serving versions %s", name, sorted(fresh, key=version_key))
             return sorted(fresh, key=version_key)
@@ -398,7 +425,7 @@ class ModelRegistry:
                 raise ModelNotFound(f"model {name!r} is not loaded")
             for version, old in previous.items():
                 metrics.MODEL_UNLOADS.labels(model=name, version=version).inc()
-                metrics.set_model_info(old.info, old.session.provider, loaded=False)
+                metrics.set_model_info(old.info, old.provider, loaded=False)
             self._retire(previous.values())
             logger.info("model %s: unloaded", name)
 

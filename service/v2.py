@@ -74,7 +74,7 @@ def _server_version() -> str:
 
 
 def v2_error(error: ClientError | ServiceError) -> JSONResponse:
-    headers = {"Retry-After": "1"} if error.status == 429 else None
+    headers = {"Retry-After": "1"} if error.status in (429, 503) else None
     return JSONResponse({"error": error.message}, status_code=error.status, headers=headers)
 
 

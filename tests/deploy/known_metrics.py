@@ -38,6 +38,7 @@ ELUSERVE_HISTOGRAMS = (
     "eluserve_inference_duration_seconds",  # per batch; labels: model, version, provider
     "eluserve_preprocess_duration_seconds",  # per image; labels: model, version
     "eluserve_batch_size",  # labels: model, version
+    "eluserve_device_batch_workers",  # workers per device batch (shared device batching); model, version
     "eluserve_top1_probability",  # labels: model, version
 )
 # Series that Prometheus itself writes for every scrape target.

@@ -203,7 +203,7 @@ def test_the_gpu_checks_client_processes_share_the_requests(service: ServerProce
     """The GPU check's multi-process client, against the CPU service: every request answered, images
     counted once (it raises on any non-2xx answer)."""
     from load_tests.fixtures import cifar_jpegs
-    from load_tests.gpu_check import serve_load, split
+    from load_tests.gpu_check import batch_shape, serve_load, split
     from tests.service.metrics_scrape import MetricsDelta
 
     assert split(10, 3) == [4, 3, 3] and sum(split(7, 4)) == 7
@@ -211,3 +211,6 @@ def test_the_gpu_checks_client_processes_share_the_requests(service: ServerProce
     with MetricsDelta(service.url) as delta:
         assert serve_load(service.url, files, requests=6, concurrency=3, processes=2) > 0
     assert delta("eluserve_images_total", outcome="ok") == 6 * len(files)
+    # What the check prints per level: images per device batch, and no shared host on CPU by default.
+    batch, merged = batch_shape(service.url)
+    assert 1 <= batch <= 64 and merged == 0

@@ -8,8 +8,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import onnxruntime as ort
 import pytest
 
+from eluserve.core.engines import CUDA
 from eluserve.core.errors import ConfigError
 from eluserve.core.paths import default_model_file
 from eluserve.core.session import available_cores
@@ -108,6 +110,41 @@ def test_threads_are_cores_divided_by_workers() -> None:
     assert Settings(workers=cores * 2).threads_per_worker() == 1
     assert Settings(intra_op_threads=3, workers=2).threads_per_worker() == 3
     assert Settings(workers=1).threads_per_worker(workers=cores * 2) == 1
+
+
+def test_device_batching_is_shared_only_where_a_session_would_run_on_cuda() -> None:
+    on_cuda = CUDA in ort.get_available_providers()  # the onnxruntime-gpu build
+    assert Settings().device_batching == "auto"
+    assert Settings().runs_on_cuda() is on_cuda
+    assert Settings().device_batching_mode(workers=2) == ("shared" if on_cuda else "worker")
+    # One worker has nothing to merge; OpenVINO and a CPU-only provider list never run on CUDA.
+    assert Settings().device_batching_mode(workers=1) == "worker"
+    assert Settings(engine="openvino").device_batching_mode(workers=4) == "worker"
+    assert not Settings(providers="CPUExecutionProvider").runs_on_cuda()
+    # Forced either way, whatever the machine (the tests force `shared` on CPU).
+    assert Settings(device_batching="shared").device_batching_mode(workers=1) == "shared"
+    assert Settings(device_batching="worker").device_batching_mode(workers=8) == "worker"
+    assert load_settings({"ELUSERVE_DEVICE_BATCHING": "shared"}).device_batching == "shared"
+    with pytest.raises(ConfigError, match="device_batching"):
+        load_settings({"ELUSERVE_DEVICE_BATCHING": "gpu"})
+
+
+def test_the_shared_device_batch_holds_a_full_batch_of_every_worker_unless_set() -> None:
+    assert Settings().device_batch_size(workers=15) == 64 * 15
+    assert Settings(max_batch_size=16).device_batch_size(workers=2) == 32
+    assert Settings(device_max_batch_size=512).device_batch_size(workers=15) == 512
+    assert load_settings({"ELUSERVE_DEVICE_MAX_BATCH_SIZE": "256"}).device_batch_size(workers=2) == 256
+
+
+def test_workers_default_to_two_or_to_the_cores_that_feed_a_shared_device() -> None:
+    cores = available_cores()
+    on_cuda = CUDA in ort.get_available_providers()
+    assert Settings().workers == 0
+    assert Settings().worker_count() == (max(2, cores - 1) if on_cuda else 2)
+    assert Settings(device_batching="worker").worker_count() == 2
+    assert Settings(engine="openvino").worker_count() == 2
+    assert Settings(workers=3).worker_count() == 3
+    assert load_settings({"ELUSERVE_WORKERS": "5"}).worker_count() == 5
 
 
 def test_models_resolve_from_files_and_folders(tiny_model_path: Path) -> None:
