@@ -60,6 +60,11 @@ class MetricsDelta:
     def __call__(self, name: str, **labels: str) -> float:
         return (self.after.value(name, **labels) or 0.0) - (self.before.value(name, **labels) or 0.0)
 
+    def so_far(self, name: str, **labels: str) -> float:
+        """The increase up to now, scraped inside the `with` block (for traffic that repeats until it
+        has shown what a test needs)."""
+        return (Scrape.of(self.url).value(name, **labels) or 0.0) - (self.before.value(name, **labels) or 0.0)
+
     def sum(self, name: str, **labels: str) -> float:
         """Same as calling the delta; reads better for counters split by a label the test sums over."""
         return self(name, **labels)
