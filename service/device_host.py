@@ -24,8 +24,8 @@ running. It releases a model version (session and batcher) once no live worker u
 and the users of dead workers are pruned every `WATCH_S`.
 
 The frames are `eluserve.service.device_protocol`'s, over the Unix socket ``device.sock`` in the
-control folder (created 0700 by `tempfile.mkdtemp`, so only the server's user can connect). Batch size
-and inference time are observed here, once per device batch, and
+control folder, created with mode 0600 whatever the folder's mode, so only the server's user can
+connect. Batch size and inference time are observed here, once per device batch, and
 `eluserve_device_batch_workers` counts how many workers' requests each batch held; the metrics files
 go to the server's multiprocess folder like the workers'.
 """
@@ -38,6 +38,7 @@ import contextlib
 import fcntl
 import logging
 import os
+import socket
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -97,7 +98,7 @@ class DeviceHost:
         """Serve until the server is gone; the socket is removed on the way out."""
         path = socket_path(self.control_dir)
         path.unlink(missing_ok=True)  # a dead host's; we hold the lock, so no live host owns it
-        server = await asyncio.start_unix_server(self._connection, path=str(path))
+        server = await asyncio.start_unix_server(self._connection, sock=_private_socket(path))
         logger.info("device host %d serves %s for server %d", os.getpid(), path, self.server_pid)
         try:
             while pid_alive(self.server_pid) and self.control_dir.is_dir():
@@ -230,6 +231,22 @@ class DeviceHost:
             }
             return state, probs
         raise FrameError(f"frame {frame.request_id}: unknown operation {op!r}")
+
+
+def _private_socket(path: Path) -> socket.socket:
+    """A listening-ready Unix socket at `path` that only this user can connect to (mode 0600 from the
+    bind on, not chmod-ed afterwards): the host loads the model files its peers name, so the socket
+    must stay private even in a control folder an operator made with broader permissions."""
+    sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    previous = os.umask(0o177)
+    try:
+        sock.bind(str(path))
+    except OSError:
+        sock.close()
+        raise
+    finally:
+        os.umask(previous)
+    return sock
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -12,6 +12,7 @@ import concurrent.futures
 import contextlib
 import os
 import signal
+import stat
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +23,7 @@ import psutil
 import pytest
 
 from eluserve.core.contract import read_model_info
+from eluserve.service.device_protocol import socket_path
 from load_tests.wrk import listening_processes
 from tests.conftest import build_tiny_model
 from tests.service.bento_server import BentoServer, running_server, start_server
@@ -98,6 +100,9 @@ def test_one_host_serves_both_workers_and_reports_the_engine_it_runs(
 ) -> None:
     (host,) = host_processes(control_dir)
     assert host.cmdline()[-2:] == ["--workers", "2"]  # its batches hold up to 2 × 64 images
+    # The host loads the files its peers name: its socket is the user's alone, even in a control
+    # folder that others may enter (this test's is the operator-named kind, made by pytest).
+    assert stat.S_IMODE(socket_path(control_dir).stat().st_mode) == 0o600
     # The load tool's img/CPU-s counts the host's CPU too (it holds no listening socket).
     assert host.pid in {process.pid for process in listening_processes(shared.url)}
     assert shared.log().count("device batching: shared (ELUSERVE_DEVICE_BATCHING=shared, 2 workers") == 2
