@@ -43,6 +43,19 @@ SourceObserver = Callable[[int], None]
 EMA_WEIGHT = 0.2
 
 
+def overloaded(what: str, wait_s: float, max_latency_s: float) -> ServiceError:
+    """The contract's 429 `overloaded` for work that would wait `wait_s` behind the queue, counted in
+    `eluserve_requests_rejected_total{reason="latency_budget"}` where it is made: the per-worker
+    batcher and the shared device host's workers refuse alike (`eluserve.service.device_client`)."""
+    metrics.REQUESTS_REJECTED.labels(reason="latency_budget").inc()
+    return ServiceError(
+        "overloaded",
+        f"{what} is at capacity: about {wait_s * 1000:.0f} ms of work is queued ahead, over the "
+        f"{max_latency_s * 1000:.0f} ms limit; retry shortly",
+        429,
+    )
+
+
 @dataclass
 class _Job:
     images: np.ndarray
@@ -129,13 +142,7 @@ class Batcher:
         """
         wait = self.estimated_wait_s(images)
         if wait > self.max_latency_s and (self._queued_images or self._running_images):
-            metrics.REQUESTS_REJECTED.labels(reason="latency_budget").inc()
-            raise ServiceError(
-                "overloaded",
-                f"the model is at capacity: about {wait * 1000:.0f} ms of work is queued ahead, over the "
-                f"{self.max_latency_s * 1000:.0f} ms limit; retry shortly",
-                429,
-            )
+            raise overloaded("the model", wait, self.max_latency_s)
 
     def _dispatch(self) -> None:
         if self._running_images or not self._pending:

@@ -42,6 +42,7 @@ import numpy as np
 from eluserve.core.contract import ModelMetadata, read_model_info
 from eluserve.core.errors import ServiceError
 from eluserve.service import metrics
+from eluserve.service.batching import overloaded
 from eluserve.service.device_protocol import (
     Frame,
     PeerGone,
@@ -315,13 +316,7 @@ class SharedBatcher:
         """
         wait = self.estimated_wait_s(images)
         if wait > self.max_latency_s and self._backlog_now() > 0:
-            metrics.REQUESTS_REJECTED.labels(reason="latency_budget").inc()
-            raise ServiceError(
-                "overloaded",
-                f"the device is at capacity: about {wait * 1000:.0f} ms of work is queued ahead, over the "
-                f"{self.max_latency_s * 1000:.0f} ms limit; retry shortly",
-                429,
-            )
+            raise overloaded("the device", wait, self.max_latency_s)
 
     def close(self) -> None:
         """Tell the host this worker no longer serves the version (it releases it with its last user)."""
