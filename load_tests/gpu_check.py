@@ -14,7 +14,7 @@ default 2 and the cores the client leaves: on a GPU host the CPU work of HTTP, m
 not the device, bounds a few workers, issue #15), and at each worker count once per device batching
 mode (`--device-batching`, default both): `worker`, each worker batching its own requests on a CUDA
 session of its own, and `shared`, one device host per server batching every worker's crops on one
-session (`eluserve.service.device_host`). The load comes from several client processes
+session (`eluserve.service.device.host`). The load comes from several client processes
 (`--client-processes`), since one Python client process tops out far below a GPU host. Each level
 prints images/s, its ratio to the raw CUDA session's best, and the mean batch size and workers per
 device batch read from the server's /metrics; a table at the end puts the modes side by side. Exits

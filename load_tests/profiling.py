@@ -25,7 +25,7 @@ _FRAME = re.compile(r"^(.*) \((.*?)(?::\d+)?\)$")
 STAGES: tuple[tuple[str, str, str], ...] = (
     ("ONNX Runtime session.run", "run", "onnxruntime/"),
     ("decode + crop (eluserve.core.preprocessing)", "load_image", "core/preprocessing"),
-    ("multipart parsing (eluserve.service.forms)", "read_form", "service/forms"),
+    ("multipart parsing (eluserve.service.api.forms)", "read_form", "service/api/forms"),
     ("top-k + result objects", "format_results", "core/results"),
     ("JSON rendering", "render", "starlette/responses"),
 )

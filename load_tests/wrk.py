@@ -253,14 +253,14 @@ def parse_output(stdout: str, url: str, connections: int, images_per_request: in
 
 
 #: The module the shared device host runs as (`python -m ...`), found among a server's processes by it.
-DEVICE_HOST_MODULE = "eluserve.service.device_host"
+DEVICE_HOST_MODULE = "eluserve.service.device.host"
 
 
 def listening_processes(url: str) -> list[psutil.Process]:
     """Every process that holds a listening socket on `url`'s port: a `bentoml serve` arbiter and all
     its workers, which share the arbiter's socket (`psutil.net_connections` names one holder of a
     shared socket only, so each process is asked), and the shared device host they started
-    (`eluserve.service.device_host`), which listens on no TCP port but does the inference. Reading other
+    (`eluserve.service.device.host`), which listens on no TCP port but does the inference. Reading other
     users' processes needs root."""
     import psutil
 

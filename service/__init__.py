@@ -1,12 +1,16 @@
 """`eluserve.service`: the BentoML service over the inference core.
 
-`app` holds the BentoML service `EluClassifier` and its routes; `http_api` the classify endpoints of one
-model version (multipart in, JSON out); `models_api` the per-model routes and Triton's repository
-extension; `v2` the Open Inference Protocol; `openapi` the published `/docs.json`; `repository` the
-model folder and each worker's loaded versions; `control` how loads and unloads reach every worker;
-`forms` the streaming multipart reader; `batching` the adaptive batcher; `device_host`, `device_client`
-and `device_protocol` shared device batching (one process batching every worker's crops);
-`accept_balance` the even spread of connections over the workers; `metrics` the Prometheus series;
-`config` the ``ELUSERVE_*`` settings; `http_protocol` and `bentoml_patches` the fixes to the HTTP stack;
-`processes` whether a worker still runs.
+`app` holds the BentoML service `EluClassifier` and its routes; `repository` the model folder and each
+worker's loaded versions; `control` how loads and unloads reach every worker; `batching` the adaptive
+batcher; `metrics` the Prometheus series; `config` the ``ELUSERVE_*`` settings; `processes` whether a
+worker still runs. Three sub-packages hold the rest:
+
+- `api`: the HTTP surfaces. `api.classify` the classify endpoints of one model version (multipart in,
+  JSON out), `api.models` the per-model routes and Triton's repository extension, `api.v2` the Open
+  Inference Protocol, `api.openapi` the published `/docs.json`, `api.forms` the streaming multipart
+  reader.
+- `device`: shared device batching, one process batching every worker's crops: `device.host`,
+  `device.client` (the worker's side) and `device.protocol` (the frames between them).
+- `runtime`: the framework glue, every change to BentoML's, uvicorn's and asyncio's internals, applied
+  by its one `install()`.
 """

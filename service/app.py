@@ -2,20 +2,20 @@
 
     BENTOML_DO_NOT_TRACK=True bentoml serve eluserve.service.app:EluClassifier --port 3000
 
-Connections spread evenly over the HTTP worker processes (`eluserve.service.accept_balance`: each
+Connections spread evenly over the HTTP worker processes (`eluserve.service.runtime.accept_balance`: each
 worker accepts only while it holds the fewest open connections). Each worker reads multipart bodies
-itself (see `eluserve.service.forms`), decodes and crops in `eluserve.service.http_api`, and pools the
+itself (see `eluserve.service.api.forms`), decodes and crops in `eluserve.service.api.classify`, and pools the
 crops of concurrent requests into ONNX Runtime batches with `eluserve.service.batching.Batcher`, one
 session and batcher per model version it serves (threads = cores ÷ workers, so workers do not
 oversubscribe the machine); with shared device batching (`ELUSERVE_DEVICE_BATCHING`, the default on
 CUDA) the workers send their crops to one device host per server instead, whose batches mix every
-worker's requests (`eluserve.service.device_host`). The models come from a repository folder
+worker's requests (`eluserve.service.device.host`). The models come from a repository folder
 (`eluserve.service.repository`); loads and unloads reach every worker through
 `eluserve.service.control`. Overload is answered with the contract's 429 `overloaded` and
 `Retry-After`, whether the batcher's latency budget or BentoML's concurrency limit refuses
-(`eluserve.service.bentoml_patches`). `/readyz` turns ready once the worker has loaded and warmed its
+(`eluserve.service.runtime.bentoml_patches`). `/readyz` turns ready once the worker has loaded and warmed its
 models up (BentoML asks `__is_ready__`); `/livez` and `/metrics` are BentoML's; requests for our own
-routes skip the parts of BentoML's middleware that do nothing for them (`eluserve.service.fast_path`).
+routes skip the parts of BentoML's middleware that do nothing for them (`eluserve.service.runtime.fast_path`).
 Settings come from `eluserve.service.config` (``ELUSERVE_*``).
 """
 
@@ -39,13 +39,15 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from eluserve.core.session import available_cores
-from eluserve.service import accept_balance, bentoml_patches, fast_path, http_protocol, openapi
+from eluserve.service import runtime
+from eluserve.service.api import openapi
+from eluserve.service.api.models import ModelsApi
+from eluserve.service.api.v2 import InferenceProtocol
 from eluserve.service.config import SHARED, load_settings
 from eluserve.service.control import LOADED, ControlState, Follower, ensure_control_dir
-from eluserve.service.device_client import DeviceLink
-from eluserve.service.models_api import ModelsApi
+from eluserve.service.device.client import DeviceLink
 from eluserve.service.repository import ModelRegistry, check_repository
-from eluserve.service.v2 import InferenceProtocol
+from eluserve.service.runtime import accept_balance
 
 logger = logging.getLogger(__name__)
 #: Resolved once: `bentoml.get_current_service` goes through the package's module `__getattr__`, an
@@ -64,9 +66,6 @@ with contextlib.suppress(ImportError, AttributeError):
     from bentoml._internal.utils.analytics.usage_stats import do_not_track
 
     do_not_track.cache_clear()
-bentoml_patches.apply()
-http_protocol.install(settings.header_timeout_s, settings.http_parser)
-accept_balance.install()
 # Created by the `bentoml serve` process, inherited by its workers: see `eluserve.service.control`.
 control_dir = ensure_control_dir()
 # The workers' metrics files in this server's own folder. BentoML's default is one folder per
@@ -162,7 +161,9 @@ UNTRACED_PATHS = (
     "/readyz",
     "/metrics",
 )
-fast_path.install(http_app, tracing=settings.tracing)
+# The framework glue (`eluserve.service.runtime`), before `bentoml serve` starts a worker: BentoML builds
+# the workers' uvicorn config and app after importing this module.
+runtime.install(http_app, settings)
 
 
 @bentoml.asgi_app(http_app, path="/")
@@ -173,7 +174,8 @@ fast_path.install(http_app, tracing=settings.tracing)
     logging={"access": {"enabled": settings.access_log}},
 )
 class EluClassifier:
-    """Public endpoints (`eluserve.service.http_api` has the HTTP contract) over the repository's models."""
+    """Public endpoints (`eluserve.service.api.classify` has the HTTP contract) over the repository's
+    models."""
 
     @bentoml.on_deployment
     def check_model() -> None:

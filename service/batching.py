@@ -46,7 +46,7 @@ EMA_WEIGHT = 0.2
 def overloaded(what: str, wait_s: float, max_latency_s: float) -> ServiceError:
     """The contract's 429 `overloaded` for work that would wait `wait_s` behind the queue, counted in
     `eluserve_requests_rejected_total{reason="latency_budget"}` where it is made: the per-worker
-    batcher and the shared device host's workers refuse alike (`eluserve.service.device_client`)."""
+    batcher and the shared device host's workers refuse alike (`eluserve.service.device.client`)."""
     metrics.REQUESTS_REJECTED.labels(reason="latency_budget").inc()
     return ServiceError(
         "overloaded",

@@ -35,7 +35,8 @@ from eluserve.core.session import available_cores
 
 ENV_PREFIX = "ELUSERVE_"
 CONFIG_ENV = "ELUSERVE_CONFIG"
-#: HTTP/1.1 parsers of the workers' uvicorn (`eluserve.service.http_protocol`); the first is the default.
+#: HTTP/1.1 parsers of the workers' uvicorn (`eluserve.service.runtime.http_protocol`); the first is the
+#: default.
 HTTP_PARSERS = ("httptools", "h11")
 #: `device_batching`: per worker, one shared device host per server, or chosen by where sessions run.
 WORKER = "worker"
@@ -88,7 +89,7 @@ class Settings:
     workers: int = 0
     #: `worker`: each worker batches its own requests on its own session; `shared`: one device host
     #: process per server batches the crops of every worker on one session
-    #: (`eluserve.service.device_host`); `auto`: shared where the session runs on CUDA and there is
+    #: (`eluserve.service.device.host`); `auto`: shared where the session runs on CUDA and there is
     #: more than one worker, else worker (on CPU the host's extra hop costs throughput, docs/bench/).
     device_batching: str = AUTO
     #: ONNX Runtime threads per worker; 0 means available cores ÷ workers.
@@ -102,17 +103,18 @@ class Settings:
     #: validate-precision`; without one the service refuses to start.
     precision: str = "fp32"
     #: Requests in flight across all workers before the 429 `overloaded` of BentoML's limit (split evenly
-    #: over the workers, as connections are: `eluserve.service.accept_balance`). A cap on memory held by
-    #: in-flight bodies, set clear of the latency budget: 256 single-image connections, 128 per worker,
-    #: queue ~0.3 s of work on 2 cores and must not be refused (issue #15), hence twice that.
+    #: over the workers, as connections are: `eluserve.service.runtime.accept_balance`). A cap on memory
+    #: held by in-flight bodies, set clear of the latency budget: 256 single-image connections, 128 per
+    #: worker, queue ~0.3 s of work on 2 cores and must not be refused (issue #15), hence twice that.
     max_concurrency: int = 512
     #: Seconds before BentoML answers 504.
     timeout_s: float = 30.0
     #: Seconds a request's line and headers may take to arrive before the client gets 408 and the
-    #: connection closes (`eluserve.service.http_protocol`: slow or silent clients would hold connections).
+    #: connection closes (`eluserve.service.runtime.http_protocol`: slow or silent clients would hold
+    #: connections).
     header_timeout_s: float = 10.0
     #: httptools (llhttp, C: a third of h11's CPU per request) or h11 (pure Python), with the same
-    #: header deadline either way (`eluserve.service.http_protocol`).
+    #: header deadline either way (`eluserve.service.runtime.http_protocol`).
     http_parser: str = HTTP_PARSERS[0]
     #: Warm-up passes over the batch sizes 1 and max_batch_size before /readyz turns ready.
     warmup_rounds: int = 2

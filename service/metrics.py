@@ -4,7 +4,7 @@ BentoML starts every worker with ``PROMETHEUS_MULTIPROC_DIR`` set and answers `/
 in that folder, so plain `prometheus_client` metrics created at import time are multiprocess metrics in
 the workers: each process writes its own file and the scrape sums counters and histograms over every
 worker. The one gauge uses ``livemax`` so that N workers report one series, not N, and a stopped
-worker's value disappears. With shared device batching the device host (`eluserve.service.device_host`)
+worker's value disappears. With shared device batching the device host (`eluserve.service.device.host`)
 is one more such process: batch size, inference time, `device_batch_workers` and the refusals of its
 batcher are written there, once per device batch; the workers count their images, results and errors.
 

@@ -12,7 +12,7 @@ model is the largest number, or (for versions that are not all numbers) the last
 
 Each HTTP worker holds its own `ModelRegistry`: per loaded version, one `Frontend` and one adaptive
 `Batcher` over a session of its own, or, with shared device batching, a `SharedBatcher` whose batches
-run in the server's device host (`eluserve.service.device_host`). A (re)load builds and warms the new
+run in the server's device host (`eluserve.service.device.host`). A (re)load builds and warms the new
 sessions first, then swaps them in under a lock; a request holds a lease on the version it started on,
 and a replaced version is closed only once its last lease is returned, so requests in flight finish on
 the version they started on. A load that fails leaves what was serving untouched.
@@ -37,11 +37,12 @@ from eluserve.core.contract import MODEL_FILE, ModelMetadata, read_model_info
 from eluserve.core.engines import require_precision
 from eluserve.core.errors import ClientError, ConfigError, ModelFormatError
 from eluserve.core.session import CPU, ModelSession
-from eluserve.service import accept_balance, metrics
+from eluserve.service import metrics
+from eluserve.service.api.classify import Frontend
 from eluserve.service.batching import Batcher
 from eluserve.service.config import Settings
-from eluserve.service.device_client import DeviceLink, SharedBatcher
-from eluserve.service.http_api import Frontend
+from eluserve.service.device.client import DeviceLink, SharedBatcher
+from eluserve.service.runtime import accept_balance
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,7 @@ from PIL import Image
 from eluserve.core.contract import ModelMetadata, read_model_info
 from eluserve.core.errors import ClientError
 from eluserve.core.preprocessing import Limits, load_image
-from eluserve.service.http_api import BODY_TIMEOUT_SHARE
+from eluserve.service.api.classify import BODY_TIMEOUT_SHARE
 from tests.reliability import raw_http
 from tests.reliability.hostile_samples import (
     CANARY,

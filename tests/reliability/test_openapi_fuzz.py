@@ -1,6 +1,6 @@
 """Schemathesis against a live server, from the OpenAPI document the service publishes at /docs.json.
 
-The service publishes every route it answers (`eluserve.service.openapi`): BentoML's infrastructure
+The service publishes every route it answers (`eluserve.service.api.openapi`): BentoML's infrastructure
 routes, the contract's multipart endpoints, the model repository's routes and the Open Inference
 Protocol. The server here serves a repository of two models (the serving model and a tiny one with two
 versions), so `{name}` and `{version}` enumerate real models and generated requests reach them.

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import pytest
 
-from eluserve.service import accept_balance
-from eluserve.service.accept_balance import BalancedEventLoop, ConnectionTable
+from eluserve.service.runtime import accept_balance
+from eluserve.service.runtime.accept_balance import BalancedEventLoop, ConnectionTable
 
 
 def test_a_worker_accepts_only_while_no_live_worker_holds_fewer(tmp_path: Path) -> None:
@@ -37,7 +37,8 @@ def test_a_dead_workers_slot_blocks_nobody(tmp_path: Path) -> None:
     mine = ConnectionTable(path, 1)
     mine.opened()
     # Worker 2 registers with no connections and dies without cleaning up (a crash).
-    code = f"from eluserve.service.accept_balance import ConnectionTable; ConnectionTable({str(path)!r}, 2)"
+    code = "from eluserve.service.runtime.accept_balance import ConnectionTable; "
+    code += f"ConnectionTable({str(path)!r}, 2)"
     subprocess.run([sys.executable, "-c", code], check=True)
     assert mine.counts() == {1: 1}
     assert mine.least_loaded()

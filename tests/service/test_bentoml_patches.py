@@ -11,7 +11,8 @@ from typing import Any
 import pytest
 from bentoml._internal.server.http.traffic import MaxConcurrencyMiddleware, TimeoutMiddleware
 
-from eluserve.service import bentoml_patches, metrics
+from eluserve.service import metrics
+from eluserve.service.runtime import bentoml_patches
 
 Message = dict[str, Any]
 

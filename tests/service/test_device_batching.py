@@ -23,7 +23,7 @@ import psutil
 import pytest
 
 from eluserve.core.contract import read_model_info
-from eluserve.service.device_protocol import socket_path
+from eluserve.service.device.protocol import socket_path
 from load_tests.wrk import listening_processes
 from tests.conftest import build_tiny_model
 from tests.service.bento_server import BentoServer, running_server, start_server
@@ -33,7 +33,7 @@ from tests.service.test_repository_server import probe, worker_pids
 
 pytestmark = pytest.mark.integration
 
-HOST_MODULE = "eluserve.service.device_host"
+HOST_MODULE = "eluserve.service.device.host"
 JPEGS = [encode(gradient(48, 40, seed=seed), "JPEG") for seed in range(8)]
 
 

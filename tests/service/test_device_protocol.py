@@ -16,8 +16,8 @@ import numpy as np
 import pytest
 
 from eluserve.core.errors import ServiceError
-from eluserve.service.device_client import DeviceLink, DeviceUnavailable
-from eluserve.service.device_protocol import (
+from eluserve.service.device.client import DeviceLink, DeviceUnavailable
+from eluserve.service.device.protocol import (
     MAX_HEADER_BYTES,
     PREFIX,
     Frame,

@@ -1,4 +1,4 @@
-"""Our routes' path through BentoML's stack (`eluserve.service.fast_path`): the rearranged middleware
+"""Our routes' path through BentoML's stack (`eluserve.service.runtime.fast_path`): the rearranged middleware
 list, the routing between our app and BentoML's, and a real server on which our routes still get
 BentoML's metrics, access log (when on) and 504, and BentoML's own routes still answer.
 """
@@ -23,8 +23,8 @@ from starlette.responses import PlainTextResponse, Response
 from starlette.routing import Route
 from starlette.testclient import TestClient
 
-from eluserve.service import fast_path
 from eluserve.service.app import http_app
+from eluserve.service.runtime import fast_path
 from tests.service.bento_server import BentoServer, running_server
 from tests.service.image_samples import cifar_samples, encode, solid
 from tests.service.metrics_scrape import MetricsDelta

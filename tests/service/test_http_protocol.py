@@ -1,4 +1,5 @@
-"""`eluserve.service.http_protocol.install` puts the header deadline where uvicorn looks for its protocol.
+"""`eluserve.service.runtime.http_protocol.install` puts the header deadline where uvicorn looks for its
+protocol.
 
 The deadline's behaviour against real slow clients is tested end to end, over both parsers, in
 tests/reliability/test_hostile_inputs.py; this checks the wiring that BentoML's worker relies on.
@@ -11,8 +12,8 @@ import uvicorn
 import uvicorn.config
 from starlette.applications import Starlette
 
-from eluserve.service import http_protocol
 from eluserve.service.config import HTTP_PARSERS, load_settings
+from eluserve.service.runtime import http_protocol
 
 PROTOCOLS = {"httptools": http_protocol.HttpToolsDeadlineProtocol, "h11": http_protocol.H11DeadlineProtocol}
 

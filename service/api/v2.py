@@ -45,8 +45,8 @@ from eluserve.core.contract import INPUT_NAME, OUTPUT_NAME, ModelMetadata
 from eluserve.core.errors import ClientError, ServiceError
 from eluserve.core.preprocessing import Limits, load_image
 from eluserve.core.results import format_results
+from eluserve.service.api.classify import BODY_TIMEOUT_SHARE, count_client_error
 from eluserve.service.config import Settings
-from eluserve.service.http_api import BODY_TIMEOUT_SHARE, count_client_error
 from eluserve.service.repository import ModelRegistry, ServedVersion, version_key
 
 logger = logging.getLogger(__name__)

@@ -2,7 +2,7 @@
 
 BentoML builds `/docs.json` from its own APIs and adds mounted apps' routes for FastAPI apps only;
 ours is a plain Starlette app (the multipart endpoints read their bodies themselves, see
-`eluserve.service.forms`), so its document listed none of them. The service therefore answers
+`eluserve.service.api.forms`), so its document listed none of them. The service therefore answers
 `/docs.json` itself (its routes come before BentoML's), with BentoML's document as the base and the
 paths below added, and `/docs` shows it in Swagger UI from the assets BentoML already serves.
 

@@ -14,7 +14,7 @@ off (docs/bench/serving-engine-v2.md, "Round 4"; the access log alone: 464 again
   BentoML's stack there, for our app or straight for the route's endpoint. It has been through
   BentoML's traffic metrics (so `bentoml_service_request_*` keep counting our routes), access log
   (when on), request deadline (504), concurrency limit (the contract's 429,
-  `eluserve.service.bentoml_patches`) and CORS (when on), the same middleware instances as every other
+  `eluserve.service.runtime.bentoml_patches`) and CORS (when on), the same middleware instances as every other
   route. It skips the request context (`bentoml.context.request`, which none of our routes reads),
   BentoML's exception middleware and router, and for most routes our own.
 - BentoML's traffic metrics label each request with its route, not its raw path: a route of ours
@@ -66,7 +66,7 @@ class OwnRoutes:
     A request for a route without path parameters (`/classify`, `/classify_batch`, `/model`, ...) with
     one of its methods goes straight to the route's endpoint: our app's error and exception middleware
     and router would only find that route again, and the endpoints answer every error themselves
-    (`eluserve.service.http_api.Frontend`). Anything else (templated routes, a wrong method: our app's
+    (`eluserve.service.api.classify.Frontend`). Anything else (templated routes, a wrong method: our app's
     405) goes through our app.
     """
 

@@ -39,8 +39,8 @@ from eluserve.core.errors import (
 from eluserve.core.preprocessing import Limits, load_image
 from eluserve.core.results import format_results, parse_top_k
 from eluserve.service import metrics
+from eluserve.service.api.forms import FORM_OVERHEAD_BYTES, Form, FormLimits, Upload, read_form
 from eluserve.service.config import Settings
-from eluserve.service.forms import FORM_OVERHEAD_BYTES, Form, FormLimits, Upload, read_form
 
 logger = logging.getLogger(__name__)
 

@@ -1,4 +1,4 @@
-"""The worker's side of shared device batching (`eluserve.service.device_host` has the design).
+"""The worker's side of shared device batching (`eluserve.service.device.host` has the design).
 
 `DeviceLink` is one worker's link to its server's host: it starts the host when none answers, makes
 the blocking `open`/`close` calls of model loads and unloads (from whatever thread loads), and keeps
@@ -43,7 +43,7 @@ from eluserve.core.contract import ModelMetadata, read_model_info
 from eluserve.core.errors import ServiceError
 from eluserve.service import metrics
 from eluserve.service.batching import overloaded
-from eluserve.service.device_protocol import (
+from eluserve.service.device.protocol import (
     Frame,
     PeerGone,
     read_frame,
@@ -129,7 +129,7 @@ class DeviceLink:
             if self._reachable():
                 return
             env = {**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(self.control_dir / "prometheus")}
-            command = [sys.executable, "-m", "eluserve.service.device_host"]
+            command = [sys.executable, "-m", "eluserve.service.device.host"]
             command += ["--control-dir", str(self.control_dir), "--server-pid", str(self.server_pid)]
             command += ["--workers", str(self.workers)]
             logger.info("worker %d: starting the device host", os.getpid())

@@ -27,9 +27,9 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 
 from eluserve.core.errors import ClientError, ServiceError
+from eluserve.service.api.classify import count_client_error, error_response
 from eluserve.service.config import Settings
 from eluserve.service.control import LOADED, UNLOADED, Follower
-from eluserve.service.http_api import count_client_error, error_response
 from eluserve.service.repository import ModelLoadError, ModelRegistry
 
 logger = logging.getLogger(__name__)

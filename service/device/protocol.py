@@ -1,4 +1,4 @@
-"""The frames between HTTP workers and the shared device host (`eluserve.service.device_host`).
+"""The frames between HTTP workers and the shared device host (`eluserve.service.device.host`).
 
 One frame, both directions, over a Unix stream socket::
 

@@ -5,13 +5,13 @@ received, and nothing is armed on a new connection at all. So a client that conn
 nothing, or trickles its headers one byte at a time (slowloris), holds a connection, a file
 descriptor and a slot of `max_concurrency` for as long as it likes; a few hundred of them starve the
 service. ASGI middleware cannot help: it runs only once the headers are complete. The upload of the
-body already has its own deadline (`eluserve.service.forms`, 408 `request_timeout`).
+body already has its own deadline (`eluserve.service.api.forms`, 408 `request_timeout`).
 
 `HeaderDeadline` adds one timer per request to uvicorn's protocols: armed when a connection opens and
 when the first byte of a kept-alive connection's next request arrives, disarmed once the parser has the
 complete headers. On expiry the client gets the contract's 408 `request_timeout` JSON body, the
 connection closes and `eluserve_client_errors_total{code="request_timeout"}` counts it. The protocols
-also report each connection closed to `eluserve.service.accept_balance`, whose least-connections
+also report each connection closed to `eluserve.service.runtime.accept_balance`, whose least-connections
 accepting spreads connections over the workers.
 
 Two parsers, one deadline: `HttpToolsDeadlineProtocol` over httptools (llhttp, C), which uvicorn
@@ -34,9 +34,9 @@ from uvicorn.protocols.http.h11_impl import H11Protocol
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
 from eluserve.core.errors import RequestTimeout
-from eluserve.service import accept_balance
+from eluserve.service.api.classify import count_client_error, error_response
 from eluserve.service.config import HTTP_PARSERS
-from eluserve.service.http_api import count_client_error, error_response
+from eluserve.service.runtime import accept_balance
 
 logger = logging.getLogger(__name__)
 

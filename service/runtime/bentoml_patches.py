@@ -33,7 +33,7 @@ from starlette.responses import JSONResponse
 
 from eluserve.core.errors import ServiceError
 from eluserve.service import metrics
-from eluserve.service.http_api import error_response
+from eluserve.service.api.classify import error_response
 
 logger = logging.getLogger(__name__)
 

@@ -13,7 +13,7 @@ loop, and BentoML restarts a worker that dies, which would take the device (and 
 requests in flight) with it. Why started by a worker rather than by `bentoml serve`: the workers must
 be able to restart it anyway (a host that died is restarted by the next request), so one way of
 starting it serves both. Any worker that finds no host spawns a candidate
-(`python -m eluserve.service.device_host`); the candidate that takes the exclusive `flock` on
+(`python -m eluserve.service.device.host`); the candidate that takes the exclusive `flock` on
 ``device-host.lock`` in the server's control folder is the host, others exit at once.
 
 Lifetime: the host belongs to the server, not to the worker that started it. It exits when the
@@ -23,7 +23,7 @@ running. It releases a model version (session and batcher) once no live worker u
 `open` and `close` the versions they serve (an `infer` re-registers its sender with a restarted host),
 and the users of dead workers are pruned every `WATCH_S`.
 
-The frames are `eluserve.service.device_protocol`'s, over the Unix socket ``device.sock`` in the
+The frames are `eluserve.service.device.protocol`'s, over the Unix socket ``device.sock`` in the
 control folder, created with mode 0600 whatever the folder's mode, so only the server's user can
 connect. Batch size and inference time are observed here, once per device batch, and
 `eluserve_device_batch_workers` counts how many workers' requests each batch held; the metrics files
@@ -51,7 +51,7 @@ from eluserve.core.session import ModelSession
 from eluserve.service import metrics
 from eluserve.service.batching import Batcher
 from eluserve.service.config import Settings, load_settings
-from eluserve.service.device_protocol import (
+from eluserve.service.device.protocol import (
     LOCK_FILE,
     Frame,
     FrameError,
