@@ -6,20 +6,36 @@ export PYTHONUNBUFFERED := 1
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-# torch==2.13.0 (CPU build) lies in /opt/wheels on the project machines; elsewhere pip finds it on PyPI.
-FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+# The locks (`make lock`): every package at the release CI tests, for the whole dev/CI install and for the
+# serving install the Bento ships (a subset of the first, at the same versions).
+LOCK := requirements/dev.txt
+SERVING_LOCK := requirements/serving.txt
+# The lock's torch is the CPU build, 2.13.0+cpu: in /opt/wheels on the project machines, elsewhere on
+# PyTorch's CPU index (PyPI's torch is the CUDA build, which pulls GBs of nvidia-* wheels).
+FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,--extra-index-url https://download.pytorch.org/whl/cpu)
 
-.PHONY: setup serve test lint lint-imports elu-tax bench bento wheel triton prometheus wrk clean
+.PHONY: setup lock serve test lint lint-imports elu-tax bench bento wheel triton prometheus wrk clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install --quiet $(FIND_LINKS) -e ".[train,dev,bench,distributed]"
+$(VENV)/.installed: pyproject.toml $(LOCK) | $(BIN)/python
+	$(BIN)/pip install --quiet $(FIND_LINKS) -r $(LOCK)
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
 setup: $(VENV)/.installed
+
+# Re-resolve the locks from pyproject.toml's ranges: a release already locked stays unless the ranges
+# rule it out; `make lock UPGRADE=1` moves everything to the newest releases the ranges allow (then
+# run the tests: tests/service/runtime/test_compat.py says which patch's target changed).
+lock: setup
+	$(BIN)/uv pip compile --quiet pyproject.toml --extra train --extra dev --extra bench --extra distributed \
+		$(FIND_LINKS) --python $(BIN)/python --custom-compile-command "make lock" $(if $(UPGRADE),--upgrade) \
+		-o $(LOCK)
+	$(BIN)/uv pip compile --quiet pyproject.toml -c $(LOCK) --python $(BIN)/python \
+		--custom-compile-command "make lock" -o $(SERVING_LOCK)
 
 serve: setup
 	$(BIN)/bentoml serve . --host $${HOST:-0.0.0.0} --port $${PORT:-3000}
