@@ -21,7 +21,6 @@ Settings come from `eluserve.service.config` (``ELUSERVE_*``).
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import gc
 import logging
@@ -32,7 +31,6 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import bentoml
-from bentoml._internal.configuration.containers import BentoMLContainer
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
@@ -57,22 +55,8 @@ _current_service = bentoml.get_current_service
 # which model, provider and thread count a worker runs) follow BentoML's level, quiet and debug included.
 logging.getLogger("eluserve").setLevel(logging.getLogger("bentoml").getEffectiveLevel())
 settings = load_settings()
-
-# Nothing phones home, however the service is started (`bentoml serve` without the variable too): the
-# `bentoml serve` process imports this module before it starts usage tracking and its workers (which
-# inherit the environment), but BentoML caches its reading of the variable, so the cache is cleared.
-os.environ["BENTOML_DO_NOT_TRACK"] = "True"
-with contextlib.suppress(ImportError, AttributeError):
-    from bentoml._internal.utils.analytics.usage_stats import do_not_track
-
-    do_not_track.cache_clear()
 # Created by the `bentoml serve` process, inherited by its workers: see `eluserve.service.control`.
 control_dir = ensure_control_dir()
-# The workers' metrics files in this server's own folder. BentoML's default is one folder per
-# BENTOML_HOME, which every `bentoml serve` empties as it starts: a second server on the host (a
-# blue/green restart, a benchmark) deleted the first one's counters, and the first then answered
-# /metrics with the second one's. `bentoml serve` reads the setting after importing this module.
-BentoMLContainer.prometheus_multiproc_dir.set(str(control_dir / "prometheus"))
 
 
 async def _classify(request: Request) -> Response:
@@ -161,9 +145,10 @@ UNTRACED_PATHS = (
     "/readyz",
     "/metrics",
 )
-# The framework glue (`eluserve.service.runtime`), before `bentoml serve` starts a worker: BentoML builds
-# the workers' uvicorn config and app after importing this module.
-runtime.install(http_app, settings)
+# The framework glue (`eluserve.service.runtime`: no usage tracking, this server's own metrics folder,
+# the patches), in the `bentoml serve` process and in each worker as they import this module: BentoML
+# starts tracking, reads the metrics folder and builds the workers' uvicorn config and app after that.
+runtime.install(http_app, settings, metrics_dir=control_dir / "prometheus")
 
 
 @bentoml.asgi_app(http_app, path="/")

@@ -2,7 +2,7 @@
 
 With per-worker batching (``ELUSERVE_DEVICE_BATCHING=worker``) each HTTP worker holds its own session
 and forms batches from its own requests only, so with N workers a GPU sees N small independent
-streams (issue #15: 2 workers served 3 590 img/s through `/classify_batch` where the raw CUDA session
+streams (2 workers served 3 590 img/s through `/classify_batch` where the raw CUDA session
 ran 290 000). In `shared` mode the workers only parse, decode and crop; they send the crops to this
 process, which holds one session per model version and runs the same adaptive `Batcher` over the
 requests of every worker, so a device batch holds the work of all of them.

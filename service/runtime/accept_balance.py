@@ -4,7 +4,7 @@
 worker, where uvicorn serves it with asyncio's `create_server`. asyncio's accept callback then takes up
 to `backlog` (2 048) pending connections per wake-up, so whichever worker wakes first takes a whole burst
 of new connections, and keep-alive clients stay pinned to it: with wrk -c4 and -c16 every connection
-landed on one worker and `/classify_batch` ran at exactly one worker's speed (SERVING-NOTES.md).
+landed on one worker and `/classify_batch` ran at exactly one worker's speed.
 
 Alternatives, measured (docs/bench/serving-engine-v2.md):
 
@@ -31,12 +31,19 @@ connections open at each accept.
 `install` makes uvicorn's `auto` and `asyncio` loop choices build this loop; BentoML's worker builds its
 uvicorn config after importing the service, so installing at import is in time. The loop is asyncio's
 selector loop (uvloop is not installed with BentoML 1.4 and would bypass it).
+
+The uneven spread is BentoML's, written up for upstream in docs/upstream.md ("Workers sharing one
+listening socket take connections in bursts"); this module goes when BentoML's workers balance
+connections themselves. `TARGETS` lists what it extends: tests/service/runtime/test_compat.py fails
+when any of it changes in the installed Python, uvicorn or BentoML, while `install` on an unknown
+Python only checks the overridden methods' parameters, and warns.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import inspect
 import logging
 import mmap
 import os
@@ -68,6 +75,24 @@ STALE_S = 0.1
 #: Where uvicorn looks the loop factory up (`import_from_string`).
 LOOP_FACTORY_PATH = f"{__name__}:balanced_loop_factory"
 TABLE_PREFIX = "eluserve-connections-"
+#: asyncio's selector loop methods `BalancedEventLoop` overrides or calls, with their parameters
+#: (CPython 3.11 and 3.12), as `install` checks them.
+_OVERRIDDEN = {
+    "_start_serving": ("self", "protocol_factory", "sock", "sslcontext", "server", "backlog"),
+    "_accept_connection": ("self", "protocol_factory", "sock", "sslcontext", "server", "backlog"),
+    "_stop_serving": ("self", "sock"),
+    "_add_reader": ("self", "fd", "callback", "args"),
+    "_remove_reader": ("self", "fd"),
+}
+#: Those methods, where uvicorn looks loop factories up and calls them, how BentoML's worker serves
+#: the shared socket with uvicorn, and BentoML's worker index.
+TARGETS = (
+    *(f"asyncio.selector_events:BaseSelectorEventLoop.{name}" for name in _OVERRIDDEN),
+    "uvicorn.config:LOOP_FACTORIES",
+    "uvicorn.config:Config.get_loop_factory",
+    "_bentoml_impl.worker.service:main",
+    "bentoml._internal.context:_ComponentContext",
+)
 
 
 class ConnectionTable:
@@ -285,7 +310,31 @@ def balanced_loop_factory(use_subprocess: bool = False) -> Callable[[], asyncio.
     return BalancedEventLoop
 
 
-def install() -> None:
-    """Make uvicorn's `auto` and `asyncio` loop choices `BalancedEventLoop`."""
+def install() -> bool:
+    """Make uvicorn's `auto` and `asyncio` loop choices `BalancedEventLoop`.
+
+    Returns:
+        whether it is in place; where asyncio's selector loop methods it overrides take other
+        parameters, or uvicorn has no loop table, uvicorn's loop stays (and the log says so): every
+        worker accepts as asyncio does.
+    """
+    changed = _changed_methods()
+    if changed or not isinstance(getattr(uvicorn.config, "LOOP_FACTORIES", None), dict):
+        logger.warning(
+            "asyncio's or uvicorn's event loop changed shape (%s); connections are accepted unbalanced",
+            ", ".join(changed) or "no LOOP_FACTORIES table",
+        )
+        return False
     for name in ("auto", "asyncio"):
         uvicorn.config.LOOP_FACTORIES[name] = LOOP_FACTORY_PATH
+    return True
+
+
+def _changed_methods() -> list[str]:
+    """asyncio's selector loop methods that are gone or lead with other parameters than `_OVERRIDDEN`."""
+    changed = []
+    for name, expected in _OVERRIDDEN.items():
+        method = getattr(asyncio.SelectorEventLoop, name, None)
+        if method is None or tuple(inspect.signature(method).parameters)[: len(expected)] != expected:
+            changed.append(name)
+    return changed

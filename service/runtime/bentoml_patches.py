@@ -18,9 +18,15 @@ under `/classify` load).
 
 Concurrency limit. BentoML's `MaxConcurrencyMiddleware` answers `{"error": "Too many requests"}` with 429
 and no `Retry-After` once a worker holds its share of `traffic.max_concurrency`: outside the error
-contract and invisible to our metrics (SERVING-NOTES.md: most answers at c=128 were these). The
-replacement answers the contract's 429 `overloaded` with `Retry-After`, counted in
+contract and invisible to our metrics (at c=128, most of the service's answers were these before this
+patch). The replacement answers the contract's 429 `overloaded` with `Retry-After`, counted in
 `eluserve_requests_rejected_total{reason="max_concurrency"}`; the limit itself is BentoML's semaphore.
+
+Both are BentoML bugs, written up for upstream in docs/upstream.md ("TimeoutMiddleware keeps every
+request alive for `traffic.timeout` seconds" and "MaxConcurrencyMiddleware's 429 has no Retry-After");
+each patch goes the day its fix ships in the pinned release. `TARGETS` lists what the patches replace
+or rely on: tests/service/runtime/test_compat.py fails when any of it changes in the installed BentoML,
+while `apply` on an unknown BentoML only checks what it can and warns.
 """
 
 from __future__ import annotations
@@ -36,6 +42,18 @@ from eluserve.service import metrics
 from eluserve.service.api.classify import error_response
 
 logger = logging.getLogger(__name__)
+
+_TRAFFIC = "bentoml._internal.server.http.traffic"
+#: What the patches replace, the `__init__`s that set the attributes the replacements read (`app`,
+#: `timeout`, `skip_paths`, `_semaphore`), and where BentoML builds the two middlewares.
+TARGETS = (
+    f"{_TRAFFIC}:TimeoutMiddleware.__init__",
+    f"{_TRAFFIC}:TimeoutMiddleware.__call__",
+    f"{_TRAFFIC}:TimeoutMiddleware._set_timer_out",
+    f"{_TRAFFIC}:MaxConcurrencyMiddleware.__init__",
+    f"{_TRAFFIC}:MaxConcurrencyMiddleware.__call__",
+    "bentoml._internal.server.base_app:BaseAppFactory.middlewares",
+)
 
 
 async def _timeout_middleware_call(self: Any, scope: Any, receive: Any, send: Any) -> None:

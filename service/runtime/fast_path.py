@@ -26,6 +26,11 @@ off (docs/bench/serving-engine-v2.md, "Round 4"; the access log alone: 464 again
 - OpenTelemetry's middleware is left out while tracing is off. Our routes are in its `excluded_urls`
   then, so for them it only matched the URL against those patterns on every request; BentoML's own
   routes (/metrics, probes) would only make spans that nothing samples or exports.
+
+The unbounded metrics labels are a BentoML bug, written up for upstream in docs/upstream.md ("Traffic
+metrics label requests by raw path"); `EndpointLabel` and `RealPath` go when its fix ships. `TARGETS`
+lists what this module relies on: tests/service/runtime/test_compat.py fails when any of it changes in
+the installed BentoML, while `install` on an unknown BentoML only checks what it can and warns.
 """
 
 from __future__ import annotations
@@ -40,6 +45,18 @@ from starlette.requests import Request
 from starlette.routing import Route
 
 logger = logging.getLogger(__name__)
+
+#: The property replaced, the middleware lists it builds on (the class names `rearrange` matches), and
+#: the app whose routes and mounts `BENTOML_PATHS` and `OwnRoutes` mirror.
+TARGETS = (
+    "_bentoml_impl.server.app:ServiceAppFactory.middlewares",
+    "_bentoml_impl.server.app:ServiceAppFactory.__call__",
+    "_bentoml_impl.server.app:ContextMiddleware",
+    # Labels each request with scope["path"], which `EndpointLabel` rewrites around it.
+    "bentoml._internal.server.http.instruments:RunnerTrafficMetricsMiddleware.__call__",
+    "bentoml._internal.server.base_app:BaseAppFactory.middlewares",
+    "bentoml._internal.server.base_app:BaseAppFactory.get_system_routes",
+)
 
 ASGIApp = Callable[..., Any]
 

@@ -20,6 +20,11 @@ headers and chunked bodies cost a worker about a third as much CPU with httptool
 worker's event loop under `/classify` load, docs/bench/serving-engine-v2.md), so `install` makes uvicorn's
 `auto` choice the one ``ELUSERVE_HTTP_PARSER`` names (default httptools, or h11). BentoML's
 worker builds its uvicorn config after importing the service, so installing at import is in time.
+
+The missing deadline is a uvicorn gap, written up for upstream in docs/upstream.md ("No deadline for a
+request's line and headers"); this module goes when uvicorn has one. `TARGETS` lists what the protocols
+extend: tests/service/runtime/test_compat.py fails when any of it changes in the installed uvicorn,
+while `install` on an unknown uvicorn only checks that the methods it extends exist, and warns.
 """
 
 from __future__ import annotations
@@ -39,6 +44,26 @@ from eluserve.service.config import HTTP_PARSERS
 from eluserve.service.runtime import accept_balance
 
 logger = logging.getLogger(__name__)
+
+#: The uvicorn methods each protocol extends (calling uvicorn's), as `install` checks them.
+_EXTENDED = {
+    H11Protocol: ("connection_made", "connection_lost", "data_received"),
+    HttpToolsProtocol: ("connection_made", "connection_lost", "on_message_begin", "on_headers_complete"),
+}
+#: Those methods, the `__init__`s that set the attributes the protocols read (`loop`, `conn`;
+#: `transport` and `client` come from `connection_made`), where uvicorn looks protocols up, and where
+#: BentoML asks it to.
+TARGETS = (
+    *(
+        f"{protocol.__module__}:{protocol.__qualname__}.{name}"
+        for protocol, names in _EXTENDED.items()
+        for name in ("__init__", *names)
+    ),
+    "uvicorn.config:HTTP_PROTOCOLS",
+    "uvicorn.config:Config.load",
+    # BentoML's worker builds its uvicorn config (`http` left at "auto") after importing the service.
+    "_bentoml_impl.worker.service:main",
+)
 
 #: uvicorn's protocol names and where it looks each of our classes up (`import_from_string`).
 PROTOCOL_PATHS = {
@@ -146,14 +171,31 @@ class H11DeadlineProtocol(HeaderDeadline, H11Protocol):
             self._disarm_header_deadline()
 
 
-def install(header_timeout_s: float, parser: str = HTTP_PARSERS[0]) -> None:
+def install(header_timeout_s: float, parser: str = HTTP_PARSERS[0]) -> bool:
     """Make uvicorn's `auto` protocol the deadline protocol over `parser`, and its named choices ours.
+
+    Returns:
+        whether the protocols are in place; a uvicorn without the methods they extend or the table of
+        protocols is left alone (and the log says so): no header deadline, uvicorn's own parsers.
 
     Raises:
         ValueError: an unknown parser name.
     """
     if parser not in PROTOCOL_PATHS:
         raise ValueError(f"unknown HTTP parser {parser!r}; choose one of {', '.join(PROTOCOL_PATHS)}")
+    missing = [
+        f"{protocol.__name__}.{name}"
+        for protocol, names in _EXTENDED.items()
+        for name in names
+        if not callable(getattr(protocol, name, None))
+    ]
+    if missing or not isinstance(getattr(uvicorn.config, "HTTP_PROTOCOLS", None), dict):
+        logger.warning(
+            "uvicorn's HTTP protocols changed shape (%s); no deadline for request headers",
+            ", ".join(missing) or "no HTTP_PROTOCOLS table",
+        )
+        return False
     HeaderDeadline.header_timeout_s = header_timeout_s
     uvicorn.config.HTTP_PROTOCOLS.update(PROTOCOL_PATHS)
     uvicorn.config.HTTP_PROTOCOLS["auto"] = PROTOCOL_PATHS[parser]
+    return True
