@@ -14,7 +14,8 @@ The replacement `__call__` gives the same 504 after `timeout` seconds without a 
 `asyncio.timeout` in the request's own task: the deadline is dropped once the response starts and
 cancelled when the request ends, so nothing is retained, and no second task, waiter future and timer
 are created per request as BentoML's does (asyncio bookkeeping was a tenth of a worker's event loop
-under `/classify` load).
+under `/classify` load). An exception the app raises before it responds now propagates at once; BentoML's
+waits for its timer, then returns having sent nothing.
 
 Concurrency limit. BentoML's `MaxConcurrencyMiddleware` answers `{"error": "Too many requests"}` with 429
 and no `Retry-After` once a worker holds its share of `traffic.max_concurrency`: outside the error

@@ -98,6 +98,17 @@ def test_the_apps_own_timeout_error_is_not_taken_for_the_deadline() -> None:
         asyncio.run(_request(TimeoutMiddleware(_raises, timeout=30.0)))
 
 
+def test_an_error_before_the_response_is_raised_at_once() -> None:
+    """BentoML 1.4.40's middleware waits its whole timeout, then returns, sending and raising nothing."""
+    bentoml_patches.apply()
+
+    async def _fails(scope: Any, receive: Any, send: Any) -> None:
+        raise RuntimeError("the app failed")
+
+    with pytest.raises(RuntimeError, match="the app failed"):
+        asyncio.run(_request(TimeoutMiddleware(_fails, timeout=30.0)))
+
+
 def test_bentomls_concurrency_limit_answers_the_contracts_429_counted_in_our_metric() -> None:
     bentoml_patches.apply()
     release = asyncio.Event()
