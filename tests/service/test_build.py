@@ -77,3 +77,16 @@ def test_the_bento_runs_without_torch_and_without_tracking(bento: Path) -> None:
     manifest = yaml.safe_load((bento / "bento.yaml").read_text())
     assert {"name": "BENTOML_DO_NOT_TRACK", "value": "True"}.items() <= manifest["envs"][0].items()
     assert manifest["service"] == "eluserve.service.app:EluClassifier"
+
+
+def test_the_bento_installs_the_serving_lock(bento: Path) -> None:
+    """The Bento's environment installs requirements/serving.txt as it is (`lock_packages: false`), then
+    the wheel."""
+
+    def pins(text: str) -> set[str]:
+        return {line.split()[0] for line in text.splitlines() if "==" in line and not line.startswith("#")}
+
+    python = bento / "env" / "python"
+    locked = pins((REPO_ROOT / "requirements" / "serving.txt").read_text())
+    assert locked and pins((python / "requirements.txt").read_text()) == locked
+    assert not (python / "requirements.lock.txt").exists()
