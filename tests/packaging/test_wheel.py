@@ -101,7 +101,9 @@ def test_the_wheel_holds_one_package_with_the_default_model(installed: Installed
         for line in metadata.splitlines()
         if line.startswith("Requires-Dist: ") and "extra ==" not in line
     ]
-    assert "onnxruntime>=1.20" in base and "bentoml<1.5,>=1.4" in base
+    assert "onnxruntime<2,>=1.20" in base and "bentoml<1.5,>=1.4.40" in base
+    assert "eluserve/service/runtime/__init__.py" in names and "eluserve/service/device/host.py" in names
+    assert "eluserve/service/api/classify.py" in names
     assert not [requirement for requirement in base if requirement.startswith(HEAVY)]
 
 
