@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from eluserve.core.contract import MODEL_FILE
-from eluserve.export.config import TrainConfig
+from eluserve.export.config import RECIPES, TrainConfig
 
 VAL_PER_CLASS = TrainConfig.val_per_class
 OPTIONAL_TYPES = {
@@ -24,36 +24,60 @@ OPTIONAL_TYPES = {
     "time_budget_min": float,
     "grad_clip": float,
     "segment_min": float,
+    "bn_momentum": float,
+    "whiten_bias_epochs": int,
+    "normalization": str,
 }
+#: Fields whose `None` means "decide from the hardware or the architecture": flags --X / --no-X.
+AUTO_BOOLS = ("amp", "channels_last")
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field, so the config, the CLI and the model card's command agree."""
+    """One flag per TrainConfig field, so the config, the CLI and the model card's command agree.
+
+    Every flag defaults to None ("not given"), so `--recipe` can supply values that explicit flags
+    still override; `train_config` fills in the rest from TrainConfig's own defaults.
+    """
+    parser.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        help="start from a named set of hyper-parameters (export/config.py: RECIPES); flags override it",
+    )
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
         default = field.default
         if field.name in ("data", "out"):
             parser.add_argument(flag, required=True, help=f"{field.name} (required)")
-        elif isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        elif isinstance(default, bool) or field.name in AUTO_BOOLS:
+            help_text = "default: auto" if default is None else f"default: {default}"
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif isinstance(default, tuple):
             parser.add_argument(
                 flag,
                 type=lambda text: tuple(int(v) for v in text.split(",") if v),
-                default=default,
+                default=None,
                 help="comma-separated epochs",
             )
         else:
             kind = type(default) if default is not None else OPTIONAL_TYPES.get(field.name, str)
-            parser.add_argument(flag, type=kind, default=default, help=f"default: {default}")
+            parser.add_argument(flag, type=kind, default=None, help=f"default: {default}")
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """TrainConfig's defaults, then the `--recipe`'s values, then every flag given."""
+    values: dict[str, Any] = dict(RECIPES[args.recipe]) if args.recipe else {}
+    for field in dataclasses.fields(TrainConfig):
+        given = getattr(args, field.name)
+        if given is not None:
+            values[field.name] = given
+    return TrainConfig(**values)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from eluserve.export.train import train
 
     configure_logging()
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
-    summary = train(TrainConfig(**values))
+    summary = train(train_config(args))
     if not summary["finished"]:
         print(f"segment ended after epoch {summary['epoch']} of {summary['epochs']}: run again to resume")
         return 0

@@ -8,6 +8,7 @@ default model when it has been exported, and this one until then.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -24,6 +25,14 @@ from load_tests.fixtures import CIFAR_ZIP
 
 #: Fails any test that starts a process without the `integration` marker (see tests/process_guard.py).
 pytest_plugins = ["tests.process_guard"]
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Build matplotlib's font cache before any test runs: on a fresh machine its first use runs
+    `fc-list`, which the process guard would charge to whichever in-process test plots first."""
+    with contextlib.suppress(ImportError):  # the serving install has no matplotlib, nor plots
+        import matplotlib.font_manager  # noqa: F401  (importing it builds the cache)
+
 CIFAR10_LABELS = (
     "airplane",
     "automobile",
