@@ -33,6 +33,7 @@ def pytest_sessionstart(session: pytest.Session) -> None:
     with contextlib.suppress(ImportError):  # the serving install has no matplotlib, nor plots
         import matplotlib.font_manager  # noqa: F401  (importing it builds the cache)
 
+
 CIFAR10_LABELS = (
     "airplane",
     "automobile",
