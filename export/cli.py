@@ -180,6 +180,23 @@ def cmd_compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from eluserve.export.ablation import parse_until, run_ablation
+
+    configure_logging()
+    report = run_ablation(
+        args.data,
+        Path(args.out),
+        model=args.model,
+        epochs=args.epochs,
+        seed=args.seed,
+        variants=args.variants.split(",") if args.variants else None,
+        until=parse_until(args.until),
+    )
+    print((Path(args.out) / "ablation.md").read_text(), end="")
+    return 0 if report["rows"] else 1
+
+
 def cmd_validate_precision(args: argparse.Namespace) -> int:
     """Measure a lower precision on the validation split and record it in the model's card."""
     from datetime import UTC, datetime
@@ -306,6 +323,21 @@ def register(subparsers: Any) -> None:
     compare.add_argument("--label-smoothing", type=float, default=0.0, help="0: the loss is the paper's")
     compare.add_argument("--report", default="docs/elu-vs-relu.md")
     compare.set_defaults(func=cmd_compare)
+
+    ablate = subparsers.add_parser(
+        "ablate",
+        help="train the airbench recipe with one ingredient off at a time; table + plot (resumable)",
+    )
+    ablate.add_argument("--data", required=True)
+    ablate.add_argument("--out", required=True, help="one run folder per variant goes here")
+    ablate.add_argument("--model", default="elubench94")
+    ablate.add_argument("--epochs", type=int, default=3)
+    ablate.add_argument("--seed", type=int, default=0)
+    ablate.add_argument("--variants", help="comma-separated subset (default: all, in order)")
+    ablate.add_argument(
+        "--until", metavar="HH:MM", help="stop on a checkpoint before this time; run again to go on"
+    )
+    ablate.set_defaults(func=cmd_ablate)
 
     precision = subparsers.add_parser(
         "validate-precision",

@@ -3,6 +3,7 @@ hardware."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -11,6 +12,7 @@ import torch
 from torch import nn
 
 from eluserve.cli import build_parser
+from eluserve.export.ablation import BASELINE, VARIANTS, variant_config, write_table
 from eluserve.export.cli import train_config
 from eluserve.export.config import RECIPES, TrainConfig
 from eluserve.export.recipe import (
@@ -160,3 +162,32 @@ def test_whitening_bias_trains_only_its_epochs(small_cifar_zip: Path, tmp_path: 
     assert torch.equal(after_one["net.whiten.bias"], after_three["net.whiten.bias"])
     assert torch.equal(after_one["net.whiten.weight"], after_three["net.whiten.weight"])
     assert not torch.equal(after_one["net.head.weight"], after_three["net.head.weight"])
+
+
+def test_ablation_variants_change_one_thing_each(tmp_path: Path) -> None:
+    base = variant_config(BASELINE, "data.zip", tmp_path, "elubench94", epochs=3, seed=1)
+    assert base.whiten_bias_epochs == 1 and base.epochs == 3 and base.seed == 1  # 3 of 10, scaled
+    for name, change in VARIANTS.items():
+        config = variant_config(name, "data.zip", tmp_path, "elubench94", epochs=3, seed=1)
+        differs = {
+            field.name
+            for field in dataclasses.fields(TrainConfig)
+            if getattr(config, field.name) != getattr(base, field.name)
+        }
+        assert differs == set(change) | ({"out"} if name != BASELINE else set()), name
+
+
+def test_ablation_table_ranks_against_the_full_recipe(tmp_path: Path) -> None:
+    """The table and plot come from the variants' own run folders; unfinished ones are left out."""
+    for name, accuracy in ((BASELINE, 0.90), ("no_lookahead", 0.885), ("random_flip", None)):
+        run = tmp_path / name
+        run.mkdir()
+        (run / "metrics.jsonl").write_text(json.dumps({"epoch": 1, "seconds": 120.0}) + "\n")
+        if accuracy is not None:
+            (run / "summary.json").write_text(json.dumps({"val_accuracy_fp32": accuracy}))
+    report = write_table(tmp_path)
+    assert [row["variant"] for row in report["rows"]] == [BASELINE, "no_lookahead"]
+    assert report["rows"][1]["delta_points"] == pytest.approx(-1.5)
+    table = (tmp_path / "ablation.md").read_text()
+    assert "| no_lookahead | lookahead=False | 88.50 % | -1.50 | 1 | 2 |" in table
+    assert (tmp_path / "ablation.png").stat().st_size > 1000
