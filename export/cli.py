@@ -197,6 +197,16 @@ def cmd_ablate(args: argparse.Namespace) -> int:
     return 0 if report["rows"] else 1
 
 
+def cmd_train_speed(args: argparse.Namespace) -> int:
+    from eluserve.export.train_speed import SETUPS, format_table, run, write_report
+
+    setups = [name for name in SETUPS if not args.skip_bf16 or "bf16" not in name]
+    report = run(args.model, setups, rounds=args.rounds, steps=args.steps)
+    write_report(report, Path(args.out))
+    print(format_table(report), end="")
+    return 0
+
+
 def cmd_validate_precision(args: argparse.Namespace) -> int:
     """Measure a lower precision on the validation split and record it in the model's card."""
     from datetime import UTC, datetime
@@ -338,6 +348,16 @@ def register(subparsers: Any) -> None:
         "--until", metavar="HH:MM", help="stop on a checkpoint before this time; run again to go on"
     )
     ablate.set_defaults(func=cmd_ablate)
+
+    speed = subparsers.add_parser(
+        "train-speed", help="training img/s and minutes per epoch, before/after set-ups side by side"
+    )
+    speed.add_argument("--model", default="elubench94")
+    speed.add_argument("--rounds", type=int, default=2, help="interleaved rounds (the median is shown)")
+    speed.add_argument("--steps", type=int, default=4, help="timed steps per set-up and round")
+    speed.add_argument("--skip-bf16", action="store_true", help="leave out the (emulated, slow) bf16 set-up")
+    speed.add_argument("--out", default="runs/train-speed", help="writes OUT.json and OUT.md")
+    speed.set_defaults(func=cmd_train_speed)
 
     precision = subparsers.add_parser(
         "validate-precision",

@@ -130,17 +130,34 @@ def time_epoch(
     config: TrainConfig,
     device: torch.device,
     val_images: int,
+) -> float:
+    """Seconds one epoch (training + validation) will take (`seconds_per_image` on the first steps)."""
+    per_image = seconds_per_image(model, images_all, labels_all, config, device)
+    # validation is a forward pass: about a third of a training step per image
+    return per_image * (len(labels_all) + val_images / 3)
+
+
+def seconds_per_image(
+    model: nn.Module,
+    images_all: torch.Tensor,
+    labels_all: torch.Tensor,
+    config: TrainConfig,
+    device: torch.device,
     warmup: int = 3,
     steps: int = 10,
+    compile_model: bool = False,
 ) -> float:
-    """Seconds one epoch (training + validation) will take, timed on a copy of the model with an
-    optimiser of its own.
+    """Seconds of one training step per image, timed on a copy of the model with an optimiser of its
+    own (`compile_model`: the copy through `torch.compile`, its compile inside the warm-up).
 
     The run itself stays untouched (weights, optimiser state, batch-norm statistics, random streams),
     so a run with the settled `--epochs` reproduces a budgeted one.
     """
     probe = copy.deepcopy(model)
-    probe_optimizer = torch.optim.SGD(probe.parameters(), lr=0.0, momentum=config.momentum)
+    probe_optimizer = torch.optim.SGD(
+        [p for p in probe.parameters() if p.requires_grad], lr=0.0, momentum=config.momentum
+    )
+    stepped = torch.compile(probe) if compile_model else probe
     generator = torch.Generator().manual_seed(config.seed)
     devices = [torch.cuda.current_device()] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
@@ -150,12 +167,11 @@ def time_epoch(
                 _synchronize(device)
                 started = time.perf_counter()
             index = torch.randint(len(labels_all), (config.batch_size,), generator=generator).to(device)
-            train_step(probe, probe_optimizer, images_all, labels_all, index, config, generator, 0.0)
+            train_step(stepped, probe_optimizer, images_all, labels_all, index, config, generator, 0.0)
         _synchronize(device)
     per_image = (time.perf_counter() - started) / (steps * config.batch_size)
-    del probe, probe_optimizer
-    # validation is a forward pass: about a third of a training step per image
-    return per_image * (len(labels_all) + val_images / 3)
+    del probe, stepped, probe_optimizer
+    return per_image
 
 
 def _synchronize(device: torch.device) -> None:

@@ -12,6 +12,7 @@ import torch
 from torch import nn
 
 from eluserve.cli import build_parser
+from eluserve.export import train_speed
 from eluserve.export.ablation import BASELINE, VARIANTS, variant_config, write_table
 from eluserve.export.cli import train_config
 from eluserve.export.config import RECIPES, TrainConfig
@@ -191,3 +192,13 @@ def test_ablation_table_ranks_against_the_full_recipe(tmp_path: Path) -> None:
     table = (tmp_path / "ablation.md").read_text()
     assert "| no_lookahead | lookahead=False | 88.50 % | -1.50 | 1 | 2 |" in table
     assert (tmp_path / "ablation.png").stat().st_size > 1000
+
+
+def test_train_speed_times_each_setup_through_the_trainer(tmp_path: Path) -> None:
+    setups = ["fp32, NCHW, batch 256", "fp32, channels-last, batch 512"]
+    report = train_speed.run("elubench_small", setups, rounds=1, steps=1, images=512)
+    assert [row["setup"] for row in report["rows"]] == setups
+    assert all(row["images_per_s"] > 0 and len(row["samples"]) == 1 for row in report["rows"])
+    train_speed.write_report(report, tmp_path / "speed")
+    table = (tmp_path / "speed.md").read_text()
+    assert "| fp32, NCHW, batch 256 |" in table and "| 1.0 |" in table  # the first row is "before"
