@@ -25,6 +25,8 @@ BASELINE = "airbench"
 #: variant → what it changes in the airbench recipe, most informative first (the order runs go in).
 VARIANTS: dict[str, dict[str, Any]] = {
     BASELINE: {},
+    # the ELU paper's claim at this scale: the same recipe with ReLU in place of every ELU
+    "relu": {"activation": "relu"},
     "no_lookahead": {"lookahead": False},
     "random_flip": {"flip": "random"},
     "no_dirac": {"dirac_init": False},
