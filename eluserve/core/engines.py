@@ -452,7 +452,7 @@ def select_backend(
     if agree_with is None:
         chosen = choose()
     else:
-        # The model by content, not path: the Ray engine's actors each load a private copy of one file.
+        # The model by content, not path: the Ray runner's actors each load a private copy of one file.
         # Read and hashed only here: a process that agrees with no one need not read the model again.
         model = hashlib.sha256(model_file.read_bytes()).hexdigest()
         chosen = _agreed_choice(f"{agree_with}|{model}|{precision}|{[_label(c) for c in candidates]}", choose)

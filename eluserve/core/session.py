@@ -89,7 +89,7 @@ class ModelSession:
                 service and `eluserve classify` default to `auto`.
             precision: fp32, or a lower precision that the model card's validation record allows.
             agree_with: processes on one machine that pass the same value (a server's workers, the
-                Ray engine's actors of one run) make one `auto` choice: the first measures, the others
+                Ray runner's actors of one run) make one `auto` choice: the first measures, the others
                 take its answer.
 
         Raises:

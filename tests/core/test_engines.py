@@ -163,7 +163,7 @@ def test_processes_that_agree_make_one_auto_choice(tiny_model_path: Path, tmp_pa
     first = ModelSession.from_path(tiny_model_path, engine=AUTO, intra_op_threads=1, agree_with=group)
     second = ModelSession.from_path(tiny_model_path, engine=AUTO, intra_op_threads=1, agree_with=group)
     alone = ModelSession.from_path(tiny_model_path, engine=AUTO, intra_op_threads=1, agree_with=f"{group}-b")
-    # The Ray engine's actors each load a private copy of the model: the same model, by content.
+    # The Ray runner's actors each load a private copy of the model: the same model, by content.
     copy = tmp_path / "copy" / tiny_model_path.name
     copy.parent.mkdir()
     shutil.copyfile(tiny_model_path, copy)
