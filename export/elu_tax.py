@@ -34,7 +34,7 @@ import torch
 from tqdm import tqdm
 
 from eluserve.core.contract import INPUT_NAME
-from eluserve.core.engines import OpenVinoBackend, measure_backend
+from eluserve.core.engines import OpenVinoEngine, measure_engine
 from eluserve.core.session import available_cores
 from eluserve.core.throughput import cpu_session, measure_session
 from eluserve.export.exporter import finalize, to_onnx
@@ -132,8 +132,8 @@ def measure(
 def _runner(path: Path, engine: str, denormal_as_zero: bool) -> Callable[[np.ndarray, float], float]:
     """images/s of one variant on one engine: `runner(batch, seconds)`."""
     if engine == OPENVINO:
-        backend = OpenVinoBackend.create(path, available_cores())
-        return lambda batch, seconds: measure_backend(backend, batch, seconds)
+        openvino = OpenVinoEngine.create(path, available_cores())
+        return lambda batch, seconds: measure_engine(openvino, batch, seconds)
     session = cpu_session(str(path), denormal_as_zero=denormal_as_zero)
     return lambda batch, seconds: measure_session(session, batch, seconds).images_per_second
 

@@ -57,12 +57,12 @@ from eluserve.core.engines import (
     FP32,
     ONNXRUNTIME,
     OPENVINO,
-    Backend,
+    Engine,
     measure_parallel,
 )
 from eluserve.core.paths import default_model_file
 from eluserve.core.session import available_cores
-from load_tests.bench import raw_backends
+from load_tests.bench import raw_engines
 from load_tests.fixtures import CIFAR_ZIP
 from load_tests.report import shape_label
 
@@ -140,9 +140,9 @@ def bench(args: argparse.Namespace) -> str:
     if not zip_path.is_file():
         raise UsageError(f"no CIFAR-10 JPEG zip at {zip_path}; pass --data")
     local = LocalRunner.load(args.model, threads=args.threads, engine=args.engine)
-    backends = raw_engines(Path(local.session.info.path), local.session.info)
+    raw_shapes = fp32_engines(Path(local.session.info.path), local.session.info)
     sizes = sorted({*BENCH_BATCH_SIZES, *args.batch_sizes})
-    raw: dict[tuple[str, int], list[float]] = {(name, size): [] for name in backends for size in sizes}
+    raw: dict[tuple[str, int], list[float]] = {(name, size): [] for name in raw_shapes for size in sizes}
     with contextlib.ExitStack() as stack:
         runners: dict[tuple[str, int], Runner] = {
             ("classify in-process", size): LocalRunner(
@@ -177,7 +177,7 @@ def bench(args: argparse.Namespace) -> str:
 
         for _ in range(args.rounds):
             for (name, size), values in raw.items():
-                values.append(measure_parallel(backends[name], batches[size], seconds=args.seconds))
+                values.append(measure_parallel(raw_shapes[name], batches[size], seconds=args.seconds))
             for key, runner in runners.items():
                 classify(key, runner)
             if args.runner == "ray":
@@ -198,7 +198,7 @@ def bench(args: argparse.Namespace) -> str:
         *(
             f"  raw {name} img/s by batch size: "
             + ", ".join(f"{size}: {median[name, size]:.0f}" for size in sizes)
-            for name in backends
+            for name in raw_shapes
         ),
         f"  {f'fastest raw engine: {best[0]}, batch {best[1]}':<48} {median[best]:8.1f} img/s",
     ]
@@ -376,16 +376,16 @@ def ray_head(cpus: int) -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def raw_engines(model_file: Path, info: ModelMetadata) -> dict[str, list[Backend]]:
+def fp32_engines(model_file: Path, info: ModelMetadata) -> dict[str, list[Engine]]:
     """Every fp32 engine that loads here, in both shapes that use every core
-    (`load_tests.bench.raw_backends`): one session of a thread per core (`onnxruntime`), and one
+    (`load_tests.bench.raw_engines`): one session of a thread per core (`onnxruntime`), and one
     one-thread session per core run at once (`onnxruntime ×2 sessions`, as the service's workers and
     the in-process runner run it). The limits classification is held to: the fastest of them,
     whichever shape."""
-    backends, skipped = raw_backends(model_file, info, engines=((ONNXRUNTIME, FP32), (OPENVINO, FP32)))
+    loaded, skipped = raw_engines(model_file, info, engines=((ONNXRUNTIME, FP32), (OPENVINO, FP32)))
     for name, why in skipped.items():  # reported; the limit is then the other engine's
         print(f"bench-classify: raw {name} not measured: {why}", file=sys.stderr)
-    return {engine + shape_label(sessions): shape for (engine, _, sessions), shape in backends.items()}
+    return {engine + shape_label(sessions): shape for (engine, _, sessions), shape in loaded.items()}
 
 
 def register(subparsers: Any) -> None:
