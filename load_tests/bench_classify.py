@@ -298,7 +298,7 @@ def ray_command(
     """`--runner ray`: start Ray (address None) or join it, classify, shut down or leave; the classify
     part is also recorded as `key`'s run (`classify`), set against the in-process runner's with its model
     loaded."""
-    from eluserve.classify.distributed import RayRunner
+    from eluserve.classify.ray_runner import RayRunner
 
     started = time.perf_counter()
     runner = RayRunner.load(args.model, batch_size=DEFAULT_BATCH_SIZE, engine=args.engine)

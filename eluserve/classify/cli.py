@@ -9,7 +9,7 @@
 Every runner produces the same rows because they run the same code: the in-process runner decodes with
 `eluserve.core.preprocessing.load_image` and infers with `eluserve.core.session.ModelSession`, exactly
 what the service does behind `POST /classify_batch`, which the server runner calls. `--runner ray`
-(`eluserve.classify.distributed`) runs the same two in Ray Data tasks and actors, on one machine or many.
+(`eluserve.classify.ray_runner`) runs the same two in Ray Data tasks and actors, on one machine or many.
 `--engine` picks the inference engine (ONNX Runtime, OpenVINO) wherever the model runs.
 
 Everything streams so that memory stays flat at any number of files: folders are walked lazily, files
@@ -96,7 +96,8 @@ def _ray_runner(args: argparse.Namespace, stack: contextlib.ExitStack) -> Runner
 
     Imported here: Ray is an extra, and importing it costs seconds.
     """
-    from eluserve.classify.distributed import RayResources, RayRunner
+    from eluserve.classify.ray_plan import RayResources
+    from eluserve.classify.ray_runner import RayRunner
 
     resources = RayResources(actors=args.ray_actors, gpus_per_actor=args.ray_gpus_per_actor)
     runner = RayRunner.load(
@@ -169,7 +170,7 @@ def _classify(args: argparse.Namespace) -> int:
                 stream = stack.enter_context(open_text(sys.stdout.fileno(), "w"))
             writer = RowWriter(stream, fmt, header=not args.resume or stream.tell() == 0)
         if args.runner == "ray":
-            from eluserve.classify.distributed import list_files
+            from eluserve.classify.uris import list_files
 
             files = list_files(args.paths, extensions, recursive=args.recursive)
         else:
@@ -192,7 +193,7 @@ def _classify(args: argparse.Namespace) -> int:
     if isinstance(runner, LocalRunner):
         where = f" on {runner.session.engine} {runner.session.provider}"
     elif args.runner == "ray":
-        from eluserve.classify.distributed import RayRunner
+        from eluserve.classify.ray_runner import RayRunner
 
         if isinstance(runner, RayRunner) and runner.runs_on:
             where = f" on {', '.join(sorted(runner.runs_on))} (Ray actors)"

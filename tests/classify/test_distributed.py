@@ -20,19 +20,12 @@ import pytest
 ray = pytest.importorskip("ray", reason="--runner ray needs the distributed extra")
 pq = pytest.importorskip("pyarrow.parquet")
 
-from eluserve.classify.distributed import (  # noqa: E402
-    DECODE_CPUS,
-    FILES_PER_CALL,
-    RayResources,
-    RayRunner,
-    files_per_call,
-    iter_uri_files,
-    list_files,
-    plan,
-)
 from eluserve.classify.files import UsageError, iter_image_files  # noqa: E402
+from eluserve.classify.ray_plan import DECODE_CPUS, FILES_PER_CALL, RayResources, files_per_call, plan  # noqa: E402
+from eluserve.classify.ray_runner import RayRunner  # noqa: E402
 from eluserve.classify.rows import Row  # noqa: E402
 from eluserve.classify.runners import LocalRunner  # noqa: E402
+from eluserve.classify.uris import iter_uri_files, list_files  # noqa: E402
 from tests.classify.conftest import Result, Tree  # noqa: E402
 from tests.classify.test_cli import summary_counts  # noqa: E402
 

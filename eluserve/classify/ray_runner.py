@@ -18,39 +18,38 @@ raises out of a task), never a failed job.
 
 Local paths are listed by the in-process runner's walker (same files, same order, same rules for hidden
 entries and symlink loops); URIs (`s3://`, `gs://`, `file://`, anything pyarrow's file systems read) are
-listed and read with pyarrow on the workers, so the driver never reads an image. The model file travels
-to the workers through Ray's object store, so nodes need eluserve installed but no copy of the model.
+listed and read with pyarrow on the workers, so the driver never reads an image (`eluserve.classify.uris`).
+The model file travels to the workers through Ray's object store, so nodes need eluserve installed but no
+copy of the model. The actor pool is sized from the cluster's resources by `eluserve.classify.ray_plan`.
+This is the one module that imports Ray, and only when a `RayRunner` is made (`require_ray`).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
 import os
 import tempfile
 import uuid
-from collections.abc import Container, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
-from eluserve.classify.files import UsageError, chunks, iter_image_files, read_image_file
+from eluserve.classify.files import UsageError, chunks
+from eluserve.classify.ray_plan import Plan, RayResources, files_per_call, plan
 from eluserve.classify.rows import Row
 from eluserve.classify.runners import DEFAULT_BATCH_SIZE, LocalRunner, checked_top_k, usage_errors_of_loading
+from eluserve.classify.uris import read_file
 from eluserve.core.contract import ModelMetadata, read_model_info, resolve_model_file
 from eluserve.core.engines import AUTO
 from eluserve.core.errors import ClientError
 from eluserve.core.preprocessing import Limits, PreprocessingRule, load_image
 from eluserve.core.results import format_results
 from eluserve.core.session import CUDA, ModelSession
-
-if TYPE_CHECKING:
-    import pyarrow.fs
 
 logger = logging.getLogger(__name__)
 
@@ -72,92 +71,6 @@ def require_ray() -> ModuleType:
     except ImportError as exc:
         raise UsageError(f"--runner ray needs Ray Data ({exc}): pip install 'eluserve[distributed]'") from exc
     return ray
-
-
-def is_uri(path: str) -> bool:
-    """`s3://bucket/key`, `file:///data`: read with pyarrow's file systems, not `open`."""
-    return "://" in path
-
-
-@functools.lru_cache(maxsize=16)
-def _filesystem(location: str) -> tuple[pyarrow.fs.FileSystem, str]:
-    """(file system, its path for `location`) per `scheme://host`, once per process: creating an S3 file
-    system resolves the bucket's region, a round trip that one per file would pay again."""
-    import pyarrow.fs
-
-    filesystem, base = pyarrow.fs.FileSystem.from_uri(location + "/")
-    return filesystem, base.rstrip("/")
-
-
-def _split_uri(uri: str) -> tuple[pyarrow.fs.FileSystem, str, str]:
-    """(file system, path inside it, prefix that turns such a path back into a URI)."""
-    import pyarrow.fs
-
-    try:
-        filesystem, inner = pyarrow.fs.FileSystem.from_uri(uri)
-    except (ValueError, OSError) as exc:  # pyarrow raises ArrowInvalid (a ValueError) for unknown schemes
-        raise UsageError(f"cannot read {uri}: {exc}") from exc
-    trimmed = uri.rstrip("/")
-    prefix = trimmed[: -len(inner)] if inner and trimmed.endswith(inner) else uri.split("://", 1)[0] + "://"
-    return filesystem, inner, prefix
-
-
-def open_uri(uri: str) -> BinaryIO:
-    """Open a URI for reading on a worker; missing files raise FileNotFoundError like `open`.
-
-    `s3://bucket/key` → the bucket's file system, path `bucket/key`; `file:///a/b` → `/a/b`;
-    `hdfs://host:port/a` → `/a`.
-    """
-    scheme, _, rest = uri.partition("://")
-    host = "" if scheme in ("file", "local") else rest.split("/", 1)[0]
-    filesystem, base = _filesystem(f"{scheme}://{host}")
-    return filesystem.open_input_stream(base + rest[len(host) :])  # type: ignore[return-value]
-
-
-def iter_uri_files(uri: str, extensions: Container[str], recursive: bool = True) -> Iterator[str]:
-    """Image files under a URI, sorted by path; a URI naming a file is yielded as given.
-
-    The rules of the local walker: entries whose name starts with "." (and what lies below them) are
-    skipped, files are kept by extension.
-    """
-    import pyarrow.fs
-
-    filesystem, root, prefix = _split_uri(uri)
-    try:
-        info = filesystem.get_file_info(root)
-        if info.type == pyarrow.fs.FileType.NotFound:
-            raise UsageError(f"no such file or folder: {uri}")
-        if info.type != pyarrow.fs.FileType.Directory:
-            yield uri
-            return
-        listing = filesystem.get_file_info(pyarrow.fs.FileSelector(root, recursive=recursive))
-    except OSError as exc:
-        raise UsageError(f"cannot list {uri}: {exc}") from exc
-    for entry in sorted(listing, key=lambda entry: entry.path):
-        relative = entry.path[len(root) :].lstrip("/")
-        if entry.type != pyarrow.fs.FileType.File or any(
-            part.startswith(".") for part in relative.split("/")
-        ):
-            continue
-        if os.path.splitext(entry.base_name)[1][1:].lower() in extensions:
-            yield prefix + entry.path
-
-
-def list_files(roots: Sequence[str], extensions: Container[str], recursive: bool = True) -> Iterator[str]:
-    """Local roots through the in-process runner's walker, URIs through pyarrow, in the order given."""
-    if not any(map(is_uri, roots)):
-        yield from iter_image_files(roots, extensions, recursive=recursive)
-        return
-    for root in roots:
-        if is_uri(root):
-            yield from iter_uri_files(root, extensions, recursive=recursive)
-        else:
-            yield from iter_image_files([root], extensions, recursive=recursive)
-
-
-def read_file(path: str, max_bytes: int) -> bytes:
-    """A local path or a URI, with the in-process runner's bounds and error codes."""
-    return read_image_file(path, max_bytes, open_uri if is_uri(path) else None)
 
 
 def _error_json(exc: ClientError) -> str:
@@ -260,85 +173,6 @@ class InferenceActor:
             ):
                 results[slot] = json.dumps(result)
         return {"index": batch["index"], "result": results, "engine": np.full(len(results), self.runs_on)}
-
-
-@dataclass(frozen=True)
-class RayResources:
-    """What the user asked for; None: decided from the cluster by `plan`."""
-
-    actors: int | None = None
-    gpus_per_actor: float | None = None
-
-
-@dataclass(frozen=True)
-class Plan:
-    """The resources one run asks for, resolved against the cluster."""
-
-    actors: int
-    gpus_per_actor: float
-    #: CPUs each actor reserves.
-    cpus_per_actor: float
-    #: Its session's intra-op threads, and on CPU plans its decoding threads too.
-    threads: int
-    #: CPUs each decoding task reserves; 0 on CPU plans, whose actors decode (`ClassifyActor`).
-    decode_cpus: float
-
-
-#: Threads of a CPU actor, which reserves as many CPUs: its decoding threads and its session's intra-op
-#: threads share them, as in the in-process runner. One, so one actor per CPU: on the shared 2-core
-#: project machine (load average 4-6) two actors of one thread classified 10 000 files at 0.98-1.15× the
-#: in-process runner's img/s (files per call 128-512), one actor of two threads at 0.86× (same run,
-#: medians of 3 rounds). Processes share no GIL, and a one-thread session waits for no sibling thread
-#: that the busy machine has descheduled. Larger nodes were not measured.
-ACTOR_THREADS = 1
-#: CPUs one decoding task of a GPU plan reserves: fractions, so that decoding fits beside the actors.
-DECODE_CPUS = 0.25
-#: Files per call of a CPU actor, at most. Each call is a Ray task (scheduling, a block through the
-#: object store, ordering) and the actor's decoding runs ahead only within a call, so calls are large;
-#: but the first rows wait for the first call. Two actors on 2 cores, 10 000 files: 128 files a call
-#: 0.98× the in-process runner, 256 1.02×, 512 1.15× (first row after 5.8, 7.1, 8.1 s).
-FILES_PER_CALL = 512
-
-
-def files_per_call(files: int, actors: int, batch_size: int) -> int:
-    """Paths per CPU actor call: up to `FILES_PER_CALL`, but at least four calls per actor, so that the
-    actors share the files evenly and the first rows come soon; never less than one inference batch."""
-    return max(batch_size, min(FILES_PER_CALL, math.ceil(files / (4 * actors))))
-
-
-def plan(node_cpus: Sequence[float], gpus: float, resources: RayResources) -> Plan:
-    """Actor count and sizes from the alive nodes' CPUs and the cluster's GPUs.
-
-    GPU actors (default when the cluster has GPUs): one per GPU, each reserving one CPU to feed it;
-    decoding tasks run on every CPU left. CPU actors: `ACTOR_THREADS` threads (at most the smallest
-    node's CPUs), reserving that many CPUs, as many as fit on each node; they decode their own files.
-    """
-    gpus_per_actor = (
-        resources.gpus_per_actor if resources.gpus_per_actor is not None else (1.0 if gpus else 0.0)
-    )
-    if gpus_per_actor > 0:
-        if gpus < gpus_per_actor:
-            raise UsageError(
-                f"--ray-gpus-per-actor {gpus_per_actor:g}: the cluster has {gpus:g} GPUs; "
-                "pass --ray-gpus-per-actor 0 for CPU actors"
-            )
-        fitting = int(gpus // gpus_per_actor)
-        if (resources.actors or 0) > fitting:
-            raise UsageError(
-                f"{resources.actors} inference actors of {gpus_per_actor:g} GPUs do not fit on the "
-                f"cluster's {gpus:g} GPUs; lower --ray-actors"
-            )
-        return Plan(resources.actors or fitting, gpus_per_actor, 1.0, 1, DECODE_CPUS)
-    # A head node started with --num-cpus=0 (a common way to keep work off it) runs no actor.
-    cpu_nodes = [cpus for cpus in node_cpus if cpus > 0]
-    threads = max(1, min(ACTOR_THREADS, int(min(cpu_nodes, default=1.0))))
-    fitting = sum(int(cpus // threads) for cpus in cpu_nodes)
-    if fitting < 1 or (resources.actors or 0) > fitting:
-        raise UsageError(
-            f"{resources.actors or 1} inference actors of {threads} CPUs do not fit on the cluster's "
-            f"nodes ({', '.join(f'{cpus:g}' for cpus in node_cpus)} CPUs); lower --ray-actors"
-        )
-    return Plan(resources.actors or fitting, 0.0, float(threads), threads, 0.0)
 
 
 class RayRunner:
