@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One lent-GPU session (docs/flagship.md, docs/log/gpu-sessions.md): the paper's 18-layer flagship and
+# One lent-GPU session (docs/flagship.md): the paper's 18-layer flagship and
 # three seeds of the CPU default's recipe train side by side in the background, while the next calls
 # carry onnxruntime-gpu over for the GPU serving check; then the runs are packed for the trip back.
 #

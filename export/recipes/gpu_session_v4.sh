@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The next lent-H200 session (docs/log/gpu-sessions.md): the v4 default candidate (`elubench94`, ELU),
+# The next lent-H200 session: the v4 default candidate (airbench-style `elubench94`, ELU),
 # its spread over seeds, its ReLU twin, and the next segment of the flagship's longer schedule.
 # Prepared on the 2-core CPU; every choice below is fixed before the run.
 #
