@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The next lent-H200 session: the v4 default candidate (airbench-style `elubench94`, ELU),
 # its spread over seeds, its ReLU twin, and the next segment of the flagship's longer schedule.
-# Prepared on the 2-core CPU (docs/issue-18-gpu-plan.md); every choice below is fixed before the run.
+# Prepared on the 2-core CPU; every choice below is fixed before the run.
 #
 #   bash export/recipes/gpu_session_v4.sh start    # carry .data: copies the zip, starts the runs detached
 #   bash export/recipes/gpu_session_v4.sh finish   # waits for the runs, packs, sends the first pieces
@@ -25,7 +25,7 @@
 # (4 a call, `carry`) and `start` resumes the flagship from them.
 #
 # What trains, fixed in advance:
-# - `elubench94` (docs/issue-18-gpu-plan.md: 118 M MACs, ≥ 0.8× the v3 default's ORT CPU throughput
+# - `elubench94` (docs/log/gpu-sessions.md: 118 M MACs, ≥ 0.8× the v3 default's ORT CPU throughput
 #   measured side by side), ELU, 100 epochs (v3's count, so the architecture is what changed), batch
 #   512, one-cycle SGD at peak lr 0.3, label smoothing 0.2, weight decay 5e-4, reflect-pad 2 + crop +
 #   flip (airbench's translate 2), whitening stem fitted on 5 000 training images; seeds 0, 1, 2.
@@ -38,7 +38,7 @@
 # What ships, fixed in advance:
 # - seed 0 ships as `elufast-cifar10` version 4 (v3 stays available under models/) when its fp32
 #   validation accuracy is ≥ v3's 90.54 % + 1 point and its exported file's ORT CPU throughput is
-#   ≥ 0.8× v3's, measured side by side on the 2-core machine after export; the issue's 93 % is met
+#   ≥ 0.8× v3's, measured side by side on the 2-core machine after export; the 93 % goal is met
 #   only if seed 0 reaches it. No other seed replaces it.
 # - the flagship ships as version 2 once its schedule has finished, if it beats version 1 (88.26 %)
 #   by FLAGSHIP_GAIN points.
