@@ -29,6 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from eluserve.export.checkpoint import keep_metrics, restore_rng_state, rng_state
 from eluserve.export.config import TrainConfig
 from eluserve.export.data import ImageDataset, load_dataset, split_train_val
 from eluserve.export.preprocess import Classifier, build_input_transform, empty_input_transform
@@ -251,31 +252,6 @@ def _autocast(device: torch.device, enabled: bool) -> torch.autocast:
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def rng_state(generator: torch.Generator) -> dict[str, Any]:
-    """Every random stream a run draws from, for an exact resume.
-
-    Tensors and plain Python values only, so `torch.load`'s safe default (weights_only) reads it.
-    """
-    kind, keys, position, has_gauss, cached = np.random.get_state()
-    return {
-        "generator": generator.get_state(),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
-        "python": random.getstate(),
-    }
-
-
-def restore_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
-    generator.set_state(state["generator"])
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    kind, keys, position, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
-    random.setstate(state["python"])
-
-
 def train(config: TrainConfig, clock: Callable[[], float] = time.perf_counter) -> dict[str, Any]:
     """Train per `config`; resumes from `out/checkpoint.pt` when it exists.
 
@@ -462,13 +438,6 @@ def load_trained(out: str | Path) -> tuple[Classifier, TrainConfig, dict[str, An
     model.load_state_dict(state["model"])
     summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
     return model.eval(), config, summary
-
-
-def keep_metrics(path: Path, epochs: int) -> None:
-    """Drop the log rows past the checkpoint's epoch: a resumed run trains those epochs again."""
-    if path.exists():
-        rows = path.read_text().splitlines()[:epochs]
-        path.write_text("".join(row + "\n" for row in rows))
 
 
 def write_json(path: Path, data: Any) -> None:
