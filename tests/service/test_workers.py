@@ -19,6 +19,7 @@ import pytest
 
 from eluserve.core.contract import read_model_info
 from load_tests.wrk import cifar_body, run_wrk
+from tests.deadlines import REQUEST_S
 from tests.service.bento_server import BentoServer, running_server, start_server
 from tests.service.image_samples import encode, gradient
 from tests.service.metrics_scrape import MetricsDelta, Scrape
@@ -149,7 +150,7 @@ def test_a_burst_of_connections_spreads_evenly_over_the_workers(started: Started
     host, port = server.url.removeprefix("http://").split(":")
     connections = [socket.create_connection((host, int(port))) for _ in range(16)]
     try:
-        deadline = time.monotonic() + 10
+        deadline = time.monotonic() + REQUEST_S
         owners: collections.Counter[int] = collections.Counter()
         while time.monotonic() < deadline:
             owners = _connection_owners(server, int(port))
