@@ -28,7 +28,7 @@ import httpx
 import psutil
 import pytest
 
-from tests.deadlines import COMMAND_S
+from tests.deadlines import COMMAND_S, STARTUP_S
 from tests.reliability import raw_http
 from tests.service import bento_server
 from tests.service.bento_server import BentoServer, start_server
@@ -93,7 +93,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, serving_model_path: Path) -
         )
     try:
         own = os.readlink("/proc/self/ns/net")
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + STARTUP_S
         while os.readlink(f"/proc/{running.process.pid}/ns/net") == own and time.monotonic() < deadline:
             time.sleep(0.05)
         in_network_of(running.process.pid, lambda: running.wait_for("/readyz"))
