@@ -190,7 +190,14 @@ def test_sixty_four_connections_meet_no_concurrency_limit_and_no_5xx(started: St
     counted as such."""
     body, content_type = cifar_body(1)
     with MetricsDelta(started.server.url) as delta:
-        result = run_wrk(started.server.url + "/classify", body, content_type, connections=64, duration_s=2)
+        result = run_wrk(
+            started.server.url + "/classify",
+            body,
+            content_type,
+            connections=64,
+            duration_s=2,
+            timeout_s=REQUEST_S,
+        )
     assert result.ok > 0
     assert set(result.statuses) <= {200, 429} and not result.socket_errors, result.to_dict()
     assert delta("eluserve_requests_rejected_total", reason="max_concurrency") == 0
