@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from hypothesis import HealthCheck, settings
 from onnx import TensorProto, helper, numpy_helper
 
 from eluserve.core.contract import INPUT_LAYOUT, INPUT_NAME, LOGITS_NAME, OUTPUT_NAME, MetadataKey
@@ -25,6 +26,12 @@ from load_tests.fixtures import CIFAR_ZIP
 
 #: Fails any test that starts a process without the `integration` marker (see tests/process_guard.py).
 pytest_plugins = ["tests.process_guard"]
+
+# Hypothesis' two clocks, off for the whole suite: its per-example deadline (200 ms by default) and its
+# too_slow health check (generating the first examples took over a second) both fail a test whose
+# examples are merely slow, as any are on a busy machine.
+settings.register_profile("eluserve", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("eluserve")
 
 
 def pytest_sessionstart(session: pytest.Session) -> None:

@@ -22,6 +22,7 @@ from eluserve.core.preprocessing import Limits, load_image
 from eluserve.core.session import ModelSession
 from tests.classify.conftest import Result, Tree
 from tests.classify.trees import read_jsonl, relative_rows
+from tests.deadlines import COMMAND_S
 from tests.service.bento_server import free_port
 
 Classify = Callable[..., Result]
@@ -148,10 +149,14 @@ def test_argument_errors_exit_2(classify: Classify, tree: Tree) -> None:
 @pytest.mark.integration
 def test_installed_command_exit_codes(tree: Tree, tiny_model_path: Path) -> None:
     command = [str(Path(sys.executable).parent / "eluserve"), "classify", "--model", str(tiny_model_path)]
-    good = subprocess.run([*command, str(tree.root / "cifar")], capture_output=True, text=True, timeout=120)
+    good = subprocess.run(
+        [*command, str(tree.root / "cifar")], capture_output=True, text=True, timeout=COMMAND_S
+    )
     assert good.returncode == 0, good.stderr
     assert len(good.stdout.splitlines()) == sum(name.startswith("cifar/") for name in tree.expected)
-    bad = subprocess.run([*command, str(tree.root / "bad")], capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [*command, str(tree.root / "bad")], capture_output=True, text=True, timeout=COMMAND_S
+    )
     assert bad.returncode == 1
     assert "failed: 6" in bad.stderr
 

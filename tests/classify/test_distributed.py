@@ -28,6 +28,7 @@ from eluserve.classify.runners import LocalRunner  # noqa: E402
 from eluserve.classify.uris import iter_uri_files, list_files  # noqa: E402
 from tests.classify.conftest import Result, Tree  # noqa: E402
 from tests.classify.test_cli import summary_counts  # noqa: E402
+from tests.deadlines import STARTUP_S  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -182,7 +183,7 @@ def two_nodes(local_ray: None) -> Iterator[str]:
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     cluster.add_node(num_cpus=2, num_gpus=1)
     ray.init(address=cluster.address, logging_level="ERROR")
-    cluster.wait_for_nodes()
+    cluster.wait_for_nodes(timeout=STARTUP_S)  # Ray's default, 30 s, a busy machine can miss
     print(f"\ntwo-node cluster: {time.perf_counter() - started:.1f} s")
     yield cluster.address
     ray.shutdown()

@@ -21,6 +21,7 @@ import psutil
 
 from load_tests import REPO_ROOT
 from load_tests.servers import free_port, stop_tree, wait_for_answer
+from tests.deadlines import STARTUP_S
 
 BENTOML = str(Path(sys.executable).parent / "bentoml")
 SERVICE = "eluserve.service.app:EluClassifier"
@@ -43,7 +44,7 @@ class BentoServer:
             for child in psutil.Process(self.process.pid).children(recursive=True):
                 self._tree.setdefault(child.pid, child)
 
-    def wait_for(self, path: str, status: int = 200, timeout: float = 120.0) -> httpx.Response:
+    def wait_for(self, path: str, status: int = 200, timeout: float = STARTUP_S) -> httpx.Response:
         """Poll `path` until it answers `status`; fail with the server log if it does not in time."""
         response = wait_for_answer(
             self.process,
@@ -90,7 +91,7 @@ def start_server(tmp: Path, env: Mapping[str, str]) -> BentoServer:
 
 
 @contextlib.contextmanager
-def running_server(tmp: Path, env: Mapping[str, str], timeout: float = 120.0) -> Iterator[BentoServer]:
+def running_server(tmp: Path, env: Mapping[str, str], timeout: float = STARTUP_S) -> Iterator[BentoServer]:
     """A started server that answered /readyz, stopped (with its whole process tree) afterwards."""
     server = start_server(tmp, env)
     try:
