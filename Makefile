@@ -48,10 +48,25 @@ prometheus:
 wrk:
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) || echo "wrk not installed (not root?): bench runs --client loadgen only"
 
-test: setup prometheus wrk
+# CI's stages, in order, each its own run so that a failure names its stage: lint, the fast loop
+# (in-process tests), then the integration tests (they start servers and commands; tests/process_guard.py
+# holds every test to its marker) with their 20 slowest durations printed. A stage that fails stops the
+# run non-zero; pytest's exit 5 (the stage selected no tests) is not a failure.
+test: setup
+	@echo "== stage 1/3: lint (ruff check, lint-imports)"
 	$(BIN)/ruff check .
 	$(MAKE) --no-print-directory lint-imports
-	$(BIN)/pytest -q
+	@$(MAKE) --no-print-directory test-fast
+	@$(MAKE) --no-print-directory test-integration
+
+.PHONY: test-fast test-integration
+test-fast: setup
+	@echo "== stage 2/3: fast tests (pytest -m 'not integration')"
+	$(BIN)/pytest -q -m "not integration" || [ $$? -eq 5 ]
+
+test-integration: setup prometheus wrk
+	@echo "== stage 3/3: integration tests (pytest -m integration)"
+	$(BIN)/pytest -q -m integration --durations=20 || [ $$? -eq 5 ]
 
 lint: setup
 	$(BIN)/ruff check .

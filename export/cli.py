@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from eluserve.core.contract import MODEL_FILE
-from eluserve.export.config import TrainConfig
+from eluserve.export.config import RECIPES, TrainConfig
 
 VAL_PER_CLASS = TrainConfig.val_per_class
 OPTIONAL_TYPES = {
@@ -24,36 +24,60 @@ OPTIONAL_TYPES = {
     "time_budget_min": float,
     "grad_clip": float,
     "segment_min": float,
+    "bn_momentum": float,
+    "whiten_bias_epochs": int,
+    "normalization": str,
 }
+#: Fields whose `None` means "decide from the hardware or the architecture": flags --X / --no-X.
+AUTO_BOOLS = ("amp", "channels_last")
 
 
 def _add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """One flag per TrainConfig field, so the config, the CLI and the model card's command agree."""
+    """One flag per TrainConfig field, so the config, the CLI and the model card's command agree.
+
+    Every flag defaults to None ("not given"), so `--recipe` can supply values that explicit flags
+    still override; `train_config` fills in the rest from TrainConfig's own defaults.
+    """
+    parser.add_argument(
+        "--recipe",
+        choices=sorted(RECIPES),
+        help="start from a named set of hyper-parameters (export/config.py: RECIPES); flags override it",
+    )
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
         default = field.default
         if field.name in ("data", "out"):
             parser.add_argument(flag, required=True, help=f"{field.name} (required)")
-        elif isinstance(default, bool):
-            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default)
+        elif isinstance(default, bool) or field.name in AUTO_BOOLS:
+            help_text = "default: auto" if default is None else f"default: {default}"
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=None, help=help_text)
         elif isinstance(default, tuple):
             parser.add_argument(
                 flag,
                 type=lambda text: tuple(int(v) for v in text.split(",") if v),
-                default=default,
+                default=None,
                 help="comma-separated epochs",
             )
         else:
             kind = type(default) if default is not None else OPTIONAL_TYPES.get(field.name, str)
-            parser.add_argument(flag, type=kind, default=default, help=f"default: {default}")
+            parser.add_argument(flag, type=kind, default=None, help=f"default: {default}")
+
+
+def train_config(args: argparse.Namespace) -> TrainConfig:
+    """TrainConfig's defaults, then the `--recipe`'s values, then every flag given."""
+    values: dict[str, Any] = dict(RECIPES[args.recipe]) if args.recipe else {}
+    for field in dataclasses.fields(TrainConfig):
+        given = getattr(args, field.name)
+        if given is not None:
+            values[field.name] = given
+    return TrainConfig(**values)
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     from eluserve.export.train import train
 
     configure_logging()
-    values = {f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)}
-    summary = train(TrainConfig(**values))
+    summary = train(train_config(args))
     if not summary["finished"]:
         print(f"segment ended after epoch {summary['epoch']} of {summary['epochs']}: run again to resume")
         return 0
@@ -153,6 +177,33 @@ def cmd_compare(args: argparse.Namespace) -> int:
     write_report(result, report, png, command)
     for row in summarize(result):
         print(f"{row['activation']:<14} final validation error {row['final_val_error_mean']:.2f} %")
+    return 0
+
+
+def cmd_ablate(args: argparse.Namespace) -> int:
+    from eluserve.export.ablation import parse_until, run_ablation
+
+    configure_logging()
+    report = run_ablation(
+        args.data,
+        Path(args.out),
+        model=args.model,
+        epochs=args.epochs,
+        seed=args.seed,
+        variants=args.variants.split(",") if args.variants else None,
+        until=parse_until(args.until),
+    )
+    print((Path(args.out) / "ablation.md").read_text(), end="")
+    return 0 if report["rows"] else 1
+
+
+def cmd_train_speed(args: argparse.Namespace) -> int:
+    from eluserve.export.train_speed import SETUPS, format_table, run, write_report
+
+    setups = [name for name in SETUPS if not args.skip_bf16 or "bf16" not in name]
+    report = run(args.model, setups, rounds=args.rounds, steps=args.steps)
+    write_report(report, Path(args.out))
+    print(format_table(report), end="")
     return 0
 
 
@@ -282,6 +333,31 @@ def register(subparsers: Any) -> None:
     compare.add_argument("--label-smoothing", type=float, default=0.0, help="0: the loss is the paper's")
     compare.add_argument("--report", default="docs/elu-vs-relu.md")
     compare.set_defaults(func=cmd_compare)
+
+    ablate = subparsers.add_parser(
+        "ablate",
+        help="train the airbench recipe with one ingredient off at a time; table + plot (resumable)",
+    )
+    ablate.add_argument("--data", required=True)
+    ablate.add_argument("--out", required=True, help="one run folder per variant goes here")
+    ablate.add_argument("--model", default="elubench94")
+    ablate.add_argument("--epochs", type=int, default=3)
+    ablate.add_argument("--seed", type=int, default=0)
+    ablate.add_argument("--variants", help="comma-separated subset (default: all, in order)")
+    ablate.add_argument(
+        "--until", metavar="HH:MM", help="stop on a checkpoint before this time; run again to go on"
+    )
+    ablate.set_defaults(func=cmd_ablate)
+
+    speed = subparsers.add_parser(
+        "train-speed", help="training img/s and minutes per epoch, before/after set-ups side by side"
+    )
+    speed.add_argument("--model", default="elubench94")
+    speed.add_argument("--rounds", type=int, default=2, help="interleaved rounds (the median is shown)")
+    speed.add_argument("--steps", type=int, default=4, help="timed steps per set-up and round")
+    speed.add_argument("--skip-bf16", action="store_true", help="leave out the (emulated, slow) bf16 set-up")
+    speed.add_argument("--out", default="runs/train-speed", help="writes OUT.json and OUT.md")
+    speed.set_defaults(func=cmd_train_speed)
 
     precision = subparsers.add_parser(
         "validate-precision",

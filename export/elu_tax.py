@@ -30,17 +30,15 @@ from typing import Any
 import numpy as np
 import onnx
 import onnxruntime as ort
-import torch
 from tqdm import tqdm
 
 from eluserve.core.contract import INPUT_NAME
-from eluserve.core.engines import OpenVinoBackend, measure_backend
+from eluserve.core.engines import OpenVinoEngine, measure_engine
 from eluserve.core.session import available_cores
 from eluserve.core.throughput import cpu_session, measure_session
 from eluserve.export.exporter import finalize, to_onnx
 from eluserve.export.fusion import RULES, FuseConvElu, FuseConvMaxPoolElu, StripDropout, fuse_elu
-from eluserve.export.preprocess import Classifier, MeanStdInput
-from eluserve.export.zoo import create_model
+from eluserve.export.untrained import untrained_classifier
 
 VARIANTS = ("relu", "elu_plain", "elu_fused_no_reorder", "elu_fused")
 ORT = "onnxruntime"
@@ -54,18 +52,11 @@ ROWS = (
 )
 
 
-def _classifier(model: str, activation: str, seed: int) -> Classifier:
-    torch.manual_seed(seed)
-    net = create_model(model, activation=activation)
-    transform = MeanStdInput(np.array([0.49, 0.48, 0.45]), np.array([0.25, 0.24, 0.26]))
-    return Classifier(transform, net).eval()
-
-
 def build_variants(model: str, directory: Path, seed: int = 0) -> dict[str, Path]:
     """Export the four variants with identical weights (only the activation differs)."""
     paths = {}
-    relu = finalize(to_onnx(_classifier(model, "relu", seed), 32))
-    elu = finalize(to_onnx(_classifier(model, "elu", seed), 32))
+    relu = finalize(to_onnx(untrained_classifier(model, "relu", seed), 32))
+    elu = finalize(to_onnx(untrained_classifier(model, "elu", seed), 32))
     no_reorder = onnx.ModelProto()
     no_reorder.CopyFrom(elu)
     fuse_elu(no_reorder, (StripDropout(), FuseConvMaxPoolElu(), FuseConvElu()))
@@ -132,8 +123,8 @@ def measure(
 def _runner(path: Path, engine: str, denormal_as_zero: bool) -> Callable[[np.ndarray, float], float]:
     """images/s of one variant on one engine: `runner(batch, seconds)`."""
     if engine == OPENVINO:
-        backend = OpenVinoBackend.create(path, available_cores())
-        return lambda batch, seconds: measure_backend(backend, batch, seconds)
+        openvino = OpenVinoEngine.create(path, available_cores())
+        return lambda batch, seconds: measure_engine(openvino, batch, seconds)
     session = cpu_session(str(path), denormal_as_zero=denormal_as_zero)
     return lambda batch, seconds: measure_session(session, batch, seconds).images_per_second
 

@@ -18,17 +18,11 @@ from typing import Any
 
 import numpy as np
 import onnx
-import torch
 
 from eluserve.core.throughput import cpu_session, measure_session
 from eluserve.export.exporter import finalize, to_onnx
 from eluserve.export.fusion import fuse_elu
-from eluserve.export.preprocess import Classifier, MeanStdInput
-from eluserve.export.zoo import create_model
-
-# CIFAR-10's channel statistics in [0, 1] units: the candidate's input transform gets realistic values
-CIFAR_MEAN = np.array([0.4914, 0.4822, 0.4465])
-CIFAR_STD = np.array([0.2470, 0.2435, 0.2616])
+from eluserve.export.untrained import untrained_classifier
 
 
 @dataclass(frozen=True)
@@ -41,14 +35,7 @@ class RatioRow:
 
 def export_untrained(model: str, out: Path, activation: str = "elu", seed: int = 0) -> dict[str, int]:
     """Export an untrained `model` as `eluserve export` would (fused); returns the rewrite counts."""
-    torch.manual_seed(seed)
-    net = create_model(model, activation=activation)
-    transform = MeanStdInput(CIFAR_MEAN, CIFAR_STD)
-    images = torch.randint(0, 256, (256, 32, 32, 3), dtype=torch.uint8, generator=torch.Generator())
-    if hasattr(net, "init_from_data"):
-        net.init_from_data(transform(images))
-    classifier = Classifier(transform, net).eval()
-    proto = to_onnx(classifier, 32)
+    proto = to_onnx(untrained_classifier(model, activation, seed), 32)
     counts = fuse_elu(proto)
     onnx.save(finalize(proto), out)
     return dict(counts)

@@ -19,6 +19,7 @@ import logging
 import math
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -28,9 +29,19 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from eluserve.export.checkpoint import keep_metrics, restore_rng_state, rng_state
 from eluserve.export.config import TrainConfig
 from eluserve.export.data import ImageDataset, load_dataset, split_train_val
 from eluserve.export.preprocess import Classifier, build_input_transform, empty_input_transform
+from eluserve.export.recipe import (
+    LOOKAHEAD_EVERY,
+    Lookahead,
+    configure_batch_norm,
+    dirac_init_,
+    flip_schedule,
+    param_groups,
+    resolve_amp,
+)
 from eluserve.export.zoo import DEFAULT_CFGS, create_model
 
 log = logging.getLogger(__name__)
@@ -49,8 +60,11 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def augment_batch(images: torch.Tensor, generator: torch.Generator, pad: int = 4) -> torch.Tensor:
-    """The paper's augmentation on a uint8 NHWC batch: reflect-pad 4, random crop back, random h-flip.
+def augment_batch(
+    images: torch.Tensor, generator: torch.Generator, pad: int = 4, flip: torch.Tensor | None = None
+) -> torch.Tensor:
+    """The paper's augmentation on a uint8 NHWC batch: reflect-pad 4, random crop back, h-flip (a
+    coin per image, or the given `flip` mask).
 
     The random draws come from the CPU `generator` (the same on every device); the gathers run where
     the batch lives, on index views that are never materialised.
@@ -64,7 +78,9 @@ def augment_batch(images: torch.Tensor, generator: torch.Generator, pad: int = 4
     cropped = padded.gather(2, rows.expand(n, 3, h, w + 2 * pad))
     cols = (dx[:, None] + torch.arange(w, device=device)[None, :])[:, None, None, :]
     cropped = cropped.gather(3, cols.expand(n, 3, h, w))
-    flip = (torch.rand(n, generator=generator) < 0.5).to(device)
+    if flip is None:
+        flip = torch.rand(n, generator=generator) < 0.5
+    flip = flip.to(device)
     cropped = torch.where(flip[:, None, None, None], cropped.flip(3), cropped)
     return cropped.permute(0, 2, 3, 1).to(torch.uint8)
 
@@ -83,19 +99,21 @@ def train_step(
     config: TrainConfig,
     generator: torch.Generator,
     lr: float,
+    flip: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One SGD step on the batch `index`; returns the loss and the hit count as device tensors.
+    """One SGD step on the batch `index` (`flip`: its images' flips, None for a coin each); returns
+    the loss and the hit count as device tensors.
 
     They stay on the device so the loop never waits for the GPU to finish a step before queueing the
     next one.
     """
     images = images_all[index]
     if config.augment:
-        images = augment_batch(images, generator, pad=config.crop_pad)
+        images = augment_batch(images, generator, pad=config.crop_pad, flip=flip)
     labels = labels_all[index]
     for group in optimizer.param_groups:
-        group["lr"] = lr
-    with _autocast(images.device, config.amp):
+        group["lr"] = lr * group.get("lr_scale", 1.0)
+    with _autocast(images.device, bool(config.amp)):
         logits = model(images)
     loss = F.cross_entropy(logits.float(), labels, label_smoothing=config.label_smoothing)
     optimizer.zero_grad(set_to_none=True)
@@ -113,17 +131,34 @@ def time_epoch(
     config: TrainConfig,
     device: torch.device,
     val_images: int,
+) -> float:
+    """Seconds one epoch (training + validation) will take (`seconds_per_image` on the first steps)."""
+    per_image = seconds_per_image(model, images_all, labels_all, config, device)
+    # validation is a forward pass: about a third of a training step per image
+    return per_image * (len(labels_all) + val_images / 3)
+
+
+def seconds_per_image(
+    model: nn.Module,
+    images_all: torch.Tensor,
+    labels_all: torch.Tensor,
+    config: TrainConfig,
+    device: torch.device,
     warmup: int = 3,
     steps: int = 10,
+    compile_model: bool = False,
 ) -> float:
-    """Seconds one epoch (training + validation) will take, timed on a copy of the model with an
-    optimiser of its own.
+    """Seconds of one training step per image, timed on a copy of the model with an optimiser of its
+    own (`compile_model`: the copy through `torch.compile`, its compile inside the warm-up).
 
     The run itself stays untouched (weights, optimiser state, batch-norm statistics, random streams),
     so a run with the settled `--epochs` reproduces a budgeted one.
     """
     probe = copy.deepcopy(model)
-    probe_optimizer = torch.optim.SGD(probe.parameters(), lr=0.0, momentum=config.momentum)
+    probe_optimizer = torch.optim.SGD(
+        [p for p in probe.parameters() if p.requires_grad], lr=0.0, momentum=config.momentum
+    )
+    stepped = torch.compile(probe) if compile_model else probe
     generator = torch.Generator().manual_seed(config.seed)
     devices = [torch.cuda.current_device()] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
@@ -133,12 +168,11 @@ def time_epoch(
                 _synchronize(device)
                 started = time.perf_counter()
             index = torch.randint(len(labels_all), (config.batch_size,), generator=generator).to(device)
-            train_step(probe, probe_optimizer, images_all, labels_all, index, config, generator, 0.0)
+            train_step(stepped, probe_optimizer, images_all, labels_all, index, config, generator, 0.0)
         _synchronize(device)
     per_image = (time.perf_counter() - started) / (steps * config.batch_size)
-    del probe, probe_optimizer
-    # validation is a forward pass: about a third of a training step per image
-    return per_image * (len(labels_all) + val_images / 3)
+    del probe, stepped, probe_optimizer
+    return per_image
 
 
 def _synchronize(device: torch.device) -> None:
@@ -147,12 +181,14 @@ def _synchronize(device: torch.device) -> None:
 
 
 def learning_rate(config: TrainConfig, step: int, total_steps: int) -> float:
-    """One-cycle (linear warm-up, linear decay to zero) or the paper's step schedule."""
+    """One-cycle (linear from `lr_start` up to the peak, linear down to `lr_end`, fractions of `lr`;
+    0 and 0 by default) or the paper's step schedule."""
     if config.schedule == "onecycle":
         warmup = max(1, int(config.warmup_fraction * total_steps))
         if step < warmup:
-            return config.lr * step / warmup
-        return config.lr * max(0.0, (total_steps - step) / (total_steps - warmup))
+            return config.lr * (config.lr_start + (1.0 - config.lr_start) * step / warmup)
+        left = max(0.0, (total_steps - step) / (total_steps - warmup))
+        return config.lr * (config.lr_end + (1.0 - config.lr_end) * left)
     if config.schedule == "step":
         steps_per_epoch = total_steps / config.epochs
         drops = sum(step >= m * steps_per_epoch for m in config.milestones)
@@ -212,51 +248,18 @@ def evaluate(
 
 
 def _autocast(device: torch.device, enabled: bool) -> torch.autocast:
-    """bf16 autocast: on CPUs with AVX-512 BF16 it more than doubles conv throughput."""
+    """bf16 autocast (`recipe.resolve_amp` decides where: native bf16 only)."""
     return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
-def _param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """No weight decay on biases and norm scales: decaying them only hurts."""
-    decay, no_decay = [], []
-    for param in model.parameters():
-        if param.requires_grad:
-            (decay if param.ndim > 1 else no_decay).append(param)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
-
-
-def rng_state(generator: torch.Generator) -> dict[str, Any]:
-    """Every random stream a run draws from, for an exact resume.
-
-    Tensors and plain Python values only, so `torch.load`'s safe default (weights_only) reads it.
-    """
-    kind, keys, position, has_gauss, cached = np.random.get_state()
-    return {
-        "generator": generator.get_state(),
-        "torch": torch.get_rng_state(),
-        "cuda": torch.cuda.get_rng_state_all() if torch.cuda.is_available() else [],
-        "numpy": [kind, torch.from_numpy(keys.astype(np.int64)), position, has_gauss, cached],
-        "python": random.getstate(),
-    }
-
-
-def restore_rng_state(state: dict[str, Any], generator: torch.Generator) -> None:
-    generator.set_state(state["generator"])
-    torch.set_rng_state(state["torch"])
-    if state["cuda"] and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-    kind, keys, position, has_gauss, cached = state["numpy"]
-    np.random.set_state((kind, keys.numpy().astype(np.uint32), position, has_gauss, cached))
-    random.setstate(state["python"])
-
-
-def train(config: TrainConfig) -> dict[str, Any]:
+def train(config: TrainConfig, clock: Callable[[], float] = time.perf_counter) -> dict[str, Any]:
     """Train per `config`; resumes from `out/checkpoint.pt` when it exists.
 
     Returns the final metrics with `finished` true, or, when `segment_min` stopped the run early,
-    `finished` false with the epoch it reached (the checkpoint then resumes it).
+    `finished` false with the epoch it reached (the checkpoint then resumes it). `clock` times the
+    budget and the segments (tests pass a fake one, so no decision depends on the machine's speed).
     """
-    started_at = time.perf_counter()
+    started_at = clock()
     out = Path(config.out)
     out.mkdir(parents=True, exist_ok=True)
     seed_everything(config.seed)
@@ -275,19 +278,33 @@ def train(config: TrainConfig) -> dict[str, Any]:
     checkpoint_path = out / "checkpoint.pt"
     resume = torch.load(checkpoint_path, map_location="cpu") if checkpoint_path.exists() else None
     model = build_classifier(config, None if resume else train_set.images)
+    if config.dirac_init and not resume:
+        dirac_init_(model.net, skip=getattr(model.net, "whiten", None))
+    configure_batch_norm(model.net, config.bn_momentum, config.freeze_bn_weights)
     if resume:
         model.load_state_dict(resume["model"])
     model.to(device)
+    if config.channels_last is None:
+        config = dataclasses.replace(config, channels_last=DEFAULT_CFGS[config.model]["channels_last"])
     if config.channels_last:
         model.net.to(memory_format=torch.channels_last)
+    whiten_bias = _whiten_bias(model, config)
     optimizer = torch.optim.SGD(
-        _param_groups(model, config.weight_decay), lr=config.lr, momentum=config.momentum, nesterov=True
+        param_groups(
+            model, config.lr, config.weight_decay, config.bias_lr_scale, config.decoupled_weight_decay
+        ),
+        lr=config.lr,
+        momentum=config.momentum,
+        nesterov=True,
     )
+    lookahead = Lookahead(model) if config.lookahead else None
     start_epoch = 0
     if resume:
         if "optimizer" not in resume:
             raise ValueError(f"{checkpoint_path} holds weights only (a packed run): it cannot resume")
         optimizer.load_state_dict(resume["optimizer"])
+        if lookahead is not None:
+            lookahead.load_state_dict(resume["lookahead"])
         start_epoch = resume["epoch"]
         log.info("resumed from %s at epoch %d", checkpoint_path, start_epoch)
 
@@ -296,8 +313,14 @@ def train(config: TrainConfig) -> dict[str, Any]:
     # augmentation would otherwise cap the step rate (CIFAR-10 is 135 MB as uint8).
     images_all = torch.from_numpy(train_set.images).to(device)
     labels_all = torch.from_numpy(train_set.labels).to(device)
+
+    def epoch_time(amp: bool) -> float:
+        return time_epoch(model, images_all, labels_all, dataclasses.replace(config, amp=amp), device, 0)
+
+    config = dataclasses.replace(config, amp=resolve_amp(config.amp, device, measure=epoch_time))
+    log.info("bf16 autocast %s, channels_last %s", config.amp, config.channels_last)
     if config.time_budget_min is not None and not resume:
-        seconds_left = 60 * config.time_budget_min - (time.perf_counter() - started_at)
+        seconds_left = 60 * config.time_budget_min - (clock() - started_at)
         epoch_seconds = time_epoch(model, images_all, labels_all, config, device, len(val_set))
         epochs = max(1, int(seconds_left / (BUDGET_MARGIN * epoch_seconds)))
         log.info("time budget: %.1f s/epoch, %.0f s left → %d epochs", epoch_seconds, seconds_left, epochs)
@@ -305,6 +328,9 @@ def train(config: TrainConfig) -> dict[str, Any]:
     write_json(out / "config.json", {**dataclasses.asdict(config), "classes": dataset.classes})
     total_steps = steps_per_epoch * config.epochs
     generator = torch.Generator().manual_seed(config.seed)
+    flips = flip_schedule(len(train_set), config.seed) if config.flip == "alternating" else None
+    if config.flip not in ("random", "alternating"):
+        raise ValueError(f"unknown flip {config.flip!r}; choose random or alternating")
     if resume and "rng" in resume:
         restore_rng_state(resume["rng"], generator)
     elif resume:  # a checkpoint from before the streams were saved: replay the shuffles at least
@@ -313,24 +339,35 @@ def train(config: TrainConfig) -> dict[str, Any]:
     if resume:
         keep_metrics(out / "metrics.jsonl", start_epoch)
     metrics: dict[str, Any] = {}
-    saved_at = time.perf_counter()
+    saved_at = clock()
     epoch_seconds = 0.0
     for epoch in range(start_epoch, config.epochs):
         model.train()
-        started = time.perf_counter()
+        started = clock()
+        if whiten_bias is not None:
+            whiten_bias.requires_grad_(epoch < config.whiten_bias_epochs)
         order = torch.randperm(len(train_set), generator=generator).to(device)
         loss_sum = torch.zeros((), device=device)
         correct = torch.zeros((), device=device, dtype=torch.int64)
         bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch + 1}/{config.epochs}", unit="step")
         for step in bar:
             index = order[step * config.batch_size : (step + 1) * config.batch_size]
-            lr = learning_rate(config, epoch * steps_per_epoch + step, total_steps)
-            loss, hits = train_step(model, optimizer, images_all, labels_all, index, config, generator, lr)
+            done = epoch * steps_per_epoch + step
+            lr = learning_rate(config, done, total_steps)
+            flip = None if flips is None else flips[index.cpu()] ^ bool(epoch % 2)
+            loss, hits = train_step(
+                model, optimizer, images_all, labels_all, index, config, generator, lr, flip
+            )
             loss_sum += loss * len(index)
             correct += hits
+            if lookahead is not None and (done + 1) % LOOKAHEAD_EVERY == 0:
+                lookahead.update(model, Lookahead.decay(done + 1, total_steps))
             if step % PROGRESS_EVERY == PROGRESS_EVERY - 1:  # reading the loss waits for the device
                 seen = min(len(train_set), (step + 1) * config.batch_size)
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.3f}", lr=f"{lr:.3f}")
+        last = epoch + 1 == config.epochs
+        if last and lookahead is not None:
+            lookahead.update(model, 1.0)  # the run ends on the average
         val = evaluate(model, val_set, device, amp=config.amp)
         metrics = {
             "epoch": epoch + 1,
@@ -339,27 +376,26 @@ def train(config: TrainConfig) -> dict[str, Any]:
             "val_loss": val["loss"],
             "val_accuracy": val["accuracy"],
             "lr": lr,
-            "seconds": time.perf_counter() - started,
+            "seconds": clock() - started,
         }
         log.info("epoch %d: %s", epoch + 1, json.dumps({k: round(v, 4) for k, v in metrics.items()}))
         with (out / "metrics.jsonl").open("a") as handle:
             handle.write(json.dumps(metrics) + "\n")
-        last = epoch + 1 == config.epochs
         epoch_seconds = max(epoch_seconds, metrics["seconds"])
         segment_over = config.segment_min is not None and (
-            time.perf_counter() - started_at + BUDGET_MARGIN * epoch_seconds > 60 * config.segment_min
+            clock() - started_at + BUDGET_MARGIN * epoch_seconds > 60 * config.segment_min
         )
-        if last or segment_over or time.perf_counter() - saved_at >= CHECKPOINT_EVERY_S:
-            torch.save(
-                {
-                    "model": model.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "epoch": epoch + 1,
-                    "rng": rng_state(generator),
-                },
-                checkpoint_path,
-            )
-            saved_at = time.perf_counter()
+        if last or segment_over or clock() - saved_at >= CHECKPOINT_EVERY_S:
+            state = {
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "epoch": epoch + 1,
+                "rng": rng_state(generator),
+            }
+            if lookahead is not None:
+                state["lookahead"] = lookahead.state_dict()
+            torch.save(state, checkpoint_path)
+            saved_at = clock()
         if segment_over and not last:
             log.info("segment over after epoch %d of %d: run again to resume", epoch + 1, config.epochs)
             return {**metrics, "finished": False, "epochs": config.epochs}
@@ -380,6 +416,16 @@ def train(config: TrainConfig) -> dict[str, Any]:
     return summary
 
 
+def _whiten_bias(model: Classifier, config: TrainConfig) -> nn.Parameter | None:
+    """The whitening stem's bias when `whiten_bias_epochs` limits its training; None otherwise."""
+    if config.whiten_bias_epochs is None:
+        return None
+    whiten = getattr(model.net, "whiten", None)
+    if whiten is None or whiten.bias is None:
+        raise ValueError(f"whiten_bias_epochs needs a net with a whitening stem; {config.model} has none")
+    return whiten.bias
+
+
 def load_trained(out: str | Path) -> tuple[Classifier, TrainConfig, dict[str, Any]]:
     """Rebuild the trained classifier from a run folder (config.json + checkpoint.pt + summary.json)."""
     out = Path(out)
@@ -392,13 +438,6 @@ def load_trained(out: str | Path) -> tuple[Classifier, TrainConfig, dict[str, An
     model.load_state_dict(state["model"])
     summary = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else {}
     return model.eval(), config, summary
-
-
-def keep_metrics(path: Path, epochs: int) -> None:
-    """Drop the log rows past the checkpoint's epoch: a resumed run trains those epochs again."""
-    if path.exists():
-        rows = path.read_text().splitlines()[:epochs]
-        path.write_text("".join(row + "\n" for row in rows))
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -207,10 +207,10 @@ def _openvino_line(parity: dict[str, Any] | None) -> str:
 
 def openvino_parity(model_path: Path, images: np.ndarray, precision: str = FP32) -> dict[str, Any]:
     """OpenVINO (the graph as `eluserve.core.openvino_graph` rewrites it) against ORT fp32 on `images`."""
-    from eluserve.core.engines import OpenVinoBackend, OrtBackend, check_parity
+    from eluserve.core.engines import OpenVinoEngine, OrtEngine, check_parity
 
-    reference = OrtBackend.create(model_path, [CPU], available_cores())
-    candidate = OpenVinoBackend.create(model_path, available_cores(), precision)
+    reference = OrtEngine.create(model_path, [CPU], available_cores())
+    candidate = OpenVinoEngine.create(model_path, available_cores(), precision)
     parity = check_parity(candidate, reference, images)
     return {
         "engine": f"openvino {_openvino_version()}",
@@ -235,14 +235,14 @@ def measure_precision(
     from eluserve.core.engines import (
         MAX_ACCURACY_DROP,
         MIN_TOP1_AGREEMENT,
-        OpenVinoBackend,
-        OrtBackend,
+        OpenVinoEngine,
+        OrtEngine,
     )
 
     if precision != BF16:
         raise ValueError(f"only bf16 (OpenVINO CPU) can be validated here, not {precision}")
-    reference = OrtBackend.create(model_path, [CPU], available_cores())
-    candidate = OpenVinoBackend.create(model_path, available_cores(), precision)
+    reference = OrtEngine.create(model_path, [CPU], available_cores())
+    candidate = OpenVinoEngine.create(model_path, available_cores(), precision)
     fp32 = np.concatenate(
         [reference.run(val.images[i : i + batch], "logits") for i in range(0, len(val), batch)]
     )

@@ -54,7 +54,7 @@ if TYPE_CHECKING:  # the heavy modules load only when the command runs, not for 
     import numpy as np
     import psutil
 
-    from eluserve.core.engines import Backend
+    from eluserve.core.engines import Engine
     from load_tests.fixtures import Attachment
     from load_tests.loadgen import Workload
     from load_tests.report import RawPoint, ServerRun
@@ -130,36 +130,36 @@ class BenchResult:
         return any(run.failed for run in self.runs.values())
 
 
-def raw_backends(
+def raw_engines(
     model_file: Path, info: Any, engines: Sequence[tuple[str, str]] = RAW_ENGINES
-) -> tuple[dict[tuple[str, str, int], list[Backend]], dict[str, str]]:
+) -> tuple[dict[tuple[str, str, int], list[Engine]], dict[str, str]]:
     """The raw `engines` (engine, precision) that load here, keyed (engine, precision, sessions), each in
     both shapes that use every core: one session of every core's threads, and one one-thread session
     per core run at once (the service's workers run the second); and why the others do not load."""
-    from eluserve.core.engines import OpenVinoBackend, OrtBackend, require_precision
+    from eluserve.core.engines import OpenVinoEngine, OrtEngine, require_precision
     from eluserve.core.session import CPU, available_cores
 
     cores = available_cores()
     shapes = [(1, cores), *([(cores, 1)] if cores > 1 else [])]
-    backends: dict[tuple[str, str, int], list[Backend]] = {}
+    loaded: dict[tuple[str, str, int], list[Engine]] = {}
     skipped: dict[str, str] = {}
     for engine, precision in engines:
         try:
             require_precision(info, precision)
             for sessions, threads in shapes:
-                backends[engine, precision, sessions] = [
-                    OrtBackend.create(model_file, [CPU], threads)
+                loaded[engine, precision, sessions] = [
+                    OrtEngine.create(model_file, [CPU], threads)
                     if engine == "onnxruntime"
-                    else OpenVinoBackend.create(model_file, threads, precision)
+                    else OpenVinoEngine.create(model_file, threads, precision)
                     for _ in range(sessions)
                 ]
         except Exception as exc:  # an engine that cannot run here is reported, the others measured
             skipped[f"{engine} {precision}"] = f"{type(exc).__name__}: {exc}"
-    return backends, skipped
+    return loaded, skipped
 
 
 def measure_raw(
-    backends: Mapping[tuple[str, str, int], Sequence[Backend]],
+    loaded: Mapping[tuple[str, str, int], Sequence[Engine]],
     crops: np.ndarray,
     batch_sizes: Sequence[int],
     seconds: float,
@@ -170,7 +170,7 @@ def measure_raw(
     from load_tests.report import RawPoint
 
     points = []
-    for (engine, precision, sessions), shape in backends.items():
+    for (engine, precision, sessions), shape in loaded.items():
         for size in batch_sizes:
             wall, cpu = time.perf_counter(), time.process_time()
             images_per_second = measure_parallel(shape, tiled(crops, size), seconds)
@@ -202,7 +202,7 @@ class LimitProbe:
     measured again around each wrk run: the host's speed drifts within minutes, so each run is held
     against the limit of its own minutes. Idle sessions use no CPU while the servers run."""
 
-    backends: Sequence[Backend]
+    engines: Sequence[Engine]
     batch: np.ndarray
     seconds: float
 
@@ -210,7 +210,7 @@ class LimitProbe:
         """The limit's images/s now, over about `seconds`."""
         from eluserve.core.engines import measure_parallel
 
-        return measure_parallel(self.backends, self.batch, self.seconds)
+        return measure_parallel(self.engines, self.batch, self.seconds)
 
 
 def _run_wrk(
@@ -440,9 +440,9 @@ def run_bench(config: BenchConfig) -> BenchResult:
     config.out.mkdir(parents=True, exist_ok=True)
 
     _progress(f"raw engines on {info.tag}: batch sizes {list(config.raw_batch_sizes)}")
-    backends, raw_skipped = raw_backends(model_file, info)
+    loaded, raw_skipped = raw_engines(model_file, info)
     raw_started, raw_cpu, raw_machine = time.perf_counter(), time.process_time(), busy_seconds()
-    raw = measure_raw(backends, crops, config.raw_batch_sizes, config.raw_seconds)
+    raw = measure_raw(loaded, crops, config.raw_batch_sizes, config.raw_seconds)
     raw_wall = time.perf_counter() - raw_started
     raw_other = max(0.0, busy_seconds() - raw_machine - (time.process_time() - raw_cpu)) / raw_wall
     limit = limit_point(raw, settings.precision)
@@ -451,12 +451,12 @@ def run_bench(config: BenchConfig) -> BenchResult:
         None
         if limit is None
         else LimitProbe(
-            backends[limit.engine, limit.precision, limit.sessions],
+            loaded[limit.engine, limit.precision, limit.sessions],
             tiled(crops, limit.throughput.batch_size),
             config.bracket_seconds,
         )
     )
-    del backends  # only the limit's sessions are kept (in `probe`), idle while the servers run
+    del loaded  # only the limit's sessions are kept (in `probe`), idle while the servers run
     if limit is not None:
         _progress(
             f"raw limit: {limit.name}, {limit.throughput.images_per_second:.1f} img/s at batch "

@@ -1,20 +1,20 @@
 """`python -m load_tests bench-classify`: folder classification in-process against the fastest raw engine.
 
     .venv/bin/python -m load_tests bench-classify --images 10000     # make bench-classify
-    .venv/bin/python -m load_tests bench-classify --runtime openvino
-    .venv/bin/python -m load_tests bench-classify --images 10000 --rounds 1 --engine ray  # + Ray Data
+    .venv/bin/python -m load_tests bench-classify --engine openvino
+    .venv/bin/python -m load_tests bench-classify --images 10000 --rounds 1 --runner ray  # + Ray Data
 
-Classifies CIFAR-10 JPEGs extracted from the shared zip with `eluserve classify`'s in-process engine
-(walking, reading, decoding, batching and writing rows included) on the inference engine `--runtime`
+Classifies CIFAR-10 JPEGs extracted from the shared zip with `eluserve classify`'s in-process runner
+(walking, reading, decoding, batching and writing rows included) on the inference engine `--engine`
 chooses (default auto, as `eluserve classify`), and measures every raw fp32 engine (ONNX Runtime,
 OpenVINO) on the same crops, rounds interleaved, one run. The goal: classify ≥ 0.9 × the fastest raw
-engine at its best batch. `--engine ray` adds `eluserve classify --engine ray` on a local Ray (or
-`--ray-address`), set against the in-process engine at the same batch size twice: as whole commands
+engine at its best batch. `--runner ray` adds `eluserve classify --runner ray` on a local Ray (or
+`--ray-address`), set against the in-process runner at the same batch size twice: as whole commands
 (the model's load, or Ray's start, to the last row: what a user waits for; the issue's goal is this
 ratio ≥ 0.8 on 10 000 files) and as classification alone (Ray's actor pool start included).
 `--ray-head` also starts one Ray head apart from the benchmark (`ray start --head`, as a cluster user's
-Ray runs before their command) and times `--engine ray --ray-address` joining it beside the command that
-starts its own Ray, both set against the in-process engine of the same rounds.
+Ray runs before their command) and times `--runner ray --ray-address` joining it beside the command that
+starts its own Ray, both set against the in-process runner of the same rounds.
 """
 
 from __future__ import annotations
@@ -39,17 +39,17 @@ from typing import Any, TextIO
 import numpy as np
 
 from eluserve.classify.cli import positive_int, positive_ints
-from eluserve.classify.engines import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_CONCURRENCY,
-    Engine,
-    LocalEngine,
-    ServerEngine,
-    quiet_http_log,
-)
 from eluserve.classify.files import UsageError, iter_image_files
 from eluserve.classify.rows import Row, RowWriter, open_text
 from eluserve.classify.run import classify_files
+from eluserve.classify.runners import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CONCURRENCY,
+    LocalRunner,
+    Runner,
+    ServerRunner,
+    quiet_http_log,
+)
 from eluserve.core.contract import ModelMetadata
 from eluserve.core.engines import (
     AUTO,
@@ -57,12 +57,12 @@ from eluserve.core.engines import (
     FP32,
     ONNXRUNTIME,
     OPENVINO,
-    Backend,
+    Engine,
     measure_parallel,
 )
 from eluserve.core.paths import default_model_file
 from eluserve.core.session import available_cores
-from load_tests.bench import raw_backends
+from load_tests.bench import raw_engines
 from load_tests.fixtures import CIFAR_ZIP
 from load_tests.report import shape_label
 
@@ -88,23 +88,23 @@ def extract_cifar(zip_path: Path, count: int, target: Path) -> int:
 
 
 class FirstRowTimer:
-    """An engine whose first row is timed: how long Ray takes to start its actor pool, in particular."""
+    """A runner whose first row is timed: how long Ray takes to start its actor pool, in particular."""
 
-    def __init__(self, engine: Engine) -> None:
-        self.engine = engine
+    def __init__(self, runner: Runner) -> None:
+        self.runner = runner
         self.first_row = 0.0
 
     @property
     def model(self) -> str:
-        return self.engine.model
+        return self.runner.model
 
     @property
     def labels(self) -> Sequence[str]:
-        return self.engine.labels
+        return self.runner.labels
 
     def classify(self, paths: Iterable[str]) -> Iterator[Row]:
         started = time.perf_counter()
-        rows = self.engine.classify(paths)
+        rows = self.runner.classify(paths)
         for row in rows:
             self.first_row = time.perf_counter() - started
             yield row
@@ -134,25 +134,25 @@ def bench(args: argparse.Namespace) -> str:
     moves img/s by tens of percent.
     """
     quiet_http_log()
-    if args.ray_head and args.engine != "ray":
-        raise UsageError("--ray-head times --engine ray joining a running Ray: add --engine ray")
+    if args.ray_head and args.runner != "ray":
+        raise UsageError("--ray-head times --runner ray joining a running Ray: add --runner ray")
     zip_path = Path(args.data)
     if not zip_path.is_file():
         raise UsageError(f"no CIFAR-10 JPEG zip at {zip_path}; pass --data")
-    local = LocalEngine.load(args.model, threads=args.threads, engine=args.runtime)
-    backends = raw_engines(Path(local.session.info.path), local.session.info)
+    local = LocalRunner.load(args.model, threads=args.threads, engine=args.engine)
+    raw_shapes = fp32_engines(Path(local.session.info.path), local.session.info)
     sizes = sorted({*BENCH_BATCH_SIZES, *args.batch_sizes})
-    raw: dict[tuple[str, int], list[float]] = {(name, size): [] for name in backends for size in sizes}
+    raw: dict[tuple[str, int], list[float]] = {(name, size): [] for name in raw_shapes for size in sizes}
     with contextlib.ExitStack() as stack:
-        engines: dict[tuple[str, int], Engine] = {
-            ("classify in-process", size): LocalEngine(
+        runners: dict[tuple[str, int], Runner] = {
+            ("classify in-process", size): LocalRunner(
                 local.session, local.top_k, size, args.threads, more_sessions=local.sessions[1:]
             )
             for size in args.batch_sizes
         }
         if args.server:
-            server = ServerEngine(args.server, batch_size=DEFAULT_BATCH_SIZE, concurrency=args.concurrency)
-            engines["classify --server", DEFAULT_BATCH_SIZE] = stack.enter_context(server)
+            server = ServerRunner(args.server, batch_size=DEFAULT_BATCH_SIZE, concurrency=args.concurrency)
+            runners["classify --server", DEFAULT_BATCH_SIZE] = stack.enter_context(server)
         folder = stack.enter_context(tempfile.TemporaryDirectory(prefix="eluserve-bench-"))
         sink = stack.enter_context(open_text(os.devnull, "w"))
         count = extract_cifar(zip_path, args.images, Path(folder))
@@ -160,16 +160,16 @@ def bench(args: argparse.Namespace) -> str:
         crops = np.stack([local.prepare(path)[1] for path in sample])
         batches = {size: np.resize(crops, (size, *crops.shape[1:])) for size in sizes}
         head = stack.enter_context(ray_head(available_cores())) if args.ray_head else None
-        ray_keys = [RAY_KEY, *([JOINED_KEY] if head else [])] if args.engine == "ray" else []
-        keys = [*engines, *ray_keys]
+        ray_keys = [RAY_KEY, *([JOINED_KEY] if head else [])] if args.runner == "ray" else []
+        keys = [*runners, *ray_keys]
         runs: dict[tuple[str, int], list[float]] = {key: [] for key in keys}
         first_rows: dict[tuple[str, int], list[float]] = {key: [] for key in keys}
         steady: dict[tuple[str, int], list[float]] = {key: [] for key in keys}
         commands: dict[tuple[str, int] | None, list[Command]] = {None: [], **{key: [] for key in ray_keys}}
 
-        def classify(key: tuple[str, int], engine: Engine) -> None:
+        def classify(key: tuple[str, int], runner: Runner) -> None:
             files = iter_image_files([folder], {"jpg"})
-            timed = FirstRowTimer(engine)
+            timed = FirstRowTimer(runner)
             summary = classify_files(files, timed, RowWriter(sink, "jsonl"))
             runs[key].append(summary.images_per_second)
             first_rows[key].append(timed.first_row)
@@ -177,28 +177,28 @@ def bench(args: argparse.Namespace) -> str:
 
         for _ in range(args.rounds):
             for (name, size), values in raw.items():
-                values.append(measure_parallel(backends[name], batches[size], seconds=args.seconds))
-            for key, engine in engines.items():
-                classify(key, engine)
-            if args.engine == "ray":
+                values.append(measure_parallel(raw_shapes[name], batches[size], seconds=args.seconds))
+            for key, runner in runners.items():
+                classify(key, runner)
+            if args.runner == "ray":
                 commands[None].append(local_command(args, folder, sink))
                 commands[RAY_KEY].append(ray_command(args, args.ray_address, RAY_KEY, folder, sink, classify))
                 if head:
                     commands[JOINED_KEY].append(ray_command(args, head, JOINED_KEY, folder, sink, classify))
     median = {key: statistics.median(values) for key, values in raw.items()}
     best = max(median, key=median.__getitem__)
-    # The raw figure of the engine and shape the in-process engine runs on (its sessions at once).
+    # The raw figure of the engine and shape the in-process runner runs on (its sessions at once).
     served = local.session.engine + shape_label(len(local.sessions))
     info = local.session.info
     lines = [
         f"bench-classify: {count} CIFAR-10 JPEGs, model {info.tag} ({info.path}), classify on "
-        f"{local.session.engine} {local.session.provider}, {len(local.sessions)} session(s) (--runtime "
-        f"{args.runtime}), {available_cores()} cores, median of "
+        f"{local.session.engine} {local.session.provider}, {len(local.sessions)} session(s) (--engine "
+        f"{args.engine}), {available_cores()} cores, median of "
         f"{args.rounds} rounds",
         *(
             f"  raw {name} img/s by batch size: "
             + ", ".join(f"{size}: {median[name, size]:.0f}" for size in sizes)
-            for name in backends
+            for name in raw_shapes
         ),
         f"  {f'fastest raw engine: {best[0]}, batch {best[1]}':<48} {median[best]:8.1f} img/s",
     ]
@@ -215,10 +215,10 @@ def bench(args: argparse.Namespace) -> str:
     return "\n".join(lines)
 
 
-#: The Ray engine's figures, at the CLI's default batch size: starting its own Ray (or joining
+#: The Ray runner's figures, at the CLI's default batch size: starting its own Ray (or joining
 #: --ray-address), and joining the head that --ray-head started.
-RAY_KEY = ("classify --engine ray", DEFAULT_BATCH_SIZE)
-JOINED_KEY = ("classify --engine ray, running Ray", DEFAULT_BATCH_SIZE)
+RAY_KEY = ("classify --runner ray", DEFAULT_BATCH_SIZE)
+JOINED_KEY = ("classify --runner ray, running Ray", DEFAULT_BATCH_SIZE)
 
 
 def ray_lines(
@@ -230,7 +230,7 @@ def ray_lines(
     local_key: tuple[str, int],
     address: str | None,
 ) -> list[str]:
-    """The Ray engine's figures, each Ray command set against the in-process engine of the same rounds."""
+    """The Ray runner's figures, each Ray command set against the in-process runner of the same rounds."""
     local_seconds = statistics.median(command.seconds for command in commands[None])
     names = {
         RAY_KEY: f"--ray-address {address}" if address else "starting its own local Ray",
@@ -244,14 +244,14 @@ def ray_lines(
         mine = commands[key]
         seconds = statistics.median(command.seconds for command in mine)
         lines += [
-            f"    --engine ray, {names[key]}: {seconds:.1f} s (starting or joining Ray "
+            f"    --runner ray, {names[key]}: {seconds:.1f} s (starting or joining Ray "
             f"{statistics.median(command.start for command in mine):.1f} s of it; first row "
             f"{statistics.median(first_rows[key]):.1f} s after classifying began; leaving or shutting down "
             f"Ray after the last row {statistics.median(command.stop for command in mine):.1f} s more): "
             f"Ray ÷ in-process end to end {local_seconds / seconds:.3f}",
             f"      classify only, at batch {DEFAULT_BATCH_SIZE}: Ray ÷ in-process "
             f"{statistics.median(runs[key]) / statistics.median(runs[local_key]):.3f} (the actor pool's "
-            "start included; the in-process model is loaded); from each engine's first row on (steady "
+            "start included; the in-process model is loaded); from each runner's first row on (steady "
             f"state) {statistics.median(steady[key]) / statistics.median(steady[local_key]):.3f}",
         ]
     lines += [
@@ -280,10 +280,10 @@ class Command:
 
 
 def local_command(args: argparse.Namespace, folder: str, sink: TextIO) -> Command:
-    """The in-process command: load the model (the `--runtime` choice included), classify."""
+    """The in-process command: load the model (the `--engine` choice included), classify."""
     started = time.perf_counter()
-    engine = LocalEngine.load(args.model, threads=args.threads, engine=args.runtime)
-    classify_files(iter_image_files([folder], {"jpg"}), engine, RowWriter(sink, "jsonl"))
+    runner = LocalRunner.load(args.model, threads=args.threads, engine=args.engine)
+    classify_files(iter_image_files([folder], {"jpg"}), runner, RowWriter(sink, "jsonl"))
     return Command(time.perf_counter() - started)
 
 
@@ -293,22 +293,22 @@ def ray_command(
     key: tuple[str, int],
     folder: str,
     sink: TextIO,
-    classify: Callable[[tuple[str, int], Engine], None],
+    classify: Callable[[tuple[str, int], Runner], None],
 ) -> Command:
-    """`--engine ray`: start Ray (address None) or join it, classify, shut down or leave; the classify
-    part is also recorded as `key`'s run (`classify`), set against the in-process engine's with its model
+    """`--runner ray`: start Ray (address None) or join it, classify, shut down or leave; the classify
+    part is also recorded as `key`'s run (`classify`), set against the in-process runner's with its model
     loaded."""
-    from eluserve.classify.distributed import RayEngine
+    from eluserve.classify.ray_runner import RayRunner
 
     started = time.perf_counter()
-    engine = RayEngine.load(args.model, batch_size=DEFAULT_BATCH_SIZE, runtime=args.runtime)
+    runner = RayRunner.load(args.model, batch_size=DEFAULT_BATCH_SIZE, engine=args.engine)
     try:
-        engine.connect(address)
+        runner.connect(address)
         connected = time.perf_counter()
-        classify(key, engine)
+        classify(key, runner)
         finished = time.perf_counter()
     finally:
-        engine.close()
+        runner.close()
     return Command(finished - started, connected - started, time.perf_counter() - finished)
 
 
@@ -376,16 +376,16 @@ def ray_head(cpus: int) -> Iterator[str]:
         shutil.rmtree(folder, ignore_errors=True)
 
 
-def raw_engines(model_file: Path, info: ModelMetadata) -> dict[str, list[Backend]]:
+def fp32_engines(model_file: Path, info: ModelMetadata) -> dict[str, list[Engine]]:
     """Every fp32 engine that loads here, in both shapes that use every core
-    (`load_tests.bench.raw_backends`): one session of a thread per core (`onnxruntime`), and one
+    (`load_tests.bench.raw_engines`): one session of a thread per core (`onnxruntime`), and one
     one-thread session per core run at once (`onnxruntime ×2 sessions`, as the service's workers and
-    the in-process engine run it). The limits classification is held to: the fastest of them,
+    the in-process runner run it). The limits classification is held to: the fastest of them,
     whichever shape."""
-    backends, skipped = raw_backends(model_file, info, engines=((ONNXRUNTIME, FP32), (OPENVINO, FP32)))
+    loaded, skipped = raw_engines(model_file, info, engines=((ONNXRUNTIME, FP32), (OPENVINO, FP32)))
     for name, why in skipped.items():  # reported; the limit is then the other engine's
         print(f"bench-classify: raw {name} not measured: {why}", file=sys.stderr)
-    return {engine + shape_label(sessions): shape for (engine, _, sessions), shape in backends.items()}
+    return {engine + shape_label(sessions): shape for (engine, _, sessions), shape in loaded.items()}
 
 
 def register(subparsers: Any) -> None:
@@ -394,7 +394,7 @@ def register(subparsers: Any) -> None:
         "bench-classify", help="benchmark: classify img/s against the fastest raw engine, side by side"
     )
     bench_parser.add_argument(
-        "--runtime",
+        "--engine",
         choices=ENGINES,
         default=AUTO,
         help="the inference engine classification runs on (default auto)",
@@ -410,19 +410,19 @@ def register(subparsers: Any) -> None:
         default=[DEFAULT_BATCH_SIZE, 256],
         help="classify batch sizes to measure in-process (default: 64,256)",
     )
-    bench_parser.add_argument("--threads", type=positive_int, help="the in-process engine's --threads")
+    bench_parser.add_argument("--threads", type=positive_int, help="the in-process runner's --threads")
     bench_parser.add_argument("--server", metavar="URL", help="also measure a running service")
     bench_parser.add_argument(
-        "--engine",
+        "--runner",
         choices=("local", "ray"),
         default="local",
-        help="ray: also measure `eluserve classify --engine ray` (needs eluserve[distributed])",
+        help="ray: also measure `eluserve classify --runner ray` (needs eluserve[distributed])",
     )
-    bench_parser.add_argument("--ray-address", help="Ray cluster for --engine ray (default: a local Ray)")
+    bench_parser.add_argument("--ray-address", help="Ray cluster for --runner ray (default: a local Ray)")
     bench_parser.add_argument(
         "--ray-head",
         action="store_true",
-        help="with --engine ray: also start a Ray head before the rounds and time --engine ray joining it "
+        help="with --runner ray: also start a Ray head before the rounds and time --runner ray joining it "
         "(a cluster user's case) beside the command that starts its own Ray",
     )
     bench_parser.add_argument("--concurrency", type=positive_int, default=DEFAULT_CONCURRENCY)

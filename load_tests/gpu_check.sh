@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# One command for a lent GPU machine (../shared/GPU.md): install onnxruntime-gpu and the serving
+# One command for a lent GPU machine: install onnxruntime-gpu and the serving
 # packages from carried wheels where the image lacks them, then run load_tests/gpu_check.py.
 #
 # Prepare here, before the device calls (the device reaches no network; a call carries 64 MiB):

@@ -19,7 +19,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -41,11 +41,53 @@ class ServerUnavailable(RuntimeError):
     """A baseline that cannot run on this machine; the message says why and how to fix it."""
 
 
+class NotReady(RuntimeError):
+    """A started server exited before it answered, or did not answer as asked in time."""
+
+
 def free_port() -> int:
     """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+def wait_for_answer(
+    process: subprocess.Popen[bytes],
+    url: str,
+    *,
+    since: float,
+    timeout: float,
+    log_tail: Callable[[], str],
+    name: str = "the server",
+    status: int = 200,
+    request_timeout: float = 2.0,
+    interval: float = 0.1,
+) -> httpx.Response:
+    """Poll `url` until it answers `status`, for up to `timeout` seconds after `since` (a
+    `time.monotonic()` instant): how the benchmarks and the tests wait for the servers they start.
+
+    Raises:
+        NotReady: `process` exited first, or `url` did not answer `status` in time; the message ends
+            with `log_tail()`.
+    """
+    deadline = since + timeout
+    last = "no answer"
+    with httpx.Client(timeout=request_timeout) as client:
+        while time.monotonic() < deadline:
+            if process.poll() is not None:
+                raise NotReady(
+                    f"{name} exited with {process.returncode} before {url} answered {status}:\n{log_tail()}"
+                )
+            try:
+                response = client.get(url)
+                if response.status_code == status:
+                    return response
+                last = f"{response.status_code} {response.text[:200]}"
+            except httpx.TransportError as exc:
+                last = repr(exc)
+            time.sleep(interval)
+    raise NotReady(f"{url} did not answer {status} within {timeout:.0f} s (last: {last}):\n{log_tail()}")
 
 
 def stop_tree(
@@ -109,31 +151,19 @@ class ServerProcess:
             seconds from process start to the first 200: the cold start.
 
         Raises:
-            RuntimeError: the process exited, or was not ready within `timeout` (with its log tail).
+            NotReady: the process exited, or was not ready within `timeout` (with its log tail).
         """
-        deadline = self.started + timeout
-        last = "no answer"
-        with httpx.Client(timeout=2.0) as client:
-            while time.monotonic() < deadline:
-                if self.process.poll() is not None:
-                    raise RuntimeError(
-                        f"{self.name} exited with {self.process.returncode} before it was ready:\n"
-                        f"{self.log_tail()}"
-                    )
-                try:
-                    response = client.get(self.url + self.ready_path)
-                    if response.status_code == 200:
-                        elapsed = time.monotonic() - self.started
-                        self.processes()
-                        return elapsed
-                    last = f"{response.status_code} {response.text[:200]}"
-                except httpx.TransportError as exc:
-                    last = repr(exc)
-                time.sleep(0.1)
-        raise RuntimeError(
-            f"{self.name} was not ready at {self.ready_path} within {timeout:.0f} s (last: {last}):\n"
-            f"{self.log_tail()}"
+        wait_for_answer(
+            self.process,
+            self.url + self.ready_path,
+            since=self.started,
+            timeout=timeout,
+            log_tail=self.log_tail,
+            name=self.name,
         )
+        elapsed = time.monotonic() - self.started
+        self.processes()
+        return elapsed
 
     def stop(self, timeout: float = 30.0) -> None:
         """Graceful stop of the parent, then SIGKILL for whatever of the recorded tree survives."""

@@ -8,6 +8,7 @@ default model when it has been exported, and this one until then.
 
 from __future__ import annotations
 
+import contextlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -15,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
+from hypothesis import HealthCheck, settings
 from onnx import TensorProto, helper, numpy_helper
 
 from eluserve.core.contract import INPUT_LAYOUT, INPUT_NAME, LOGITS_NAME, OUTPUT_NAME, MetadataKey
@@ -24,6 +26,21 @@ from load_tests.fixtures import CIFAR_ZIP
 
 #: Fails any test that starts a process without the `integration` marker (see tests/process_guard.py).
 pytest_plugins = ["tests.process_guard"]
+
+# Hypothesis' two clocks, off for the whole suite: its per-example deadline (200 ms by default) and its
+# too_slow health check (generating the first examples took over a second) both fail a test whose
+# examples are merely slow, as any are on a busy machine.
+settings.register_profile("eluserve", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("eluserve")
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    """Build matplotlib's font cache before any test runs: on a fresh machine its first use runs
+    `fc-list`, which the process guard would charge to whichever in-process test plots first."""
+    with contextlib.suppress(ImportError):  # the serving install has no matplotlib, nor plots
+        import matplotlib.font_manager  # noqa: F401  (importing it builds the cache)
+
+
 CIFAR10_LABELS = (
     "airplane",
     "automobile",

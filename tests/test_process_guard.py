@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 
 from load_tests import REPO_ROOT
+from tests.deadlines import COMMAND_S
 
 pytestmark = pytest.mark.integration  # runs pytest in a subprocess
 
@@ -50,7 +51,7 @@ def test_unmarked_tests_that_start_processes_fail(tmp_path: Path) -> None:
         env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=COMMAND_S,
     )
     assert "2 failed, 2 passed" in result.stdout, result.stdout + result.stderr
     assert "FAILED test_suite.py::test_unmarked_subprocess" in result.stdout

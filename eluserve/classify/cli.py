@@ -3,13 +3,14 @@
     eluserve classify photos/ more.jpg --output results.csv          # in-process, ONNX Runtime
     eluserve classify photos/ --server http://127.0.0.1:3000 -o r.jsonl  # a running eluserve service
     eluserve classify data/val --evaluate --confusion-png confusion.png   # ImageFolder layout
-    eluserve classify s3://bucket/photos/ -o rows.parquet --engine ray --ray-address auto  # a Ray cluster
+    eluserve classify s3://bucket/photos/ -o rows.parquet --runner ray --ray-address auto  # a Ray cluster
     eluserve bench-classify                                           # img/s vs raw ONNX Runtime
 
-Both engines produce the same rows because they run the same code: the in-process engine decodes with
+Every runner produces the same rows because they run the same code: the in-process runner decodes with
 `eluserve.core.preprocessing.load_image` and infers with `eluserve.core.session.ModelSession`, exactly
-what the service does behind `POST /classify_batch`, which the server engine calls. `--engine ray`
-(`eluserve.classify.distributed`) runs the same two in Ray Data tasks and actors, on one machine or many.
+what the service does behind `POST /classify_batch`, which the server runner calls. `--runner ray`
+(`eluserve.classify.ray_runner`) runs the same two in Ray Data tasks and actors, on one machine or many.
+`--engine` picks the inference engine (ONNX Runtime, OpenVINO) wherever the model runs.
 
 Everything streams so that memory stays flat at any number of files: folders are walked lazily, files
 are decoded in a thread pool with a bounded window of futures in flight (Pillow and ONNX Runtime release
@@ -27,15 +28,6 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from eluserve.classify.engines import (
-    DEFAULT_BATCH_SIZE,
-    DEFAULT_CONCURRENCY,
-    Engine,
-    LocalEngine,
-    ServerEngine,
-    ServerFailed,
-    quiet_http_log,
-)
 from eluserve.classify.evaluation import Evaluation, require_matplotlib
 from eluserve.classify.files import DEFAULT_EXTENSIONS, UsageError, iter_image_files, parse_extensions
 from eluserve.classify.rows import (
@@ -49,6 +41,15 @@ from eluserve.classify.rows import (
     resume,
 )
 from eluserve.classify.run import Summary, classify_files
+from eluserve.classify.runners import (
+    DEFAULT_BATCH_SIZE,
+    DEFAULT_CONCURRENCY,
+    LocalRunner,
+    Runner,
+    ServerFailed,
+    ServerRunner,
+    quiet_http_log,
+)
 from eluserve.core.engines import AUTO, ENGINES
 from eluserve.core.paths import default_model_file
 from eluserve.core.preprocessing import DECODABLE_FORMATS
@@ -90,21 +91,22 @@ def non_negative_float(text: str) -> float:
     return value
 
 
-def _ray_engine(args: argparse.Namespace, stack: contextlib.ExitStack) -> Engine:
-    """`--engine ray`, joined to its cluster; the stack shuts down a Ray it started, failures included.
+def _ray_runner(args: argparse.Namespace, stack: contextlib.ExitStack) -> Runner:
+    """`--runner ray`, joined to its cluster; the stack shuts down a Ray it started, failures included.
 
     Imported here: Ray is an extra, and importing it costs seconds.
     """
-    from eluserve.classify.distributed import RayEngine, RayResources
+    from eluserve.classify.ray_plan import RayResources
+    from eluserve.classify.ray_runner import RayRunner
 
     resources = RayResources(actors=args.ray_actors, gpus_per_actor=args.ray_gpus_per_actor)
-    engine = RayEngine.load(
-        args.model, args.top_k, batch_size=args.batch_size, resources=resources, runtime=args.runtime
+    runner = RayRunner.load(
+        args.model, args.top_k, batch_size=args.batch_size, resources=resources, engine=args.engine
     )
-    return stack.enter_context(engine).connect(args.ray_address)
+    return stack.enter_context(runner).connect(args.ray_address)
 
 
-def _check_engine_options(args: argparse.Namespace) -> None:
+def _check_runner_options(args: argparse.Namespace) -> None:
     ray_options = [
         flag
         for flag, value in (
@@ -114,19 +116,19 @@ def _check_engine_options(args: argparse.Namespace) -> None:
         )
         if value is not None
     ]
-    if args.engine == "ray" and args.server:
+    if args.runner == "ray" and args.server:
         raise UsageError(
-            "--engine ray runs the model on a Ray cluster; --server sends files to a service: pick one"
+            "--runner ray runs the model on a Ray cluster; --server sends files to a service: pick one"
         )
-    if args.engine != "ray" and ray_options:
-        raise UsageError(f"{', '.join(ray_options)} need --engine ray")
+    if args.runner != "ray" and ray_options:
+        raise UsageError(f"{', '.join(ray_options)} need --runner ray")
     uris = [path for path in args.paths if "://" in path]
-    if uris and args.engine != "ray":
-        raise UsageError(f"{', '.join(uris)}: URIs are read by --engine ray (pyarrow's file systems)")
+    if uris and args.runner != "ray":
+        raise UsageError(f"{', '.join(uris)}: URIs are read by --runner ray (pyarrow's file systems)")
 
 
 def _classify(args: argparse.Namespace) -> int:
-    _check_engine_options(args)
+    _check_runner_options(args)
     missing = [path for path in args.paths if "://" not in path and not os.path.lexists(path)]
     if missing:
         raise UsageError(f"no such file or folder: {', '.join(missing)}")
@@ -141,20 +143,20 @@ def _classify(args: argparse.Namespace) -> int:
     progress = sys.stderr.isatty() if args.progress is None else args.progress
 
     with contextlib.ExitStack() as stack:
-        engine: Engine
+        runner: Runner
         if args.server:
-            engine = stack.enter_context(
-                ServerEngine(
+            runner = stack.enter_context(
+                ServerRunner(
                     args.server, args.top_k, batch_size=args.batch_size, concurrency=args.concurrency
                 )
             )
-        elif args.engine == "ray":
-            engine = _ray_engine(args, stack)
+        elif args.runner == "ray":
+            runner = _ray_runner(args, stack)
         else:
-            engine = LocalEngine.load(
-                args.model, args.top_k, batch_size=args.batch_size, threads=args.threads, engine=args.runtime
+            runner = LocalRunner.load(
+                args.model, args.top_k, batch_size=args.batch_size, threads=args.threads, engine=args.engine
             )
-        evaluation = Evaluation(engine.labels) if evaluate else None
+        evaluation = Evaluation(runner.labels) if evaluate else None
         done = resume(Path(args.output), fmt, evaluation) if args.resume else set()
         writer: RowSink
         if fmt == "parquet":
@@ -167,8 +169,8 @@ def _classify(args: argparse.Namespace) -> int:
             else:
                 stream = stack.enter_context(open_text(sys.stdout.fileno(), "w"))
             writer = RowWriter(stream, fmt, header=not args.resume or stream.tell() == 0)
-        if args.engine == "ray":
-            from eluserve.classify.distributed import list_files
+        if args.runner == "ray":
+            from eluserve.classify.uris import list_files
 
             files = list_files(args.paths, extensions, recursive=args.recursive)
         else:
@@ -176,7 +178,7 @@ def _classify(args: argparse.Namespace) -> int:
         summary = Summary()
         try:
             classify_files(
-                files, engine, writer, skip=done, evaluation=evaluation, progress=progress, summary=summary
+                files, runner, writer, skip=done, evaluation=evaluation, progress=progress, summary=summary
             )
         except (ServerFailed, KeyboardInterrupt) as exc:
             reason = str(exc) if isinstance(exc, ServerFailed) else "interrupted"
@@ -188,14 +190,14 @@ def _classify(args: argparse.Namespace) -> int:
             return 1 if isinstance(exc, ServerFailed) else 130
 
     where = ""
-    if isinstance(engine, LocalEngine):
-        where = f" on {engine.session.engine} {engine.session.provider}"
-    elif args.engine == "ray":
-        from eluserve.classify.distributed import RayEngine
+    if isinstance(runner, LocalRunner):
+        where = f" on {runner.session.engine} {runner.session.provider}"
+    elif args.runner == "ray":
+        from eluserve.classify.ray_runner import RayRunner
 
-        if isinstance(engine, RayEngine) and engine.runs_on:
-            where = f" on {', '.join(sorted(engine.runs_on))} (Ray actors)"
-    print(f"eluserve classify: model {engine.model}{where}", file=sys.stderr)
+        if isinstance(runner, RayRunner) and runner.runs_on:
+            where = f" on {', '.join(sorted(runner.runs_on))} (Ray actors)"
+    print(f"eluserve classify: model {runner.model}{where}", file=sys.stderr)
     print(summary.format(), file=sys.stderr)
     if done and not summary.skipped:
         print(
@@ -210,7 +212,7 @@ def _classify(args: argparse.Namespace) -> int:
     if evaluation is not None:
         print(evaluation.report(), file=sys.stderr)
         if args.confusion_png:
-            evaluation.save_png(args.confusion_png, engine.model)
+            evaluation.save_png(args.confusion_png, runner.model)
             print(f"confusion matrix → {args.confusion_png}", file=sys.stderr)
     return 1 if summary.failed else 0
 
@@ -224,26 +226,26 @@ def register(subparsers: Any) -> None:
         "error). Exit status: 0 all classified, 1 some files failed, 2 usage error.",
     )
     parser.add_argument("paths", nargs="+", metavar="PATH", help="image files and folders")
-    engine = parser.add_mutually_exclusive_group()
-    engine.add_argument(
-        "--model", default=str(default_model_file()), help="model .onnx or folder (in-process engine)"
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument(
+        "--model", default=str(default_model_file()), help="model .onnx or folder (in-process runner)"
     )
-    engine.add_argument("--server", metavar="URL", help="classify through a running eluserve service")
+    source.add_argument("--server", metavar="URL", help="classify through a running eluserve service")
     parser.add_argument(
-        "--engine",
+        "--runner",
         choices=("local", "ray"),
         default="local",
         help="where --model runs: this process, or a Ray cluster through Ray Data (docs/distributed.md; "
         "pip install 'eluserve[distributed]'); PATHs may then be URIs such as s3://bucket/photos/",
     )
     parser.add_argument(
-        "--runtime",
+        "--engine",
         choices=ENGINES,
         default=AUTO,
         help="inference engine, as ELUSERVE_ENGINE for the service (default auto: the fastest that passes "
         "parity with onnxruntime, timed at start; the Ray actors of a node make one such choice)",
     )
-    ray = parser.add_argument_group("--engine ray")
+    ray = parser.add_argument_group("--runner ray")
     ray.add_argument(
         "--ray-address",
         metavar="ADDR",

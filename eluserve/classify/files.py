@@ -91,7 +91,7 @@ def _scan(directory: str, extensions: Container[str], subdirs: list[str] | None)
 def read_image_file(path: str, max_bytes: int, open_file: Callable[[str], BinaryIO] | None = None) -> bytes:
     """The file's bytes, reading at most `max_bytes` + 1 so an oversized file never fills memory.
 
-    `open_file` opens `path` for reading (default: the local file system); the Ray engine passes
+    `open_file` opens `path` for reading (default: the local file system); the Ray runner passes
     pyarrow's for URIs such as s3://, which raise OSError like `open`.
 
     Raises:

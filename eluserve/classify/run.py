@@ -10,9 +10,9 @@ from dataclasses import dataclass, field
 
 from tqdm import tqdm
 
-from eluserve.classify.engines import Engine
 from eluserve.classify.evaluation import Evaluation
 from eluserve.classify.rows import Row, RowSink
+from eluserve.classify.runners import Runner
 
 
 @dataclass
@@ -54,7 +54,7 @@ class Summary:
 
 def classify_files(
     files: Iterable[str],
-    engine: Engine,
+    runner: Runner,
     writer: RowSink,
     *,
     skip: Container[str] = frozenset(),
@@ -62,7 +62,7 @@ def classify_files(
     progress: bool = False,
     summary: Summary | None = None,
 ) -> Summary:
-    """Classify `files` with `engine`, writing one row per file; the core of `eluserve classify`.
+    """Classify `files` with `runner`, writing one row per file; the core of `eluserve classify`.
 
     Pass a `summary` to keep the counts of a run that ends in an exception (server gone, Ctrl-C).
     """
@@ -80,7 +80,7 @@ def classify_files(
         with tqdm(
             desc="classify", unit="img", file=sys.stderr, disable=not progress, dynamic_ncols=True
         ) as bar:
-            for row in engine.classify(todo()):
+            for row in runner.classify(todo()):
                 writer.write(row)
                 summary.add(row)
                 if evaluation is not None:

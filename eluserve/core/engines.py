@@ -1,7 +1,7 @@
 """Inference engines behind one interface: ONNX Runtime (CPU, CUDA) and OpenVINO (CPU).
 
-`ModelSession` (eluserve.core.session) holds one `Backend` and is all callers see; this module creates
-backends and chooses between them:
+`ModelSession` (eluserve.core.session) holds one loaded `Engine` and is all callers see; this module
+loads engines and chooses between them:
 
 - ``onnxruntime``: the reference. Every other engine is checked against it when it starts.
 - ``openvino``: the fastest CPU engine here (SERVING-NOTES.md: 1 046-1 100 against ORT's 980-990 img/s
@@ -23,7 +23,6 @@ import hashlib
 import logging
 import tempfile
 import threading
-import time
 from collections.abc import Callable, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -36,6 +35,7 @@ import onnxruntime as ort
 
 from eluserve.core.contract import INPUT_NAME, LOGITS_NAME, OUTPUT_NAME, ModelMetadata, parity_tolerance
 from eluserve.core.errors import ConfigError
+from eluserve.core.throughput import measure
 
 logger = logging.getLogger(__name__)
 
@@ -70,11 +70,11 @@ SELECTION_ROUNDS = 3
 AUTO_MARGIN = 0.03
 
 
-class Backend(Protocol):
-    """One loaded model on one engine; `run` is called from one thread at a time per backend."""
+class Engine(Protocol):
+    """One model loaded on one engine; `run` is called from one thread at a time per engine."""
 
     #: `onnxruntime` or `openvino`.
-    engine: str
+    name: str
     #: Where the graph runs: the ORT execution provider, or the OpenVINO device.
     device: str
     #: fp32, bf16 or fp16.
@@ -109,10 +109,10 @@ def choose_providers(providers: Sequence[str] | None) -> list[str]:
     return list(providers)
 
 
-class OrtBackend:
+class OrtEngine:
     """ONNX Runtime, fp32, on the first provider that initialises."""
 
-    engine = ONNXRUNTIME
+    name = ONNXRUNTIME
     precision = FP32
 
     def __init__(self, session: ort.InferenceSession) -> None:
@@ -120,7 +120,7 @@ class OrtBackend:
         self.device: str = session.get_providers()[0]
 
     @classmethod
-    def create(cls, model_file: Path, providers: Sequence[str] | None, threads: int) -> OrtBackend:
+    def create(cls, model_file: Path, providers: Sequence[str] | None, threads: int) -> OrtEngine:
         chosen = choose_providers(providers)
         if CUDA in chosen and hasattr(ort, "preload_dlls"):
             # onnxruntime-gpu finds CUDA/cuDNN from the nvidia-* wheels only once they are preloaded.
@@ -136,12 +136,12 @@ class OrtBackend:
                 raise
             logger.warning("creating a session with %s failed; retrying on CPU only", chosen, exc_info=True)
             session = ort.InferenceSession(str(model_file), sess_options=options, providers=[CPU])
-        backend = cls(session)
-        if CUDA in chosen and backend.device != CUDA:
+        engine = cls(session)
+        if CUDA in chosen and engine.device != CUDA:
             logger.warning(
-                "%s is installed but unusable (no working GPU?); running on %s", CUDA, backend.device
+                "%s is installed but unusable (no working GPU?); running on %s", CUDA, engine.device
             )
-        return backend
+        return engine
 
     def run(self, batch: np.ndarray, output: str = OUTPUT_NAME) -> np.ndarray:
         (result,) = self.session.run([output], {INPUT_NAME: batch})
@@ -164,10 +164,10 @@ def cpu_supports_bf16() -> bool:
     return "BF16" in ov.Core().get_property("CPU", "OPTIMIZATION_CAPABILITIES")
 
 
-class OpenVinoBackend:
+class OpenVinoEngine:
     """OpenVINO on its CPU device, fp32 or bf16 (`INFERENCE_PRECISION_HINT`)."""
 
-    engine = OPENVINO
+    name = OPENVINO
 
     def __init__(self, compiled: Any, device: str, precision: str) -> None:
         self._compiled = compiled  # its infer request needs it alive
@@ -182,7 +182,7 @@ class OpenVinoBackend:
     @classmethod
     def create(
         cls, model_file: Path, threads: int, precision: str = FP32, device: str = "CPU"
-    ) -> OpenVinoBackend:
+    ) -> OpenVinoEngine:
         import openvino as ov
 
         from eluserve.core.openvino_graph import prepare_for_openvino
@@ -267,7 +267,7 @@ class Parity:
         )
 
 
-def check_parity(candidate: Backend, reference: Backend, crops: np.ndarray) -> Parity:
+def check_parity(candidate: Engine, reference: Engine, crops: np.ndarray) -> Parity:
     """Compare logits and clear top-1 decisions of `candidate` with `reference` (ORT fp32)."""
     expected = reference.run(crops, LOGITS_NAME)
     actual = candidate.run(crops, LOGITS_NAME)
@@ -284,47 +284,38 @@ def check_parity(candidate: Backend, reference: Backend, crops: np.ndarray) -> P
     )
 
 
-def measure_backend(
-    backend: Backend, batch: np.ndarray, seconds: float = SELECTION_SECONDS, warm_up: bool = True
+def measure_engine(
+    engine: Engine, batch: np.ndarray, seconds: float = SELECTION_SECONDS, warm_up: bool = True
 ) -> float:
-    """Images/s of `backend` on `batch` over about `seconds` (at least one run), after one warm-up run."""
-    if warm_up:
-        backend.run(batch)
-    runs = 0
-    started = time.perf_counter()
-    while True:
-        backend.run(batch)
-        runs += 1
-        elapsed = time.perf_counter() - started
-        if elapsed >= seconds:
-            return runs * len(batch) / elapsed
+    """Images/s of `engine` on `batch` over about `seconds` (at least one run), after one warm-up run."""
+    return measure(engine.run, batch, seconds, warmup=int(warm_up)).images_per_second
 
 
-def measure_parallel(backends: Sequence[Backend], batch: np.ndarray, seconds: float) -> float:
-    """Images/s of `backends` running `batch` at once, one thread each, `measure_backend` in each: the
+def measure_parallel(engines: Sequence[Engine], batch: np.ndarray, seconds: float) -> float:
+    """Images/s of `engines` running `batch` at once, one thread each, `measure_engine` in each: the
     throughput of several one-thread sessions that share the cores, as the service's workers and the
     in-process folder engine run them. A session that fails raises here: a thread that died would
     otherwise count as 0 img/s and quietly lower the limit."""
-    with ThreadPoolExecutor(max_workers=len(backends)) as pool:
-        futures = [pool.submit(measure_backend, backend, batch, seconds) for backend in backends]
+    with ThreadPoolExecutor(max_workers=len(engines)) as pool:
+        futures = [pool.submit(measure_engine, engine, batch, seconds) for engine in engines]
         return sum(future.result() for future in futures)
 
 
 def measure_interleaved(
-    backends: Sequence[Backend], batch: np.ndarray, rounds: int = SELECTION_ROUNDS
+    engines: Sequence[Engine], batch: np.ndarray, rounds: int = SELECTION_ROUNDS
 ) -> dict[str, float]:
-    """Best images/s per backend over `rounds` interleaved short runs, so that a change in the
-    machine's load during the measurement (other workers starting) hits every backend alike. The best,
+    """Best images/s per engine over `rounds` interleaved short runs, so that a change in the
+    machine's load during the measurement (other workers starting) hits every engine alike. The best,
     not the median: other work only ever slows a run down, so each engine's fastest round is the
     nearest to what it can do, and a burst that happened to land on one engine's rounds does not decide
     (with medians, a busy start-up chose ONNX Runtime where OpenVINO was 10-20 % faster). Only the
     first round warms up: a slow model (the flagship, ~0.25 s per batch of 32 on 2 cores) then costs
     four batches per engine, not six."""
-    samples: dict[str, list[float]] = {_label(b): [] for b in backends}
+    samples: dict[str, list[float]] = {_label(engine): [] for engine in engines}
     for round_ in range(rounds):
-        for backend in backends:
+        for engine in engines:
             seconds = SELECTION_SECONDS / rounds
-            samples[_label(backend)].append(measure_backend(backend, batch, seconds, warm_up=round_ == 0))
+            samples[_label(engine)].append(measure_engine(engine, batch, seconds, warm_up=round_ == 0))
     return {label: max(values) for label, values in samples.items()}
 
 
@@ -373,19 +364,19 @@ def require_precision(info: ModelMetadata, precision: str) -> None:
 
 @dataclass
 class Selection:
-    """Which backend serves and why: measured speeds, parity results, reasons for skipping engines."""
+    """Which engine serves and why: measured speeds, parity results, reasons for skipping engines."""
 
-    backend: Backend
+    engine: Engine
     images_per_second: dict[str, float] = field(default_factory=dict)
     parity: dict[str, Parity] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
 
 
-def _label(backend: Backend) -> str:
-    return f"{backend.engine}/{backend.device}/{backend.precision}"
+def _label(engine: Engine) -> str:
+    return f"{engine.name}/{engine.device}/{engine.precision}"
 
 
-def select_backend(
+def select_engine(
     model_file: Path,
     info: ModelMetadata,
     engine: str = ONNXRUNTIME,
@@ -394,7 +385,7 @@ def select_backend(
     precision: str = FP32,
     agree_with: str | None = None,
 ) -> Selection:
-    """Create the backend that `engine` and `precision` ask for (see the module docstring).
+    """Load the engine that `engine` and `precision` ask for (see the module docstring).
 
     `agree_with` names a group of processes that must choose alike (the workers of one server): the
     first to get there measures and records its `auto` choice, the others take it (`_agreed_choice`).
@@ -411,16 +402,16 @@ def select_backend(
         raise ConfigError(
             "fp16 needs a GPU engine with fp16 kernels, and none is wired here; serve fp32 or bf16"
         )
-    reference = OrtBackend.create(model_file, providers, threads)
+    reference = OrtEngine.create(model_file, providers, threads)
     selection = Selection(reference)
     if engine == ONNXRUNTIME:
         return selection
     crops = synthetic_crops(*info.input_size)
-    candidates: list[Backend] = [] if precision != FP32 else [reference]
+    candidates: list[Engine] = [] if precision != FP32 else [reference]
     try:
         if not openvino_available():
             raise ConfigError("the openvino package is not installed")
-        openvino = OpenVinoBackend.create(model_file, threads, precision)
+        openvino = OpenVinoEngine.create(model_file, threads, precision)
     except Exception as exc:
         selection.skipped[OPENVINO] = f"{type(exc).__name__}: {exc}"
         logger.warning("OpenVINO unusable, ONNX Runtime fp32 serves instead: %s", exc)
@@ -437,7 +428,7 @@ def select_backend(
     if not candidates:
         return selection
     if engine == OPENVINO or len(candidates) == 1:
-        selection.backend = candidates[-1]
+        selection.engine = candidates[-1]
         return selection
 
     def choose() -> str:
@@ -452,14 +443,14 @@ def select_backend(
     if agree_with is None:
         chosen = choose()
     else:
-        # The model by content, not path: the Ray engine's actors each load a private copy of one file.
+        # The model by content, not path: the Ray runner's actors each load a private copy of one file.
         # Read and hashed only here: a process that agrees with no one need not read the model again.
         model = hashlib.sha256(model_file.read_bytes()).hexdigest()
         chosen = _agreed_choice(f"{agree_with}|{model}|{precision}|{[_label(c) for c in candidates]}", choose)
-    selection.backend = next((c for c in candidates if _label(c) == chosen), reference)
+    selection.engine = next((c for c in candidates if _label(c) == chosen), reference)
     logger.info(
         "engine auto: %s (%s)",
-        _label(selection.backend),
+        _label(selection.engine),
         f"measured at batch {SELECTION_BATCH}: "
         + ", ".join(f"{k} {v:.0f} img/s" for k, v in selection.images_per_second.items())
         if selection.images_per_second

@@ -18,7 +18,7 @@ import numpy as np
 import onnxruntime as ort
 
 from eluserve.core.contract import ModelMetadata, read_model_info, resolve_model_file
-from eluserve.core.engines import CPU, CUDA, FP32, ONNXRUNTIME, Backend, Selection, select_backend
+from eluserve.core.engines import CPU, CUDA, FP32, ONNXRUNTIME, Engine, Selection, select_engine
 from eluserve.core.results import DEFAULT_TOP_K, format_results
 
 logger = logging.getLogger(__name__)
@@ -35,13 +35,14 @@ def available_cores() -> int:
 
 
 class ModelSession:
-    """One engine's session (`Backend`) over a contract-conforming model."""
+    """A contract-conforming model on one loaded engine (`Engine`)."""
 
-    def __init__(self, backend: Backend, info: ModelMetadata, selection: Selection | None = None) -> None:
-        self.backend = backend
+    def __init__(self, engine: Engine, info: ModelMetadata, selection: Selection | None = None) -> None:
+        #: The engine the model is loaded on; `engine` is its name.
+        self.loaded_engine = engine
         self.info = info
-        #: How `from_path` chose the backend (speeds measured, parity, engines skipped and why).
-        self.selection = selection or Selection(backend)
+        #: How `from_path` chose the engine (speeds measured, parity, engines skipped and why).
+        self.selection = selection or Selection(engine)
         self._height, self._width = info.input_size
 
     @property
@@ -51,21 +52,19 @@ class ModelSession:
         Raises:
             TypeError: when another engine runs the model.
         """
-        session = getattr(self.backend, "session", None)
+        session = getattr(self.loaded_engine, "session", None)
         if not isinstance(session, ort.InferenceSession):
-            raise TypeError(
-                f"model {self.info.tag} runs on {self.backend.engine}, not on an ONNX Runtime session"
-            )
+            raise TypeError(f"model {self.info.tag} runs on {self.engine}, not on an ONNX Runtime session")
         return session
 
     @property
     def engine(self) -> str:
         """`onnxruntime` or `openvino`."""
-        return self.backend.engine
+        return self.loaded_engine.name
 
     @property
     def precision(self) -> str:
-        return self.backend.precision
+        return self.loaded_engine.precision
 
     @classmethod
     def from_path(
@@ -89,7 +88,7 @@ class ModelSession:
                 service and `eluserve classify` default to `auto`.
             precision: fp32, or a lower precision that the model card's validation record allows.
             agree_with: processes on one machine that pass the same value (a server's workers, the
-                Ray engine's actors of one run) make one `auto` choice: the first measures, the others
+                Ray runner's actors of one run) make one `auto` choice: the first measures, the others
                 take its answer.
 
         Raises:
@@ -100,18 +99,18 @@ class ModelSession:
         threads = intra_op_threads if intra_op_threads is not None else available_cores()
         if threads < 1:
             raise ValueError(f"intra_op_threads must be at least 1, got {threads}")
-        selection = select_backend(model_file, info, engine, providers, threads, precision, agree_with)
-        backend = selection.backend
+        selection = select_engine(model_file, info, engine, providers, threads, precision, agree_with)
+        loaded = selection.engine
         logger.info(
             "model %s from %s on %s %s %s, %d threads",
             info.tag,
             model_file,
-            backend.engine,
-            backend.device,
-            backend.precision,
+            loaded.name,
+            loaded.device,
+            loaded.precision,
             threads,
         )
-        return cls(backend, info.with_engine(backend.engine, backend.device, backend.precision), selection)
+        return cls(loaded, info.with_engine(loaded.name, loaded.device, loaded.precision), selection)
 
     @property
     def provider(self) -> str:
@@ -140,7 +139,7 @@ class ModelSession:
             )
         if batch.shape[0] == 0:
             return np.zeros((0, self.info.num_classes), dtype=np.float32)
-        return self.backend.run(np.ascontiguousarray(batch))
+        return self.loaded_engine.run(np.ascontiguousarray(batch))
 
     def classify(self, images: Sequence[np.ndarray], top_k: int = DEFAULT_TOP_K) -> list[dict[str, Any]]:
         """Classify preprocessed crops ([H, W, 3] each) in one batch; results in input order."""

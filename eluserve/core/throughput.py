@@ -1,8 +1,13 @@
-"""Raw ONNX Runtime throughput: the limit every other figure (export checks, CLI, service) is held to."""
+"""Raw throughput: the limit every other figure (export checks, CLI, service) is held to.
+
+`measure` is the one timed loop; `measure_session` runs it on an ONNX Runtime session, and
+`eluserve.core.engines.measure_engine` on a loaded engine.
+"""
 
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,23 +21,30 @@ class Throughput:
     batch_latency_seconds: float
 
 
+def measure(
+    run: Callable[[np.ndarray], object], batch: np.ndarray, seconds: float, warmup: int
+) -> Throughput:
+    """`run(batch)` `warmup` times, then repeatedly for about `seconds` (at least once); images/s and
+    latency of the timed runs."""
+    for _ in range(warmup):
+        run(batch)
+    runs = 0
+    started = time.perf_counter()
+    while True:
+        run(batch)
+        runs += 1
+        elapsed = time.perf_counter() - started
+        if elapsed >= seconds:
+            return Throughput(len(batch), runs * len(batch) / elapsed, elapsed / runs)
+
+
 def measure_session(
     session: ort.InferenceSession, batch: np.ndarray, seconds: float = 1.0, warmup: int = 2
 ) -> Throughput:
     """Run `batch` through `session` repeatedly for about `seconds`; report images/s and latency."""
     feed = {session.get_inputs()[0].name: batch}
     outputs = [session.get_outputs()[0].name]
-    for _ in range(warmup):
-        session.run(outputs, feed)
-    runs = 0
-    started = time.perf_counter()
-    while True:
-        session.run(outputs, feed)
-        runs += 1
-        elapsed = time.perf_counter() - started
-        if elapsed >= seconds:
-            break
-    return Throughput(len(batch), runs * len(batch) / elapsed, elapsed / runs)
+    return measure(lambda _: session.run(outputs, feed), batch, seconds, warmup)
 
 
 def cpu_session(

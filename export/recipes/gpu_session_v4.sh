@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# The next lent-H200 session (issue #18): the v4 default candidate (airbench-style `elubench94`, ELU),
+# The next lent-H200 session: the v4 default candidate (airbench-style `elubench94`, ELU),
 # its spread over seeds, its ReLU twin, and the next segment of the flagship's longer schedule.
-# Prepared on the 2-core CPU (docs/issue-18-gpu-plan.md); every choice below is fixed before the run.
+# Prepared on the 2-core CPU; every choice below is fixed before the run.
 #
 #   bash export/recipes/gpu_session_v4.sh start    # carry .data: copies the zip, starts the runs detached
 #   bash export/recipes/gpu_session_v4.sh finish   # waits for the runs, packs, sends the first pieces
@@ -12,7 +12,8 @@
 # Device budget (15 min, machine start included): start ~1.5 min, the runs ~8 min (FLAGSHIP_SEGMENT_MIN
 # ends the flagship's segment in time), then ~0.3 min a call for the pieces: about 27 of 15 MiB, the
 # small results (part-a*) first, then the flagship's resumable checkpoint (part-b*), 4 a call. Each call must follow the
-# last within the machine's 30 s warm window: runs/ and /tmp are lost with the machine.
+# last within the machine's 30 s warm window: runs/ and /tmp are lost with the machine. What every
+# session does alike is in gpu_session_common.sh.
 #
 # A call carries at most 64 MiB: the zip is 49.4 MiB, so before the first call
 # `git rm --cached -q models/elu-paper18-cifar10/model.onnx` and move that 97 MB file out of the
@@ -24,7 +25,7 @@
 # (4 a call, `carry`) and `start` resumes the flagship from them.
 #
 # What trains, fixed in advance:
-# - `elubench94` (docs/issue-18-gpu-plan.md: 118 M MACs, ≥ 0.8× the v3 default's ORT CPU throughput
+# - `elubench94` (docs/log/gpu-sessions.md: 118 M MACs, ≥ 0.8× the v3 default's ORT CPU throughput
 #   measured side by side), ELU, 100 epochs (v3's count, so the architecture is what changed), batch
 #   512, one-cycle SGD at peak lr 0.3, label smoothing 0.2, weight decay 5e-4, reflect-pad 2 + crop +
 #   flip (airbench's translate 2), whitening stem fitted on 5 000 training images; seeds 0, 1, 2.
@@ -37,53 +38,21 @@
 # What ships, fixed in advance:
 # - seed 0 ships as `elufast-cifar10` version 4 (v3 stays available under models/) when its fp32
 #   validation accuracy is ≥ v3's 90.54 % + 1 point and its exported file's ORT CPU throughput is
-#   ≥ 0.8× v3's, measured side by side on the 2-core machine after export; the issue's 93 % is met
+#   ≥ 0.8× v3's, measured side by side on the 2-core machine after export; the 93 % goal is met
 #   only if seed 0 reaches it. No other seed replaces it.
 # - the flagship ships as version 2 once its schedule has finished, if it beats version 1 (88.26 %)
 #   by FLAGSHIP_GAIN points.
 set -euo pipefail
-export PYTHONUNBUFFERED=1 BENTOML_DO_NOT_TRACK=True
 STAGE=${1:?usage: gpu_session_v4.sh carry|start|finish|rest}
-OUT=${OUT:?the device tool sets OUT}
-PYTHON=${PYTHON:-python3}
-PACK=/tmp/eluserve-pack
+. export/recipes/gpu_session_common.sh
 RESUME=/tmp/eluserve-resume
-PIECE=15M  # a call brings back at most 8 files of 16 MiB, 64 MiB in all
-PIECES_PER_CALL=4
-DATA=${DATA:-../shared/data/cifar10-jpeg/train.zip}  # another zip only for a smoke run
-TRAIN_ARGS=${TRAIN_ARGS:-}  # e.g. "--batch-size 64 --val-per-class 10" for a CPU smoke run
 DEFAULT_EPOCHS=${DEFAULT_EPOCHS:-100}
-DEVICE=${DEVICE:-cuda}
-FLAGSHIP=elu-paper18-v2
 FLAGSHIP_EPOCHS=${FLAGSHIP_EPOCHS:-300}
 FLAGSHIP_SEGMENT_MIN=${FLAGSHIP_SEGMENT_MIN:-7.5}
-FLAGSHIP_SHIPPED=88.26
-FLAGSHIP_GAIN=${FLAGSHIP_GAIN:-1.0}
 CANDIDATE=elubench94-seed0
 SPREAD=(elubench94-seed1 elubench94-seed2)
 RELU=elubench94-relu-seed0
-FINISH_WAIT_S=${FINISH_WAIT_S:-500}
-
-. export/recipes/namespace.sh  # the eluserve import names without an install
-ELUSERVE="$PYTHON -m eluserve"
-TRAIN="$ELUSERVE train --data $DATA --device $DEVICE --threads 4"
-
-send_pieces() {  # move the next pieces into $OUT and say what is left
-    local sent=0
-    for piece in "$PACK"/part-*; do
-        [ -e "$piece" ] || break
-        [ "$sent" -lt "$PIECES_PER_CALL" ] || break
-        mv "$piece" "$OUT/"
-        sent=$((sent + 1))
-    done
-    echo "sent $sent pieces; left: $(find "$PACK" -name 'part-*' | wc -l)"
-}
-
-progress() {  # the last epoch each run has finished
-    for run in "$CANDIDATE" "${SPREAD[@]}" "$RELU" "$FLAGSHIP"; do
-        printf '%-22s %s\n' "$run" "$(tail -n 1 "runs/$run/metrics.jsonl" 2>/dev/null || echo starting)"
-    done
-}
+RUNS=("$CANDIDATE" "${SPREAD[@]}" "$RELU" "$FLAGSHIP")
 
 case "$STAGE" in
 carry)  # a resuming session: one call's pieces of the flagship's resumable tar, kept for `start`
@@ -101,16 +70,12 @@ start)
     else
         rm -rf "runs/$FLAGSHIP"
     fi
-    nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-    setsid nohup bash "$0" jobs >"$PACK/jobs.log" 2>&1 </dev/null &
-    sleep 25
-    cat "$PACK/jobs.log"
+    start_jobs 25
     progress
     ;;
 jobs)  # the detached part of `start`
-    $PYTHON -c "import torch; print('torch', torch.__version__, torch.cuda.is_available() and torch.cuda.get_device_name())"
-    $TRAIN --out "runs/$FLAGSHIP" --model elu_paper18 --normalization gcn_zca --epochs "$FLAGSHIP_EPOCHS" \
-        --batch-size 256 --lr 0.06 --grad-clip 2.0 --weight-decay 5e-4 --label-smoothing 0.1 \
+    report_torch
+    $TRAIN --out "runs/$FLAGSHIP" $FLAGSHIP_RECIPE --epochs "$FLAGSHIP_EPOCHS" \
         --segment-min "$FLAGSHIP_SEGMENT_MIN" $TRAIN_ARGS >"$PACK/$FLAGSHIP.log" 2>&1 &
     RECIPE="--model elubench94 --epochs $DEFAULT_EPOCHS --batch-size 512 --lr 0.3 --label-smoothing 0.2 --crop-pad 2"
     seed=0
@@ -119,43 +84,20 @@ jobs)  # the detached part of `start`
         seed=$((seed + 1))
     done
     $TRAIN --out "runs/$RELU" $RECIPE --activation relu --seed 0 $TRAIN_ARGS >"$PACK/$RELU.log" 2>&1 &
-    status=0
-    wait || status=$?
-    echo "$status" >"$PACK/done"
+    jobs_done
     ;;
 finish)
-    for _ in $(seq "$((FINISH_WAIT_S / 5))"); do
-        [ -e "$PACK/done" ] && break
-        sleep 5
-    done
-    progress
-    grep -h "validation accuracy\|segment ended\|Traceback\|Error" "$PACK"/*.log || true
-    [ -e "$PACK/done" ] || { echo "runs still going after ${FINISH_WAIT_S}s"; exit 1; }
-    for log in "$PACK"/*.log; do
-        tr '\r' '\n' <"$log" | grep -v -E "step/s|s/step|it/s|img/s|^ *$" >"${log%.log}.txt" || true
-    done
-    members=()
-    for run in "$CANDIDATE" "${SPREAD[@]}" "$RELU" "$FLAGSHIP"; do
-        for file in metrics.jsonl summary.json config.json; do
-            cp "runs/$run/$file" "$PACK/$run.$file" 2>/dev/null && members+=("$run.$file") || true
-        done
-    done
-    members+=($(cd "$PACK" && ls ./*.txt))
+    wait_for_runs "validation accuracy\|segment ended\|Traceback\|Error"
+    collect_results
     for run in "$CANDIDATE" "${SPREAD[@]}" "$RELU"; do  # ~8 MB each: all of them come back
-        $ELUSERVE pack "runs/$run" --out "$PACK/$run.tar" && members+=("$run.tar")
+        $ELUSERVE pack "runs/$run" --out "$PACK/$run.tar" && MEMBERS+=("$run.tar")
     done
     # small results first: if the device time runs out during `rest`, they are already here
-    tar -cf "$PACK/results.tar" -C "$PACK" "${members[@]}"
+    tar -cf "$PACK/results.tar" -C "$PACK" "${MEMBERS[@]}"
     split -b "$PIECE" -d -a 2 "$PACK/results.tar" "$PACK/part-a"
     sha256sum "$PACK/results.tar"
     if [ -e "runs/$FLAGSHIP/summary.json" ]; then  # the schedule has finished: the bar decides
-        if $PYTHON - "runs/$FLAGSHIP/summary.json" "$FLAGSHIP_SHIPPED" "$FLAGSHIP_GAIN" <<'PY'; then
-import json, sys
-accuracy = 100 * json.load(open(sys.argv[1]))["val_accuracy_fp32"]
-bar = float(sys.argv[2]) + float(sys.argv[3])
-print(f"flagship {accuracy:.2f} % against the bar {bar:.2f} %")
-sys.exit(0 if accuracy >= bar else 1)
-PY
+        if flagship_beats_bar; then
             $ELUSERVE pack "runs/$FLAGSHIP" --out "$PACK/flagship.tar" --fp16
         fi
     elif [ -e "runs/$FLAGSHIP/checkpoint.pt" ]; then  # a segment: bring it back whole, to resume
@@ -167,11 +109,7 @@ PY
     fi
     send_pieces
     ;;
-rest)
-    send_pieces
-    ;;
 *)
-    echo "unknown stage $STAGE" >&2
-    exit 2
+    other_stage
     ;;
 esac

@@ -1,4 +1,4 @@
-# Sourced by the device scripts (export/recipes/gpu_session_v4.sh, load_tests/gpu_check.sh).
+# Sourced by the device scripts (export/recipes/gpu_session_common.sh, load_tests/gpu_check.sh).
 # The repository installs `eluserve.service`, `eluserve.export` and `eluserve.models` from service/,
 # export/ and models/ (setuptools package-dir); the device has no install, so a folder of links gives
 # the same import names without pip. Prepends it to PYTHONPATH.

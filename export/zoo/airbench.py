@@ -32,6 +32,8 @@ DEFAULT_CFG = {
     "normalization": "mean_std",
     "crop": "shorter side to input_size, centre crop",
     "augment": "reflect-pad 2 + random crop + horizontal flip (airbench's translate 2)",
+    # the faster training layout: NCHW, 102 against 95 img/s channels-last (fp32 step, 2-core AVX2)
+    "channels_last": False,
 }
 
 WHITEN_KERNEL = 2

@@ -27,6 +27,8 @@ DEFAULT_CFG = {
     "normalization": "gcn_zca",
     "crop": "shorter side to input_size, centre crop",
     "augment": "pad 4 + random crop + horizontal flip",
+    # the training layout the flagship was trained in (on a GPU)
+    "channels_last": True,
 }
 
 

@@ -1,4 +1,4 @@
-"""`eluserve classify` with the in-process engine: rows, formats, exit codes, resume, evaluation."""
+"""`eluserve classify` with the in-process runner: rows, formats, exit codes, resume, evaluation."""
 
 from __future__ import annotations
 
@@ -16,12 +16,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from eluserve.classify.engines import LocalEngine
 from eluserve.classify.files import iter_image_files
+from eluserve.classify.runners import LocalRunner
 from eluserve.core.preprocessing import Limits, load_image
 from eluserve.core.session import ModelSession
 from tests.classify.conftest import Result, Tree
 from tests.classify.trees import read_jsonl, relative_rows
+from tests.deadlines import COMMAND_S
 from tests.service.bento_server import free_port
 
 Classify = Callable[..., Result]
@@ -64,15 +65,15 @@ def test_one_row_per_file_with_errors_in_their_rows(
 
 
 def test_rows_are_what_the_service_core_computes(tree: Tree, tiny_model_path: Path) -> None:
-    """Same decode, same session: the engine's numbers are `load_image` + `ModelSession` on each file."""
-    engine = LocalEngine.load(tiny_model_path, 3, batch_size=8)
+    """Same decode, same session: the runner's numbers are `load_image` + `ModelSession` on each file."""
+    runner = LocalRunner.load(tiny_model_path, 3, batch_size=8)
     files = sorted(str(path) for path in (tree.root / "cifar").rglob("*.jpg"))
-    rows = list(engine.classify(files))
+    rows = list(runner.classify(files))
     assert [row.path for row in rows] == files
-    crops = [load_image(Path(f).read_bytes(), engine.session.info.preprocessing, Limits()) for f in files]
-    probs = engine.session.predict(np.stack(crops))
+    crops = [load_image(Path(f).read_bytes(), runner.session.info.preprocessing, Limits()) for f in files]
+    probs = runner.session.predict(np.stack(crops))
     for row, expected in zip(rows, probs, strict=True):
-        labels = engine.labels
+        labels = runner.labels
         assert row.label == labels[int(np.argmax(expected))]
         for label, probability in row.top_k:
             assert abs(probability - expected[labels.index(label)]) < 1e-5
@@ -148,10 +149,14 @@ def test_argument_errors_exit_2(classify: Classify, tree: Tree) -> None:
 @pytest.mark.integration
 def test_installed_command_exit_codes(tree: Tree, tiny_model_path: Path) -> None:
     command = [str(Path(sys.executable).parent / "eluserve"), "classify", "--model", str(tiny_model_path)]
-    good = subprocess.run([*command, str(tree.root / "cifar")], capture_output=True, text=True, timeout=120)
+    good = subprocess.run(
+        [*command, str(tree.root / "cifar")], capture_output=True, text=True, timeout=COMMAND_S
+    )
     assert good.returncode == 0, good.stderr
     assert len(good.stdout.splitlines()) == sum(name.startswith("cifar/") for name in tree.expected)
-    bad = subprocess.run([*command, str(tree.root / "bad")], capture_output=True, text=True, timeout=120)
+    bad = subprocess.run(
+        [*command, str(tree.root / "bad")], capture_output=True, text=True, timeout=COMMAND_S
+    )
     assert bad.returncode == 1
     assert "failed: 6" in bad.stderr
 
@@ -250,9 +255,9 @@ def test_confusion_png_without_matplotlib_is_a_usage_error(
     assert not (tmp_path / "c.png").exists()
 
 
-def test_the_engine_reads_ahead_a_bounded_number_of_files(tree: Tree, tiny_model_path: Path) -> None:
+def test_the_runner_reads_ahead_a_bounded_number_of_files(tree: Tree, tiny_model_path: Path) -> None:
     """An endless stream of paths: rows come out while only a few batches' worth have been taken."""
-    engine = LocalEngine.load(tiny_model_path, batch_size=16)
+    runner = LocalRunner.load(tiny_model_path, batch_size=16)
     image = str(next(iter((tree.root / "cifar").rglob("*.jpg"))))
     taken = itertools.count()
 
@@ -260,17 +265,17 @@ def test_the_engine_reads_ahead_a_bounded_number_of_files(tree: Tree, tiny_model
         for _ in taken:
             yield image
 
-    rows = engine.classify(endless())
+    rows = runner.classify(endless())
     first = list(itertools.islice(rows, 40))
     rows.close()
     assert len(first) == 40 and all(row.ok for row in first)
-    assert next(taken) <= 40 + (engine.workers + 1) * 16 + 1  # the batches its workers hold in flight
+    assert next(taken) <= 40 + (runner.workers + 1) * 16 + 1  # the batches its workers hold in flight
 
 
 def test_one_thread_session_per_core_gives_the_rows_of_one_session(tree: Tree, tiny_model_path: Path) -> None:
     """The workers take turns on several sessions; every file still gets its own result, in order."""
-    single = LocalEngine.load(tiny_model_path, batch_size=4, threads=2, sessions=1)
-    several = LocalEngine.load(tiny_model_path, batch_size=4, threads=2)
+    single = LocalRunner.load(tiny_model_path, batch_size=4, threads=2, sessions=1)
+    several = LocalRunner.load(tiny_model_path, batch_size=4, threads=2)
     assert (len(single.sessions), len(several.sessions)) == (1, 2)
     paths = sorted(str(path) for path in tree.root.rglob("*") if path.is_file())
     expected, actual = list(single.classify(paths)), list(several.classify(paths))
@@ -299,12 +304,12 @@ def test_undecodable_file_names_survive_a_resume(
 def test_openvino_rows_carry_onnxruntimes_labels(
     classify: Classify, tree: Tree, serving_model_path: Path, tmp_path: Path
 ) -> None:
-    """`--runtime openvino` (checked against ORT fp32 when it starts) labels every file as ORT does."""
+    """`--engine openvino` (checked against ORT fp32 when it starts) labels every file as ORT does."""
     rows = {}
     for engine in ("onnxruntime", "openvino"):
         out = tmp_path / f"{engine}.jsonl"
         result = classify(
-            tree.root / "cifar", "--model", serving_model_path, "--runtime", engine, "--output", out
+            tree.root / "cifar", "--model", serving_model_path, "--engine", engine, "--output", out
         )
         assert result.code == 0, result.stderr
         assert f"on {engine} " in result.stderr
@@ -320,7 +325,7 @@ def test_openvino_rows_carry_onnxruntimes_labels(
 def test_parquet_carries_the_same_rows(
     classify: Classify, tree: Tree, tiny_model_path: Path, tmp_path: Path
 ) -> None:
-    """`-o rows.parquet` with the in-process engine: the JSONL rows as typed columns, in the same order."""
+    """`-o rows.parquet` with the in-process runner: the JSONL rows as typed columns, in the same order."""
     pq = pytest.importorskip("pyarrow.parquet")
     classify(tree.root, "--model", tiny_model_path, "-o", tmp_path / "rows.jsonl")
     result = classify(tree.root, "--model", tiny_model_path, "-o", tmp_path / "rows.parquet")

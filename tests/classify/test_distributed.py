@@ -1,4 +1,4 @@
-"""`eluserve classify --engine ray`: the in-process engine's rows, file by file, from a real Ray.
+"""`eluserve classify --runner ray`: the in-process runner's rows, file by file, from a real Ray.
 
 The Ray tests start a local Ray once for the module (`ray.init(num_cpus=2)`) and, last, a simulated
 two-node cluster (`ray.cluster_utils.Cluster`); each pipeline run then starts an actor pool (worker
@@ -17,24 +17,18 @@ from pathlib import Path
 
 import pytest
 
-ray = pytest.importorskip("ray", reason="--engine ray needs the distributed extra")
+ray = pytest.importorskip("ray", reason="--runner ray needs the distributed extra")
 pq = pytest.importorskip("pyarrow.parquet")
 
-from eluserve.classify.distributed import (  # noqa: E402
-    DECODE_CPUS,
-    FILES_PER_CALL,
-    RayEngine,
-    RayResources,
-    files_per_call,
-    iter_uri_files,
-    list_files,
-    plan,
-)
-from eluserve.classify.engines import LocalEngine  # noqa: E402
 from eluserve.classify.files import UsageError, iter_image_files  # noqa: E402
+from eluserve.classify.ray_plan import DECODE_CPUS, FILES_PER_CALL, RayResources, files_per_call, plan  # noqa: E402
+from eluserve.classify.ray_runner import RayRunner  # noqa: E402
 from eluserve.classify.rows import Row  # noqa: E402
+from eluserve.classify.runners import LocalRunner  # noqa: E402
+from eluserve.classify.uris import iter_uri_files, list_files  # noqa: E402
 from tests.classify.conftest import Result, Tree  # noqa: E402
 from tests.classify.test_cli import summary_counts  # noqa: E402
+from tests.deadlines import STARTUP_S  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -44,7 +38,7 @@ EXTENSIONS = frozenset({"jpg", "jpeg", "png", "webp"})
 
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:
-    """A local Ray of 2 CPUs, as on CI's machine; the engines join it instead of starting their own."""
+    """A local Ray of 2 CPUs, as on CI's machine; the runners join it instead of starting their own."""
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
     started = time.perf_counter()
     ray.init(num_cpus=2, include_dashboard=False, logging_level="ERROR")
@@ -65,7 +59,7 @@ def assert_same_rows(got: list[Row], want: list[Row]) -> None:
 
 
 def local_rows(model: Path, files: list[str]) -> list[Row]:
-    return list(LocalEngine.load(model, 3, batch_size=4).classify(files))
+    return list(LocalRunner.load(model, 3, batch_size=4).classify(files))
 
 
 def test_plan_gives_gpus_to_actors_and_cpus_to_one_thread_actors() -> None:
@@ -111,11 +105,11 @@ def test_uri_listing_follows_the_local_rules(tmp_path: Path) -> None:
         list(iter_uri_files(f"{uri}/missing", EXTENSIONS))
 
 
-def test_same_rows_as_the_in_process_engine(local_ray: None, tree: Tree, serving_model_path: Path) -> None:
+def test_same_rows_as_the_in_process_runner(local_ray: None, tree: Tree, serving_model_path: Path) -> None:
     """Every file of the tree, bad ones included, in batches of 4: labels equal, probabilities 1e-5."""
     files = list(iter_image_files([str(tree.root)], EXTENSIONS))
-    engine = RayEngine.load(serving_model_path, 3, batch_size=4).connect()
-    rows = list(engine.classify(files))
+    runner = RayRunner.load(serving_model_path, 3, batch_size=4).connect()
+    rows = list(runner.classify(files))
     assert_same_rows(rows, local_rows(serving_model_path, files))
     codes = {os.path.relpath(row.path, tree.root): row.code or None for row in rows}
     assert codes == {name: code for name, code in tree.expected.items() if name in codes}
@@ -128,8 +122,8 @@ def test_uris_are_read_on_the_workers(local_ray: None, tree: Tree, serving_model
     """file:// URIs give the rows of the same files read as paths (pyarrow omits broken links)."""
     roots = [f"file://{tree.root}/cifar", f"file://{tree.root}/bad"]
     files = list(list_files(roots, EXTENSIONS))
-    engine = RayEngine.load(serving_model_path, 3, batch_size=4).connect()
-    rows = list(engine.classify(files))
+    runner = RayRunner.load(serving_model_path, 3, batch_size=4).connect()
+    rows = list(runner.classify(files))
     as_paths = local_rows(serving_model_path, [path.removeprefix("file://") for path in files])
     assert_same_rows([replace(row, path=row.path.removeprefix("file://")) for row in rows], as_paths)
     assert "image_too_large" in {row.code for row in rows}
@@ -138,11 +132,11 @@ def test_uris_are_read_on_the_workers(local_ray: None, tree: Tree, serving_model
 def test_cli_parquet_rows_and_resume(
     local_ray: None, classify: Classify, tree: Tree, serving_model_path: Path, tmp_path: Path
 ) -> None:
-    """`--engine ray -o rows.parquet`: exit 1 (bad files), the local engine's rows; --resume finishes it."""
+    """`--runner ray -o rows.parquet`: exit 1 (bad files), the local runner's rows; --resume finishes it."""
     out = tmp_path / "rows.parquet"
     local = tmp_path / "rows.jsonl"
     assert classify(tree.root, "--model", serving_model_path, "-o", local).code == 1
-    result = classify(tree.root, "--model", serving_model_path, "-o", out, "--engine", "ray", "--evaluate")
+    result = classify(tree.root, "--model", serving_model_path, "-o", out, "--runner", "ray", "--evaluate")
     assert result.code == 1, result.stderr
     assert "accuracy: " in result.stderr
     table = pq.read_table(out).to_pylist()
@@ -154,7 +148,7 @@ def test_cli_parquet_rows_and_resume(
 
     kept = 9
     pq.write_table(pq.read_table(out).slice(0, kept), out)
-    resumed = classify(tree.root, "--model", serving_model_path, "-o", out, "--engine", "ray", "--resume")
+    resumed = classify(tree.root, "--model", serving_model_path, "-o", out, "--runner", "ray", "--resume")
     assert resumed.code == (1 if any(row["error"] for row in expected[kept:]) else 0), resumed.stderr
     assert summary_counts(resumed.stderr)["skipped"] == kept
     assert [row["path"] for row in pq.read_table(out).to_pylist()] == [row["path"] for row in expected]
@@ -164,15 +158,15 @@ def test_cli_parquet_rows_and_resume(
 def test_commands_on_one_running_ray_make_one_auto_choice(local_ray: None, serving_model_path: Path) -> None:
     """Two commands joining the same Ray name it alike to their actors, so that the second takes the
     first's `auto` choice instead of measuring the engines again (`load_session`)."""
-    first, second = (RayEngine.load(serving_model_path, 3).connect() for _ in range(2))
+    first, second = (RayRunner.load(serving_model_path, 3).connect() for _ in range(2))
     assert first.run == second.run
 
 
 def test_cli_usage_errors(classify: Classify, tree: Tree, serving_model_path: Path) -> None:
     for args, message in (
-        ([tree.root, "--engine", "ray", "--server", "http://127.0.0.1:1"], "pick one"),
-        ([tree.root, "--model", serving_model_path, "--ray-actors", "2"], "--ray-actors need --engine ray"),
-        ([f"file://{tree.root}", "--model", serving_model_path], "URIs are read by --engine ray"),
+        ([tree.root, "--runner", "ray", "--server", "http://127.0.0.1:1"], "pick one"),
+        ([tree.root, "--model", serving_model_path, "--ray-actors", "2"], "--ray-actors need --runner ray"),
+        ([f"file://{tree.root}", "--model", serving_model_path], "URIs are read by --runner ray"),
     ):
         result = classify(*args)
         assert result.code == 2 and message in result.stderr, result.stderr
@@ -189,7 +183,7 @@ def two_nodes(local_ray: None) -> Iterator[str]:
     cluster = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
     cluster.add_node(num_cpus=2, num_gpus=1)
     ray.init(address=cluster.address, logging_level="ERROR")
-    cluster.wait_for_nodes()
+    cluster.wait_for_nodes(timeout=STARTUP_S)  # Ray's default, 30 s, a busy machine can miss
     print(f"\ntwo-node cluster: {time.perf_counter() - started:.1f} s")
     yield cluster.address
     ray.shutdown()
@@ -198,13 +192,13 @@ def two_nodes(local_ray: None) -> Iterator[str]:
 
 def test_same_rows_on_two_nodes(two_nodes: str, tree: Tree, serving_model_path: Path) -> None:
     """GPU actors (decoding tasks feed the one GPU's actor) and CPU actors (one CPU each: one on the
-    head, two on the worker, so rows come from both nodes) give the in-process engine's rows."""
+    head, two on the worker, so rows come from both nodes) give the in-process runner's rows."""
     files = list(iter_image_files([str(tree.root / "cifar"), str(tree.root / "bad")], EXTENSIONS))
     want = local_rows(serving_model_path, files)
-    gpu = RayEngine.load(serving_model_path, 3, batch_size=4).connect()
+    gpu = RayRunner.load(serving_model_path, 3, batch_size=4).connect()
     assert gpu.plan is not None and (gpu.plan.actors, gpu.plan.gpus_per_actor) == (1, 1.0)
     assert_same_rows(list(gpu.classify(files)), want)
-    cpu = RayEngine.load(serving_model_path, 3, batch_size=4, resources=RayResources(gpus_per_actor=0))
+    cpu = RayRunner.load(serving_model_path, 3, batch_size=4, resources=RayResources(gpus_per_actor=0))
     cpu.connect()
     assert cpu.plan is not None and cpu.plan.actors == 3
     assert_same_rows(list(cpu.classify(files)), want)
@@ -216,8 +210,8 @@ def test_same_rows_on_two_nodes(two_nodes: str, tree: Tree, serving_model_path: 
     ray.shutdown()
     runs = []
     for _ in range(2):
-        with RayEngine.load(serving_model_path, 3).connect(two_nodes) as engine:
-            runs.append(engine.run)
+        with RayRunner.load(serving_model_path, 3).connect(two_nodes) as runner:
+            runs.append(runner.run)
     assert runs[0] == runs[1] == cpu.run
 
 
@@ -231,10 +225,10 @@ def no_ray() -> Iterator[None]:
 
 
 def test_a_ray_of_its_own_gives_the_same_rows(no_ray: None, tree: Tree, serving_model_path: Path) -> None:
-    """Without a Ray to join, the engine starts one, gives the in-process engine's rows, and shuts it
+    """Without a Ray to join, the runner starts one, gives the in-process runner's rows, and shuts it
     down."""
     files = list(iter_image_files([str(tree.root / "cifar"), str(tree.root / "bad")], EXTENSIONS))
-    with RayEngine.load(serving_model_path, 3, batch_size=4).connect() as engine:
-        assert_same_rows(list(engine.classify(files)), local_rows(serving_model_path, files))
-        assert len(engine.runs_on) == 1, engine.runs_on
+    with RayRunner.load(serving_model_path, 3, batch_size=4).connect() as runner:
+        assert_same_rows(list(runner.classify(files)), local_rows(serving_model_path, files))
+        assert len(runner.runs_on) == 1, runner.runs_on
     assert not ray.is_initialized()

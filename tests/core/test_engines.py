@@ -20,8 +20,8 @@ from eluserve.core.engines import (
     FP32,
     ONNXRUNTIME,
     OPENVINO,
-    OpenVinoBackend,
-    OrtBackend,
+    OpenVinoEngine,
+    OrtEngine,
     check_parity,
     cpu_supports_bf16,
     measure_parallel,
@@ -52,8 +52,8 @@ def test_openvino_computes_what_onnxruntime_computes(model_file: Path) -> None:
 
     assert (ort_session.engine, ort_session.provider, ort_session.precision) == (ONNXRUNTIME, CPU, FP32)
     assert (ov_session.engine, ov_session.provider, ov_session.precision) == (OPENVINO, "CPU", FP32)
-    logits_ort = ort_session.backend.run(crops, "logits")
-    logits_ov = ov_session.backend.run(crops, "logits")
+    logits_ort = ort_session.loaded_engine.run(crops, "logits")
+    logits_ov = ov_session.loaded_engine.run(crops, "logits")
     assert np.abs(logits_ov - logits_ort).max() <= parity_tolerance(float(np.abs(logits_ort).max()))
     ov_rows, ort_rows = ov_session.classify(list(crops), top_k=3), ort_session.classify(list(crops), top_k=3)
     assert [row["label"] for row in ov_rows] == [row["label"] for row in ort_rows]
@@ -86,11 +86,11 @@ def test_auto_times_the_engines_that_pass_parity_and_reports_its_choice(model_fi
 class _Shifted:
     """A working engine whose logits are off by more than the tolerance: what parity must catch."""
 
-    engine = OPENVINO
+    name = OPENVINO
     device = "CPU"
     precision = FP32
 
-    def __init__(self, inner: OrtBackend, shift: float) -> None:
+    def __init__(self, inner: OrtEngine, shift: float) -> None:
         self.inner = inner
         self.shift = shift
 
@@ -100,14 +100,14 @@ class _Shifted:
 
 def test_openvino_leaves_thread_placement_to_the_os(tiny_model_path: Path) -> None:
     """Pinned threads of several workers land on the same cores (half the throughput on 2 cores)."""
-    backend = OpenVinoBackend.create(tiny_model_path, 1)
-    assert backend._compiled.get_property("ENABLE_CPU_PINNING") is False
+    engine = OpenVinoEngine.create(tiny_model_path, 1)
+    assert engine._compiled.get_property("ENABLE_CPU_PINNING") is False
 
 
 def test_parity_refuses_an_engine_whose_logits_differ(tiny_model_path: Path) -> None:
-    reference = OrtBackend.create(tiny_model_path, [CPU], 1)
+    reference = OrtEngine.create(tiny_model_path, [CPU], 1)
     crops = synthetic_crops(32, 32)
-    assert check_parity(OpenVinoBackend.create(tiny_model_path, 1), reference, crops).passed
+    assert check_parity(OpenVinoEngine.create(tiny_model_path, 1), reference, crops).passed
     failing = check_parity(_Shifted(reference, 1e-2), reference, crops)
     assert not failing.passed and failing.max_abs_logit_diff == pytest.approx(1e-2, rel=1e-3)
 
@@ -163,7 +163,7 @@ def test_processes_that_agree_make_one_auto_choice(tiny_model_path: Path, tmp_pa
     first = ModelSession.from_path(tiny_model_path, engine=AUTO, intra_op_threads=1, agree_with=group)
     second = ModelSession.from_path(tiny_model_path, engine=AUTO, intra_op_threads=1, agree_with=group)
     alone = ModelSession.from_path(tiny_model_path, engine=AUTO, intra_op_threads=1, agree_with=f"{group}-b")
-    # The Ray engine's actors each load a private copy of the model: the same model, by content.
+    # The Ray runner's actors each load a private copy of the model: the same model, by content.
     copy = tmp_path / "copy" / tiny_model_path.name
     copy.parent.mkdir()
     shutil.copyfile(tiny_model_path, copy)
@@ -180,12 +180,12 @@ def test_processes_that_agree_make_one_auto_choice(tiny_model_path: Path, tmp_pa
 def test_parallel_measurement_runs_every_session(tiny_model_path: Path) -> None:
     class Counting:
         def __init__(self) -> None:
-            self.backend = OrtBackend.create(tiny_model_path, [CPU], 1)
+            self.engine = OrtEngine.create(tiny_model_path, [CPU], 1)
             self.calls = 0
 
         def run(self, batch: np.ndarray) -> np.ndarray:
             self.calls += 1
-            return self.backend.run(batch)
+            return self.engine.run(batch)
 
     sessions = [Counting(), Counting()]
     batch = synthetic_crops(32, 32, count=4)
@@ -200,7 +200,7 @@ def test_parallel_measurement_raises_when_a_session_fails(tiny_model_path: Path)
         def run(self, batch: np.ndarray) -> np.ndarray:
             raise RuntimeError("device lost")
 
-    working = OrtBackend.create(tiny_model_path, [CPU], 1)
+    working = OrtEngine.create(tiny_model_path, [CPU], 1)
     batch = synthetic_crops(32, 32, count=4)
     with pytest.raises(RuntimeError, match="device lost"):
         measure_parallel([working, Failing()], batch, seconds=0.05)  # type: ignore[list-item]

@@ -26,6 +26,7 @@ from typing import Any, Self
 import httpx
 
 from load_tests.servers import free_port
+from tests.deadlines import REQUEST_S, STARTUP_S
 from tests.deploy.support import DEPLOY_DIR, INSTALL_PROMETHEUS_HINT
 
 CONFIG_TEMPLATE = DEPLOY_DIR / "prometheus" / "prometheus.template.yml"
@@ -56,7 +57,7 @@ class PrometheusServer:
         *,
         scrape_interval: str = "1s",
         rules_file: Path = ALERTS_FILE,
-        startup_timeout: float = 30.0,
+        startup_timeout: float = STARTUP_S,
     ) -> None:
         self.target = target
         self.scrape_interval = scrape_interval
@@ -89,7 +90,7 @@ class PrometheusServer:
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
             )
-        self._client = httpx.Client(base_url=self.url, timeout=5.0)
+        self._client = httpx.Client(base_url=self.url, timeout=REQUEST_S)
         try:
             self._wait_ready()
         except BaseException:
@@ -166,7 +167,7 @@ class PrometheusServer:
         """
         return list(self._api("query", {"query": promql})["result"])
 
-    def wait_for(self, promql: str, timeout: float = 15.0) -> list[Any]:
+    def wait_for(self, promql: str, timeout: float = REQUEST_S) -> list[Any]:
         """Poll `promql` until its result is not empty.
 
         Prometheus hands newly discovered targets to its scrapers in 5 s batches, so the first samples of

@@ -17,6 +17,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.deadlines import COMMAND_S
 from tests.deploy.known_metrics import KNOWN_METRICS, selected_metrics
 from tests.deploy.support import DEPLOY_DIR
 
@@ -126,6 +127,10 @@ def test_queries_parse_as_promql(promtool: str, tmp_path: Path) -> None:
     rules_file = tmp_path / "dashboard-queries.yml"
     rules_file.write_text(yaml.safe_dump({"groups": [{"name": "dashboard", "rules": rules}]}))
     proc = subprocess.run(
-        [promtool, "check", "rules", str(rules_file)], capture_output=True, text=True, timeout=60, check=False
+        [promtool, "check", "rules", str(rules_file)],
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_S,
+        check=False,
     )
     assert proc.returncode == 0, proc.stdout + proc.stderr

@@ -16,6 +16,7 @@ import pytest
 
 from eluserve.core.preprocessing import Limits, load_image
 from eluserve.core.session import ModelSession
+from tests.deadlines import REQUEST_S
 from tests.deploy.prometheus_server import PrometheusServer
 from tests.service.bento_server import BentoServer, running_server
 from tests.service.image_samples import encode, gradient
@@ -71,7 +72,7 @@ def test_prometheus_sees_eluserve_metrics_with_the_right_values(
     with PrometheusServer(host) as prometheus:
         model = f'model="{info.name}"'
         ok_total = GOOD_IMAGES + BATCH_IMAGES - 1
-        prometheus.wait_for(f'eluserve_images_total{{{model},outcome="ok"}} >= {ok_total}', timeout=30)
+        prometheus.wait_for(f'eluserve_images_total{{{model},outcome="ok"}} >= {ok_total}', timeout=REQUEST_S)
 
         assert _value(prometheus.query(f'eluserve_images_total{{{model},outcome="ok"}}')) == ok_total
         errors = prometheus.query("eluserve_client_errors_total > 0")

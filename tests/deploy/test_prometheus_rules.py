@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 import yaml
 
+from tests.deadlines import COMMAND_S
 from tests.deploy.known_metrics import KNOWN_METRICS, selected_metrics
 from tests.deploy.prometheus_server import ALERTS_FILE, render_config
 from tests.deploy.support import DEPLOY_DIR
@@ -27,7 +28,7 @@ README = DEPLOY_DIR / "README.md"
 def run_promtool(promtool: str, *args: str | Path) -> str:
     """Run promtool; fail the test with its whole output (it explains what is wrong) unless it succeeds."""
     proc = subprocess.run(
-        [promtool, *map(str, args)], capture_output=True, text=True, timeout=60, check=False
+        [promtool, *map(str, args)], capture_output=True, text=True, timeout=COMMAND_S, check=False
     )
     output = proc.stdout + proc.stderr
     assert proc.returncode == 0, f"promtool {' '.join(map(str, args))} failed:\n{output}"

@@ -13,6 +13,7 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry, Counter, Gauge, start_http_server
 
+from tests.deadlines import REQUEST_S
 from tests.deploy.prometheus_server import ALERTS_FILE, PrometheusError, PrometheusServer
 
 pytestmark = pytest.mark.integration  # every test starts a real prometheus
@@ -53,7 +54,7 @@ def test_scrapes_target_and_answers_queries(prometheus_binary: str, metrics_targ
 def test_loads_and_evaluates_the_alert_rules(prometheus_binary: str, metrics_target: str) -> None:
     expected = [group["name"] for group in yaml.safe_load(ALERTS_FILE.read_text())["groups"]]
     with PrometheusServer(metrics_target) as prom:
-        deadline = time.monotonic() + 15
+        deadline = time.monotonic() + REQUEST_S
         while True:
             groups = prom.rule_groups()
             health = {rule["name"]: rule["health"] for group in groups for rule in group["rules"]}

@@ -23,12 +23,12 @@ def test_bench_classify_runs(
     assert "classify in-process, batch 64" in report
 
 
-def test_ray_head_needs_the_ray_engine(
+def test_ray_head_needs_the_ray_runner(
     tiny_model_path: Path, cifar_zip: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     argv = ["bench-classify", "--model", str(tiny_model_path), "--data", str(cifar_zip), "--ray-head"]
     assert main(argv) == 2
-    assert "add --engine ray" in capsys.readouterr().err
+    assert "add --runner ray" in capsys.readouterr().err
 
 
 @pytest.mark.integration

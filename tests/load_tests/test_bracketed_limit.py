@@ -1,16 +1,14 @@
 """`eluserve bench` under wrk: each run held against the limit measured right before and after it, and
-the `--repeat` runs summarised. Fabricated wrk results and limits; no server runs and nothing is timed
-except `wait_quiet`, which waits on a real busy child process.
+the `--repeat` runs summarised. Fabricated wrk results and limits; no server runs and nothing is timed:
+`wait_quiet` waits on a fake clock, for a process whose CPU time follows a script.
 """
 
 from __future__ import annotations
 
 import itertools
 import json
-import multiprocessing
-import time
-from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
@@ -221,32 +219,30 @@ def test_repeat_and_bracket_seconds_options() -> None:
             build_parser().parse_args(["bench", "--repeat", bad])
 
 
-def _spin(seconds: float) -> None:
-    """Busy for `seconds` of wall time, then idle."""
-    end = time.perf_counter() + seconds
-    while time.perf_counter() < end:
-        pass
-    time.sleep(60)
+class BusyThenIdle:
+    """A server process, as `wait_quiet` sees it, on a fake clock: one core busy for `busy_s`, then
+    idle; `sleep` moves the clock (it is `wait_quiet`'s `time.sleep` and `time.perf_counter`)."""
+
+    def __init__(self, busy_s: float) -> None:
+        self.busy_s = busy_s
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+    def cpu_times(self) -> SimpleNamespace:
+        return SimpleNamespace(user=min(self.now, self.busy_s), system=0.0)
 
 
-@pytest.fixture
-def busy_child() -> Iterator[multiprocessing.Process]:
-    child = multiprocessing.get_context("fork").Process(target=_spin, args=(1.0,), daemon=True)
-    child.start()
-    try:
-        yield child
-    finally:
-        child.terminate()
-        child.join(10)
-
-
-@pytest.mark.integration
-def test_wait_quiet_waits_out_a_busy_server_and_no_longer(busy_child: multiprocessing.Process) -> None:
-    import psutil
-
-    process = psutil.Process(busy_child.pid)
-    waited = wait_quiet([process], timeout_s=10.0)
+def test_wait_quiet_waits_out_a_busy_server_and_no_longer(monkeypatch: pytest.MonkeyPatch) -> None:
+    process = BusyThenIdle(busy_s=1.0)
+    monkeypatch.setattr(load_tests.wrk, "time", process)
+    waited = wait_quiet([process], timeout_s=10.0)  # type: ignore[list-item]
     assert 0.6 <= waited < 3.0
-    again = wait_quiet([process], window_s=0.1, timeout_s=10.0)
+    again = wait_quiet([process], window_s=0.1, timeout_s=10.0)  # type: ignore[list-item]
     assert again < 0.5
-    assert wait_quiet([process], cores=-1.0, window_s=0.1, timeout_s=0.3) == pytest.approx(0.3, abs=0.15)
+    never_quiet = wait_quiet([process], cores=-1.0, window_s=0.1, timeout_s=0.3)  # type: ignore[list-item]
+    assert never_quiet == pytest.approx(0.3, abs=0.15)

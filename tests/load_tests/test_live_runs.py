@@ -25,6 +25,7 @@ import pytest
 
 from load_tests.bench import BenchConfig, run_bench
 from load_tests.servers import REPO_ROOT, ServerProcess, ServerUnavailable, start_service, triton_python
+from tests.deadlines import COMMAND_S, REQUEST_S, STARTUP_S
 
 pytestmark = pytest.mark.integration
 
@@ -37,6 +38,10 @@ SHARES = {
     "ELUSERVE_LOCUST_BATCH_SIZES": "2,5",
     "ELUSERVE_LOCUST_CIFAR_IMAGES": "16",
 }
+#: A latency budget and request timeout no busy machine reaches: on a busy one, a batch held up by other
+#: work teaches the batcher a long time per image, and it refuses what queues behind (429), which locust
+#: and the bench count as failures. Shedding itself is tested in tests/service/test_overload.py.
+BUDGETS = {"ELUSERVE_MAX_LATENCY_MS": str(int(REQUEST_S * 1000)), "ELUSERVE_TIMEOUT_S": str(REQUEST_S)}
 # Runs in a subprocess: every task once with valid requests, then each with only invalid ones.
 TASKS_ONCE = """
 import collections, json, sys
@@ -67,9 +72,9 @@ def _descendants(pid: int) -> set[int]:
 
 @pytest.fixture(scope="module")
 def service(tmp_path_factory: pytest.TempPathFactory, tiny_model_path: Path) -> Iterator[ServerProcess]:
-    server = start_service(tiny_model_path, tmp_path_factory.mktemp("service-logs"))
+    server = start_service(tiny_model_path, tmp_path_factory.mktemp("service-logs"), BUDGETS)
     try:
-        server.wait_ready(timeout=180)
+        server.wait_ready(timeout=STARTUP_S)
         yield server
     finally:
         server.stop()
@@ -86,7 +91,7 @@ def test_each_locust_task_runs_and_checks_answers(service: ServerProcess, cifar_
         env=_locust_env(cifar_zip),
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=COMMAND_S,
     )
     assert done.returncode == 0, done.stderr[-3000:]
     stats = json.loads(done.stdout.strip().splitlines()[-1])
@@ -108,7 +113,7 @@ def test_locust_headless_run_writes_its_reports(
         env=_locust_env(cifar_zip),
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=COMMAND_S,
     )  # fmt: skip
     # locust exits 1 when any request failed, wrong refusals included. --stop-timeout lets the
     # requests in flight at the end finish, so even a starved machine records some.
@@ -131,6 +136,8 @@ def test_quick_bench_measures_service_and_naive_and_cleans_up(
         concurrencies=(1, 2),
         seconds=1.0,
         cifar_zip=cifar_zip,
+        ready_timeout_s=STARTUP_S,
+        service_env=BUDGETS,
         clients=("loadgen", "wrk") if shutil.which("wrk") else ("loadgen",),
     )
     result = run_bench(config)
@@ -193,6 +200,7 @@ def test_quick_bench_against_pytriton_where_it_is_installed(
         concurrencies=(2,),
         seconds=1.0,
         cifar_zip=cifar_zip,
+        ready_timeout_s=STARTUP_S,
     )
     result = run_bench(config)
     run = result.runs["triton"]

@@ -90,7 +90,7 @@ IMPORTS = _third_party_imports()
 
 def test_the_scan_sees_the_imports_it_is_about() -> None:
     assert IMPORTS["service/runtime/http_protocol.py"] == {"h11": True, "uvicorn": True}
-    assert IMPORTS["eluserve/classify/distributed.py"]["ray"] is False  # deferred to the Ray runner
+    assert IMPORTS["eluserve/classify/ray_runner.py"]["ray"] is False  # deferred to the Ray runner
 
 
 def test_every_third_party_import_of_installed_code_is_declared() -> None:

@@ -25,6 +25,7 @@ from PIL import Image
 from load_tests import REPO_ROOT
 from load_tests.servers import ServerProcess, free_port
 from tests.conftest import CIFAR10_LABELS as LABELS
+from tests.deadlines import COMMAND_S, STARTUP_S
 
 pytestmark = pytest.mark.integration  # builds, installs and runs the wheel in subprocesses
 
@@ -40,7 +41,7 @@ class Installed:
     cwd: Path
     env: dict[str, str]
 
-    def run(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    def run(self, *args: str, timeout: float = COMMAND_S) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
             [str(self.venv / "bin" / "eluserve"), *args],
             cwd=self.cwd,
@@ -51,7 +52,7 @@ class Installed:
         )
 
 
-def _run(command: list[str], cwd: Path, timeout: float = 300) -> str:
+def _run(command: list[str], cwd: Path, timeout: float = COMMAND_S) -> str:
     result = subprocess.run(command, cwd=cwd, capture_output=True, text=True, timeout=timeout)
     assert result.returncode == 0, f"{command}:\n{result.stdout}\n{result.stderr}"
     return result.stdout
@@ -72,7 +73,7 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Installed:
     _run(
         [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-compile", str(wheel)],
         root,
-        timeout=600,
+        timeout=COMMAND_S,
     )
     cwd = root / "cwd"
     cwd.mkdir()
@@ -116,7 +117,7 @@ def test_the_package_is_imported_from_the_venv(installed: Installed) -> None:
         env=installed.env,
         capture_output=True,
         text=True,
-        timeout=60,
+        timeout=COMMAND_S,
     )
     assert result.returncode == 0, result.stderr
     for path in result.stdout.split():
@@ -172,7 +173,7 @@ def server(installed: Installed) -> Iterator[ServerProcess]:
         )
     started = ServerProcess("eluserve serve", f"http://127.0.0.1:{port}", "/readyz", process, log_path)
     try:
-        started.wait_ready(timeout=180)
+        started.wait_ready(timeout=STARTUP_S)
         yield started
     finally:
         started.stop()

@@ -21,6 +21,7 @@ from load_tests.faults import (
 )
 from load_tests.fixtures import Attachment, multipart
 from load_tests.soak import Shot
+from tests.deadlines import STARTUP_S
 from tests.service.bento_server import BentoServer, running_server, start_server
 from tests.service.image_samples import encode, gradient
 
@@ -79,7 +80,7 @@ def test_a_bad_model_stops_the_start_up_with_a_message_naming_it(
         model.write_bytes(b"")
     server = start_server(tmp_path, {"ELUSERVE_MODEL": str(model)})
     try:
-        report = watch_startup(server.process, server.log, model, timeout_s=60.0)
+        report = watch_startup(server.process, server.log, model, timeout_s=STARTUP_S)
     finally:
         server.stop()
     print(report.summary())

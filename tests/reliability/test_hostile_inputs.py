@@ -9,7 +9,9 @@ reads the server's whole log and checks that no uploaded bytes or filenames ever
 
 The limits are the defaults (10 MiB and 40 megapixels per image, 64 images per batch) so that the
 "just over the limit" cases are the ones a production client would hit; only the request timeout
-(8 s) and the header deadline (3 s) are shortened, so that the slow-client cases finish quickly.
+(8 s) and the header deadline (3 s) are shortened, so that the slow-client cases finish quickly. Those
+cases check that a deadline does not fire early, and allow it to fire up to `LATE_S` late on a busy
+machine (tests/deadlines.py).
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from eluserve.core.contract import ModelMetadata, read_model_info
 from eluserve.core.errors import ClientError
 from eluserve.core.preprocessing import Limits, load_image
 from eluserve.service.api.classify import BODY_TIMEOUT_SHARE
+from tests.deadlines import LATE_S, REQUEST_S
 from tests.reliability import raw_http
 from tests.reliability.hostile_samples import (
     CANARY,
@@ -457,13 +460,13 @@ def test_top_k_with_surrounding_spaces_is_accepted(client: httpx.Client) -> None
 
 
 def test_thousands_of_files_are_refused_quickly(server: BentoServer, client: httpx.Client) -> None:
+    """Refused while the form is read: not one of the images is decoded."""
     tiny = encode(gradient(2, 2), "PNG")
-    started = time.monotonic()
     with MetricsDelta(server.url) as delta:
         assert_error(classify_batch(client, [tiny] * 2000), 413, "too_many_images")
         many_singles = [("image", (FILENAME, tiny))] * 2000
         assert_error(client.post("/classify", files=many_singles), 413, "too_many_images")
-    assert time.monotonic() - started < 20
+    assert delta("eluserve_preprocess_duration_seconds_count") == 0
     assert delta(ERRORS, code="too_many_images") == 2
 
 
@@ -488,18 +491,21 @@ def test_a_trickled_upload_times_out_with_408_while_others_are_served(
     head = raw_http.request_head("/classify", MULTIPART, len(body))
     one_byte_at_a_time = (body[i : i + 1] for i in range(len(body)))
     with MetricsDelta(server.url) as delta, concurrent.futures.ThreadPoolExecutor(1) as pool:
-        trickle = pool.submit(raw_http.send, server.url, head, one_byte_at_a_time, pause=0.1, timeout=60)
+        trickle = pool.submit(
+            raw_http.send, server.url, head, one_byte_at_a_time, pause=0.1, timeout=REQUEST_S
+        )
         time.sleep(1.0)
+        served_meanwhile = 0  # answers that came while the trickle still held its connection
         while not trickle.done():
-            started = time.monotonic()
             assert client.get("/livez").status_code == 200
             assert_prediction(classify(client, encode(gradient(24, 24), "PNG")))
-            assert time.monotonic() - started < 5
+            served_meanwhile += not trickle.done()
             time.sleep(0.5)
         answer = trickle.result()
+    assert served_meanwhile > 0
     assert answer.status == 408 and answer.body is not None, answer
     assert answer.body["error"]["code"] == "request_timeout"
-    assert TIMEOUT_S * BODY_TIMEOUT_SHARE - 1 < answer.seconds < TIMEOUT_S + 5
+    assert TIMEOUT_S * BODY_TIMEOUT_SHARE - 1 < answer.seconds < TIMEOUT_S + LATE_S
     assert delta(ERRORS, code="request_timeout") == 1
 
 
@@ -511,14 +517,14 @@ def test_hundreds_of_connections_stalled_mid_headers_get_408_and_do_not_block_ot
     with MetricsDelta(server.url) as delta, contextlib.ExitStack() as stack:
         stalled = []
         for _ in range(300):
-            sock = stack.enter_context(raw_http.connect(server.url, timeout=10))
+            sock = stack.enter_context(raw_http.connect(server.url, timeout=REQUEST_S))
             sock.sendall(b"POST /classify HTTP/1.1\r\nHost: test\r\nX-Slow: ")
             stalled.append(sock)
         started = time.monotonic()
         assert client.get("/livez").status_code == 200
         assert_prediction(classify(client, encode(gradient(24, 24), "PNG")))
-        assert time.monotonic() - started < 5
-        answers = [raw_http.read_answer(sock, timeout=HEADER_TIMEOUT_S + 10) for sock in stalled]
+        assert time.monotonic() - started < HEADER_TIMEOUT_S + LATE_S  # not held up past the deadline
+        answers = [raw_http.read_answer(sock, timeout=REQUEST_S) for sock in stalled]
     assert all(answer.status == 408 for answer in answers), {a.status for a in answers}
     assert all(answer.body and answer.body["error"]["code"] == "request_timeout" for answer in answers)
     assert all(answer.closed for answer in answers)
@@ -540,23 +546,27 @@ REQUEST_LINE = b"POST /classify HTTP/1.1\r\nHost: test\r\n"
 def test_a_request_whose_headers_do_not_arrive_in_time_gets_408(
     parser_server: BentoServer, head: bytes, trickle: list[bytes]
 ) -> None:
-    answer = raw_http.send(parser_server.url, head, trickle, pause=0.25, timeout=HEADER_TIMEOUT_S + 10)
+    answer = raw_http.send(parser_server.url, head, trickle, pause=0.25, timeout=REQUEST_S)
     assert answer.status == 408 and answer.body is not None, answer
     assert answer.body["error"]["code"] == "request_timeout" and "headers" in answer.body["error"]["message"]
-    assert HEADER_TIMEOUT_S - 0.5 < answer.seconds < HEADER_TIMEOUT_S + 3, answer
+    assert HEADER_TIMEOUT_S - 0.5 < answer.seconds < HEADER_TIMEOUT_S + LATE_S, answer
 
 
 def test_the_header_deadline_starts_again_for_each_request_on_a_kept_alive_connection(
     parser_server: BentoServer,
 ) -> None:
-    """A kept-alive connection that idles between requests, each sent in time, is never cut off."""
+    """A kept-alive connection that idles between requests, each sent in time, is never cut off.
+
+    The first request goes at once (the deadline is armed when the connection opens, and a busy machine
+    could stretch an idle start past it); the idles between requests add up to 1.8 deadlines."""
     body = multipart_body(encode(gradient(16, 16), "PNG"))
     request = raw_http.request_head("/classify", MULTIPART, len(body)) + body
-    with raw_http.connect(parser_server.url, timeout=10) as sock:
-        for _ in range(3):
-            time.sleep(HEADER_TIMEOUT_S * 0.6)
+    with raw_http.connect(parser_server.url, timeout=REQUEST_S) as sock:
+        for index in range(4):
+            if index:
+                time.sleep(HEADER_TIMEOUT_S * 0.6)
             sock.sendall(request)
-            answer = raw_http.read_answer(sock, timeout=10)
+            answer = raw_http.read_answer(sock, timeout=REQUEST_S)
             assert answer.status == 200 and answer.body is not None and "label" in answer.body, answer
 
 
@@ -565,7 +575,11 @@ def test_a_slow_but_steady_upload_is_classified(server: BentoServer) -> None:
     head = raw_http.request_head("/classify", MULTIPART, len(body))
     step = len(body) // 10 + 1
     answer = raw_http.send(
-        server.url, head, (body[i : i + step] for i in range(0, len(body), step)), pause=0.25, timeout=30
+        server.url,
+        head,
+        (body[i : i + step] for i in range(0, len(body), step)),
+        pause=0.25,
+        timeout=REQUEST_S,
     )
     assert answer.status == 200 and answer.body is not None and "label" in answer.body, answer
 

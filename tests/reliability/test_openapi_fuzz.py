@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, given, settings
 
 from eluserve.core.contract import read_model_info
 from tests.conftest import build_tiny_model
+from tests.deadlines import REQUEST_S
 from tests.service.bento_server import BentoServer, running_server
 
 schemathesis = pytest.importorskip("schemathesis")
@@ -145,5 +146,5 @@ def test_generated_requests_get_documented_answers(
 
 
 def test_the_server_survived_the_generated_traffic(server: BentoServer) -> None:
-    assert httpx.get(server.url + "/livez", timeout=10).status_code == 200
+    assert httpx.get(server.url + "/livez", timeout=REQUEST_S).status_code == 200
     assert "Traceback" not in server.log(), server.log()[-3000:]

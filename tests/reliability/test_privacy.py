@@ -28,6 +28,7 @@ import httpx
 import psutil
 import pytest
 
+from tests.deadlines import COMMAND_S, STARTUP_S
 from tests.reliability import raw_http
 from tests.service import bento_server
 from tests.service.bento_server import BentoServer, start_server
@@ -92,7 +93,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, serving_model_path: Path) -
         )
     try:
         own = os.readlink("/proc/self/ns/net")
-        deadline = time.monotonic() + 30
+        deadline = time.monotonic() + STARTUP_S
         while os.readlink(f"/proc/{running.process.pid}/ns/net") == own and time.monotonic() < deadline:
             time.sleep(0.05)
         in_network_of(running.process.pid, lambda: running.wait_for("/readyz"))
@@ -139,7 +140,7 @@ def test_importing_the_service_turns_bentoml_usage_tracking_off() -> None:
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=COMMAND_S,
         check=False,
     )
     assert result.returncode == 0, result.stderr[-3000:]

@@ -20,7 +20,8 @@ import httpx
 import psutil
 
 from load_tests import REPO_ROOT
-from load_tests.servers import free_port, stop_tree
+from load_tests.servers import free_port, stop_tree, wait_for_answer
+from tests.deadlines import STARTUP_S
 
 BENTOML = str(Path(sys.executable).parent / "bentoml")
 SERVICE = "eluserve.service.app:EluClassifier"
@@ -43,27 +44,21 @@ class BentoServer:
             for child in psutil.Process(self.process.pid).children(recursive=True):
                 self._tree.setdefault(child.pid, child)
 
-    def wait_for(self, path: str, status: int = 200, timeout: float = 120.0) -> httpx.Response:
+    def wait_for(self, path: str, status: int = 200, timeout: float = STARTUP_S) -> httpx.Response:
         """Poll `path` until it answers `status`; fail with the server log if it does not in time."""
-        deadline = time.monotonic() + timeout
-        last: str = "no answer"
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise RuntimeError(
-                    f"bentoml serve exited with {self.process.returncode}:\n{self.log()[-4000:]}"
-                )
-            try:
-                response = httpx.get(self.url + path, timeout=5.0)
-                if response.status_code == status:
-                    self.remember_processes()
-                    return response
-                last = f"{response.status_code} {response.text[:200]}"
-            except httpx.TransportError as exc:
-                last = repr(exc)
-            time.sleep(0.2)
-        raise TimeoutError(
-            f"{path} did not answer {status} within {timeout} s (last: {last}):\n{self.log()[-4000:]}"
+        response = wait_for_answer(
+            self.process,
+            self.url + path,
+            since=time.monotonic(),
+            timeout=timeout,
+            log_tail=lambda: self.log()[-4000:],
+            name="bentoml serve",
+            status=status,
+            request_timeout=5.0,
+            interval=0.2,
         )
+        self.remember_processes()
+        return response
 
     def stop(self, timeout: float = 30.0) -> None:
         self.remember_processes()
@@ -96,7 +91,7 @@ def start_server(tmp: Path, env: Mapping[str, str]) -> BentoServer:
 
 
 @contextlib.contextmanager
-def running_server(tmp: Path, env: Mapping[str, str], timeout: float = 120.0) -> Iterator[BentoServer]:
+def running_server(tmp: Path, env: Mapping[str, str], timeout: float = STARTUP_S) -> Iterator[BentoServer]:
     """A started server that answered /readyz, stopped (with its whole process tree) afterwards."""
     server = start_server(tmp, env)
     try:

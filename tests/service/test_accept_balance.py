@@ -7,16 +7,37 @@ import multiprocessing
 import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 
 from eluserve.service.runtime import accept_balance
 from eluserve.service.runtime.accept_balance import BalancedEventLoop, ConnectionTable
+from tests.deadlines import REQUEST_S
 
 
-def test_a_worker_accepts_only_while_no_live_worker_holds_fewer(tmp_path: Path) -> None:
+class FakeClock:
+    """The table's clock (`time.monotonic_ns`): heartbeats age only when the test says."""
+
+    def __init__(self) -> None:
+        self.now_ns = 1_000_000_000
+
+    def monotonic_ns(self) -> int:
+        return self.now_ns
+
+    def advance(self, seconds: float) -> None:
+        self.now_ns += round(seconds * 1e9)
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(accept_balance, "time", SimpleNamespace(monotonic_ns=fake.monotonic_ns))
+    return fake
+
+
+def test_a_worker_accepts_only_while_no_live_worker_holds_fewer(tmp_path: Path, clock: FakeClock) -> None:
     path = tmp_path / "table"
     first, second = ConnectionTable(path, 1), ConnectionTable(path, 2)
     assert first.least_loaded() and second.least_loaded()  # equal counts: both may accept
@@ -44,12 +65,14 @@ def test_a_dead_workers_slot_blocks_nobody(tmp_path: Path) -> None:
     assert mine.least_loaded()
 
 
-def test_a_worker_that_stopped_listening_or_stopped_beating_blocks_nobody(tmp_path: Path) -> None:
+def test_a_worker_that_stopped_listening_or_stopped_beating_blocks_nobody(
+    tmp_path: Path, clock: FakeClock
+) -> None:
     path = tmp_path / "table"
     mine, other = ConnectionTable(path, 1), ConnectionTable(path, 2)
     mine.opened()
     assert not mine.least_loaded()  # the other worker is idle, serving and beating
-    time.sleep(accept_balance.STALE_S * 1.5)
+    clock.advance(accept_balance.STALE_S * 1.5)
     assert mine.least_loaded()  # its loop has not beaten since: stuck or swamped
     other.beat()
     assert not mine.least_loaded()
@@ -95,9 +118,12 @@ def _serve(sock: socket.socket, worker: int, ready: multiprocessing.synchronize.
 
 
 @pytest.mark.integration
-def test_two_processes_split_a_burst_of_connections_evenly() -> None:
+def test_two_processes_split_a_burst_of_connections_evenly(monkeypatch: pytest.MonkeyPatch) -> None:
     """Two processes serve one listening socket with the balanced loop; 12 connections opened at
     once end up 6/6 (asyncio's own loop lets the first process to wake take most of a burst)."""
+    # A worker whose loop did not beat within STALE_S is passed over (tested above with a fake clock);
+    # on a busy machine either may miss a beat. The forked workers inherit a staleness none reaches.
+    monkeypatch.setattr(accept_balance, "STALE_S", REQUEST_S)
     listener = socket.create_server(("127.0.0.1", 0), backlog=128)
     context = multiprocessing.get_context("fork")
     readies = [context.Event(), context.Event()]
@@ -108,9 +134,9 @@ def test_two_processes_split_a_burst_of_connections_evenly() -> None:
     for worker in workers:
         worker.start()
     try:
-        assert all(ready.wait(30) for ready in readies)
+        assert all(ready.wait(REQUEST_S) for ready in readies)
         address = listener.getsockname()
-        clients = [socket.create_connection(address, timeout=10) for _ in range(12)]
+        clients = [socket.create_connection(address, timeout=REQUEST_S) for _ in range(12)]
         answers = [client.makefile().readline().strip() for client in clients]
         for client in clients:
             client.close()

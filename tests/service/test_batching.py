@@ -4,26 +4,49 @@ from __future__ import annotations
 
 import asyncio
 import threading
-import time
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
 
 from eluserve.core.errors import ServiceError
-from eluserve.service import metrics
+from eluserve.service import batching, metrics
 from eluserve.service.batching import Batcher
+from tests.deadlines import REQUEST_S
+
+
+class FakeClock:
+    """The batcher's clock (`time.perf_counter`), moved only by the model: a batch takes the time the
+    test says, whatever else the machine is doing."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def perf_counter(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    fake = FakeClock()
+    monkeypatch.setattr(batching, "time", SimpleNamespace(perf_counter=fake.perf_counter))
+    return fake
 
 
 class GatedModel:
     """Records each batch; the first batch blocks until `release()` so that later calls queue up.
 
-    Row i of the output carries image i's first pixel, so a caller can tell whose rows it got.
+    Row i of the output carries image i's first pixel, so a caller can tell whose rows it got. With a
+    `clock`, each batch takes `seconds_per_image` per image on it.
     """
 
-    def __init__(self, fail: bool = False, seconds_per_image: float = 0.0) -> None:
+    def __init__(
+        self, fail: bool = False, seconds_per_image: float = 0.0, clock: FakeClock | None = None
+    ) -> None:
         self.batches: list[list[int]] = []
         self.fail = fail
         self.seconds_per_image = seconds_per_image
+        self.clock = clock
         self._gate = threading.Event()
         self.started = threading.Event()
 
@@ -38,8 +61,9 @@ class GatedModel:
     def __call__(self, images: np.ndarray) -> np.ndarray:
         self.batches.append([int(image[0, 0, 0]) for image in images])
         self.started.set()
-        self._gate.wait(timeout=10)
-        time.sleep(self.seconds_per_image * len(images))
+        self._gate.wait(timeout=REQUEST_S)
+        if self.clock is not None:
+            self.clock.now += self.seconds_per_image * len(images)
         if self.fail:
             raise RuntimeError("the session failed")
         return images[:, 0, 0, :1].astype(np.float32)
@@ -134,8 +158,8 @@ def test_a_request_cancelled_while_queued_is_not_computed() -> None:
     assert model.batches == [[0], [7]]
 
 
-def test_a_request_that_would_queue_past_max_latency_is_refused_with_429() -> None:
-    model = GatedModel(seconds_per_image=0.05)
+def test_a_request_that_would_queue_past_max_latency_is_refused_with_429(clock: FakeClock) -> None:
+    model = GatedModel(seconds_per_image=0.05, clock=clock)
     batcher = Batcher(model, max_batch_size=8, max_latency_s=0.3)
 
     async def scenario() -> None:
@@ -157,9 +181,9 @@ def test_a_request_that_would_queue_past_max_latency_is_refused_with_429() -> No
     asyncio.run(scenario())
 
 
-def test_admit_refuses_before_anything_is_queued_and_counts_the_refusal() -> None:
+def test_admit_refuses_before_anything_is_queued_and_counts_the_refusal(clock: FakeClock) -> None:
     """The service asks `admit(1)` before reading a request's body: a refusal must queue nothing."""
-    model = GatedModel(seconds_per_image=0.05)
+    model = GatedModel(seconds_per_image=0.05, clock=clock)
     batcher = Batcher(model, max_batch_size=8, max_latency_s=0.3)
     rejected = metrics.REQUESTS_REJECTED.labels(reason="latency_budget")
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from tests.deadlines import COMMAND_S
 from tests.service.bento_server import BENTOML, REPO_ROOT
 
 pytestmark = pytest.mark.integration
@@ -29,7 +30,7 @@ def bento(tmp_path_factory: pytest.TempPathFactory) -> Path:
         cwd=REPO_ROOT,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=COMMAND_S,
     )
     assert wheel.returncode == 0, wheel.stderr
     result = subprocess.run(
@@ -38,7 +39,7 @@ def bento(tmp_path_factory: pytest.TempPathFactory) -> Path:
         env=env,
         capture_output=True,
         text=True,
-        timeout=300,
+        timeout=COMMAND_S,
     )
     assert result.returncode == 0, result.stdout + result.stderr
     tag = next(line for line in result.stdout.splitlines() if line.startswith("__tag__:"))

@@ -17,6 +17,7 @@ from eluserve.core.paths import default_model_file
 from eluserve.core.session import available_cores
 from eluserve.service.config import Settings, load_settings, resolve_model
 from load_tests import REPO_ROOT
+from tests.deadlines import COMMAND_S
 
 
 def test_defaults_are_the_documented_ones() -> None:
@@ -173,7 +174,12 @@ except Exception as exc:
 """
     env = {**os.environ, "BENTOML_HOME": str(tmp_path / "home"), "BENTOML_DO_NOT_TRACK": "True"}
     result = subprocess.run(
-        [sys.executable, "-c", script], cwd=REPO_ROOT, env=env, capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", script],
+        cwd=REPO_ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=COMMAND_S,
     )
     assert result.returncode == 0, result.stderr
     resolved, error = result.stdout.split()

@@ -26,6 +26,7 @@ from eluserve.core.contract import read_model_info
 from eluserve.service.device.protocol import socket_path
 from load_tests.wrk import listening_processes
 from tests.conftest import build_tiny_model
+from tests.deadlines import REQUEST_S, STARTUP_S
 from tests.service.bento_server import BentoServer, running_server, start_server
 from tests.service.image_samples import encode, gradient
 from tests.service.metrics_scrape import MetricsDelta, Scrape
@@ -171,7 +172,7 @@ def test_unload_releases_the_version_in_the_host_and_load_brings_it_back(shared:
     assert unload.status_code == 200, unload.text
     assert probe(shared, "/models/tiny-b/classify") == {"model_not_found"}
     # Both workers closed it (each after its requests on it were answered): the host let it go.
-    wait_until(lambda: "released tiny-b:1" in shared.log(), 10, "the host kept the unloaded version")
+    wait_until(lambda: "released tiny-b:1" in shared.log(), REQUEST_S, "the host kept the unloaded version")
     load = httpx.post(shared.url + "/v2/repository/models/tiny-b/load", json={}, timeout=120)
     assert load.status_code == 200, load.text
     assert load.json()["workers"] == 2
@@ -184,8 +185,8 @@ def test_a_restarted_worker_leaves_the_host_and_the_other_worker_serving(
     (host,) = host_processes(control_dir)
     before = worker_pids(shared)
     os.kill(min(before), signal.SIGKILL)
-    wait_until(lambda: worker_pids(shared) - before, 120, "BentoML did not restart the killed worker")
-    shared.wait_for("/readyz", timeout=120)
+    wait_until(lambda: worker_pids(shared) - before, STARTUP_S, "BentoML did not restart the killed worker")
+    shared.wait_for("/readyz")
     assert [batch_request(shared.url, JPEGS[:2]).status_code for _ in range(16)] == [200] * 16
     assert host_processes(control_dir) == [host]
 
@@ -195,20 +196,30 @@ def test_a_killed_host_costs_at_most_503s_and_the_next_requests_start_a_new_one(
 ) -> None:
     (host,) = host_processes(control_dir)
     stop = threading.Event()
+    answered: list[list[httpx.Response]] = [[] for _ in range(8)]  # by sender, in order
 
-    def send() -> list[httpx.Response]:
-        answers = []
+    def send(mine: list[httpx.Response]) -> None:
         while not stop.is_set():
-            answers.append(batch_request(shared.url, JPEGS))
-        return answers
+            mine.append(batch_request(shared.url, JPEGS))
+
+    def count() -> int:
+        return sum(map(len, answered))
+
+    def ended() -> bool:
+        return any(sender.done() for sender in senders)
 
     with concurrent.futures.ThreadPoolExecutor(8) as pool:
-        senders = [pool.submit(send) for _ in range(8)]
-        time.sleep(1.5)
+        senders = [pool.submit(send, mine) for mine in answered]
+        # Counts, not seconds, however slow the machine: every sender answered before the kill, and
+        # a round of answers after it (a sender that failed ends the waits; its result raises below).
+        wait_until(lambda: all(answered) or ended(), REQUEST_S, "a sender got no answer before the kill")
+        before_kill = count()
         host.kill()
-        time.sleep(2.0)
+        wait_until(lambda: count() >= before_kill + 8 or ended(), REQUEST_S, "no answers after the kill")
         stop.set()
-        answers = [answer for sender in senders for answer in sender.result()]
+        for sender in senders:
+            sender.result()
+    answers = [answer for mine in answered for answer in mine]
     statuses = [answer.status_code for answer in answers]
     assert set(statuses) <= {200, 503}, statuses
     assert statuses[0] == 200
@@ -262,9 +273,11 @@ def test_overload_is_the_contracts_429_counted_once_and_the_host_goes_with_its_s
         # Stopped as an operator stops it (SIGTERM to `bentoml serve`), not by killing its process tree:
         # the host must notice on its own that its server is gone.
         server.process.send_signal(signal.SIGTERM)
-        server.process.wait(60)
+        server.process.wait(REQUEST_S)
         wait_until(
-            lambda: not host.is_running() or host.status() == "zombie", 10, "the host outlived its server"
+            lambda: not host.is_running() or host.status() == "zombie",
+            REQUEST_S,
+            "the host outlived its server",
         )
         assert not control.exists()
     finally:

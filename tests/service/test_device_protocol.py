@@ -30,6 +30,7 @@ from eluserve.service.device.protocol import (
     socket_path,
     write_frame,
 )
+from tests.deadlines import REQUEST_S
 
 
 def test_a_frame_with_an_array_survives_a_socket_both_ways() -> None:
@@ -135,7 +136,7 @@ class Peer:
 
     def __enter__(self) -> Peer:
         self._thread.start()
-        assert self._ready.wait(10)
+        assert self._ready.wait(REQUEST_S)
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -174,7 +175,7 @@ async def echo_reversed(frames: list[Frame], writer: asyncio.StreamWriter) -> No
 
 @pytest.fixture
 def link(tmp_path: Path) -> Iterator[DeviceLink]:
-    yield DeviceLink(tmp_path, server_pid=0, worker=1, request_timeout_s=5.0)
+    yield DeviceLink(tmp_path, server_pid=0, worker=1, request_timeout_s=REQUEST_S)
 
 
 def crops(value: int, count: int = 2) -> np.ndarray:
@@ -203,7 +204,7 @@ def test_an_error_answer_is_raised_in_the_contracts_shape(link: DeviceLink) -> N
     assert (raised.value.code, raised.value.status) == ("overloaded", 429)
 
     with Peer(link.socket, refuse), pytest.raises(ServiceError) as raised:
-        link.call({"op": "open"}, timeout_s=5)
+        link.call({"op": "open"}, timeout_s=REQUEST_S)
     assert raised.value.status == 429
 
 
@@ -221,17 +222,17 @@ def test_a_peer_that_dies_with_requests_pending_fails_them_all_with_503_then_rec
         await echo_reversed(frames, writer)
 
     async def scenario() -> tuple[list[object], np.ndarray]:
-        started = asyncio.get_running_loop().time()
         first = await asyncio.gather(
             *(link.infer({"op": "infer"}, crops(value)) for value in (1, 2, 3)), return_exceptions=True
         )
-        assert asyncio.get_running_loop().time() - started < 2  # at once, not at the 5 s timeout
         _, again = await link.infer({"op": "infer"}, crops(9))
         return first, again
 
     with Peer(link.socket, die_on_the_first, gather=3) as peer:
         first, again = asyncio.run(scenario())
     assert all(isinstance(error, DeviceUnavailable) and error.status == 503 for error in first), first
+    # At once, when the connection ended: not at the request timeout (whose message says "within").
+    assert not any("within" in str(error) for error in first), first
     assert float(again[0, 0]) == 9.0
     assert peer.connections == 2
 
@@ -254,11 +255,11 @@ def test_a_blocking_call_to_a_peer_that_closes_before_answering_is_a_503(link: D
     # The link restarts a host that does not answer; a listening socket whose owner hangs up is one that
     # answers, so the second attempt meets the same peer and the call fails with 503.
     with Peer(link.socket, hang_up), pytest.raises(DeviceUnavailable):
-        link.call({"op": "open"}, timeout_s=5)
+        link.call({"op": "open"}, timeout_s=REQUEST_S)
 
 
 def test_a_close_for_a_host_that_is_gone_starts_none(link: DeviceLink) -> None:
     """No socket at all: a `close` fails with 503 at once (starting a host would be a process start,
     which tests/process_guard.py refuses in this unmarked test)."""
     with pytest.raises(DeviceUnavailable):
-        link.call({"op": "close"}, timeout_s=5, start_host=False)
+        link.call({"op": "close"}, timeout_s=REQUEST_S, start_host=False)

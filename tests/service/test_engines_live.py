@@ -11,6 +11,7 @@ from pathlib import Path
 import httpx
 import pytest
 
+from tests.deadlines import STARTUP_S
 from tests.service.bento_server import running_server, start_server
 from tests.service.image_samples import encode, gradient
 
@@ -30,7 +31,7 @@ def test_the_served_engine_is_reported_and_classifies(
             assert (document["engine"], document["execution_provider"]) == ("openvino", "CPU")
         else:  # one worker measured, the other took its choice: one engine serves
             # /readyz answered from one worker; the other may still be starting, so wait for its line.
-            deadline = time.monotonic() + 60
+            deadline = time.monotonic() + STARTUP_S
             while server.log().count("engine auto:") < 2 and time.monotonic() < deadline:
                 time.sleep(0.2)
             log = server.log()
@@ -54,7 +55,7 @@ def test_bf16_without_a_validation_record_stops_the_start_up(tmp_path: Path, tin
     env = {"ELUSERVE_MODEL": str(tiny_model_path), "ELUSERVE_PRECISION": "bf16", "ELUSERVE_WORKERS": "1"}
     server = start_server(tmp_path, env)
     try:
-        deadline = time.monotonic() + 60
+        deadline = time.monotonic() + STARTUP_S
         while server.process.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
         assert server.process.returncode not in (None, 0), server.log()[-2000:]

@@ -25,6 +25,7 @@ from starlette.testclient import TestClient
 
 from eluserve.service.app import http_app
 from eluserve.service.runtime import fast_path
+from tests.deadlines import REQUEST_S
 from tests.service.bento_server import BentoServer, running_server
 from tests.service.image_samples import cifar_samples, encode, solid
 from tests.service.metrics_scrape import MetricsDelta
@@ -164,13 +165,13 @@ def test_paths_no_route_serves_share_one_metrics_label(server: BentoServer, cifa
     name, data = cifar_samples(cifar_zip, per_class=1)[0]
     with MetricsDelta(server.url) as delta:
         for i in range(3):
-            assert httpx.get(f"{server.url}/scan-{i}.php", timeout=10).status_code == 404
+            assert httpx.get(f"{server.url}/scan-{i}.php", timeout=REQUEST_S).status_code == 404
             response = httpx.post(f"{server.url}/models/made-up-{i}/classify", files={"image": (name, data)})
             assert response.status_code == 404
     total = "bentoml_service_request_total"
     assert delta(total, endpoint=fast_path.UNMATCHED, http_response_code="404") == 3
     assert delta(total, endpoint="/models/{name}/classify", http_response_code="404") == 3
-    scrape = httpx.get(f"{server.url}/metrics", timeout=10).text
+    scrape = httpx.get(f"{server.url}/metrics", timeout=REQUEST_S).text
     assert "scan-" not in scrape and "made-up-" not in scrape
     # The request itself saw its real path: the access log says which route it asked for.
     assert "path=/scan-0.php," in server.log() and "path=/models/made-up-0/classify," in server.log()

@@ -21,6 +21,7 @@ from PIL import Image
 
 from eluserve.core.preprocessing import Limits, load_image
 from eluserve.core.session import ModelSession
+from tests.deadlines import REQUEST_S
 from tests.service.bento_server import BentoServer, running_server
 from tests.service.image_samples import cifar_samples, encode, gradient, png_declaring, solid
 from tests.service.metrics_scrape import MetricsDelta
@@ -288,7 +289,7 @@ def test_malformed_requests(
 def raw_request(server: BentoServer, head: bytes) -> tuple[int, dict[str, Any]]:
     """Send request headers (and maybe a body start) over a socket; read one JSON response."""
     host, port = server.url.removeprefix("http://").split(":")
-    with socket.create_connection((host, int(port)), timeout=10) as sock:
+    with socket.create_connection((host, int(port)), timeout=REQUEST_S) as sock:
         sock.sendall(head)
         received = b""
         while b"\r\n\r\n" not in received:

@@ -21,6 +21,7 @@ import pytest
 from eluserve.core.preprocessing import Limits, load_image
 from eluserve.core.session import ModelSession
 from tests.conftest import build_tiny_model
+from tests.deadlines import STARTUP_S
 from tests.service.bento_server import BentoServer, running_server
 from tests.service.image_samples import encode, gradient
 from tests.service.metrics_scrape import Scrape
@@ -161,11 +162,11 @@ def test_a_restarted_worker_serves_what_the_others_serve(server: BentoServer) ->
     assert len(before) == 2, before
     victim = min(before)
     os.kill(victim, signal.SIGKILL)
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + STARTUP_S
     while len(worker_pids(server) - before) < 1 and time.monotonic() < deadline:
         time.sleep(0.5)
     assert worker_pids(server) - before, "BentoML did not restart the killed worker"
-    server.wait_for("/readyz", timeout=120)
+    server.wait_for("/readyz")
     assert probe(server, "/models/tiny-b/classify") == {"model_not_found"}
     assert probe(server, "/classify") == {"tiny-a:1"}
     assert "Traceback" not in server.log(), server.log()[-3000:]

@@ -17,6 +17,7 @@ import pytest
 
 from eluserve.core.preprocessing import Limits, load_image
 from tests.conftest import build_tiny_model
+from tests.deadlines import REQUEST_S
 from tests.service.bento_server import BentoServer, running_server
 from tests.service.image_samples import encode, gradient
 
@@ -162,4 +163,4 @@ def test_protocol_errors_are_4xx_with_the_protocol_body(
         assert isinstance(response.json()["error"], str) and response.json()["error"], case
     response = httpx.post(url, content=b"{}", headers={"Inference-Header-Content-Length": "99"}, timeout=30)
     assert response.status_code == 400 and "Inference-Header-Content-Length" in response.json()["error"]
-    assert httpx.get(server.url + "/livez", timeout=10).status_code == 200
+    assert httpx.get(server.url + "/livez", timeout=REQUEST_S).status_code == 200

@@ -1,4 +1,8 @@
-"""Engines that turn files into rows: in-process (`LocalEngine`) or a running service (`ServerEngine`)."""
+"""Runners that turn files into rows: in-process (`LocalRunner`) or a running service (`ServerRunner`).
+
+A runner says where the model runs; the inference engine it runs on (ONNX Runtime, OpenVINO) is
+`eluserve.core.engines`'s choice.
+"""
 
 from __future__ import annotations
 
@@ -40,7 +44,7 @@ class ServerFailed(Exception):
     """The service stopped answering usefully mid-run; rows written so far stay, `--resume` continues."""
 
 
-class Engine(Protocol):
+class Runner(Protocol):
     """Turns a stream of paths into a stream of rows, in the same order."""
 
     @property
@@ -56,7 +60,7 @@ class Engine(Protocol):
 
 @contextlib.contextmanager
 def usage_errors_of_loading(model: str | Path) -> Iterator[None]:
-    """A model that cannot be loaded is a `UsageError` naming the file (exit 2), for every engine."""
+    """A model that cannot be loaded is a `UsageError` naming the file (exit 2), for every runner."""
     try:
         yield
     except (FileNotFoundError, ModelFormatError, ConfigError) as exc:
@@ -74,15 +78,15 @@ def usage_errors_of_loading(model: str | Path) -> Iterator[None]:
 Reader = Callable[[str, int], bytes]
 
 
-class LocalEngine:
+class LocalRunner:
     """In-process: worker threads each read, decode and classify whole batches, on model sessions that
     they take turns on.
 
     With one session (of several threads) the workers overlap reading and decoding with the inference
     of another batch. With one session of one thread per core (`load`'s default), each batch runs on a
     single core from file to result: no inference waits for its slowest thread while another thread
-    decodes on that core, which a multi-threaded session does once per batch. The Ray engine's CPU
-    actors run this same engine on their share of the files (`results`), so that both engines give the
+    decodes on that core, which a multi-threaded session does once per batch. The Ray runner's CPU
+    actors run this same runner on their share of the files (`results`), so that both runners give the
     same rows by construction.
     """
 
@@ -104,9 +108,9 @@ class LocalEngine:
         #: is read and decoded while every session classifies one (with one session of one thread, as
         #: a Ray actor runs, one thread decodes while the other classifies).
         self.workers = max(threads or available_cores(), len(self.sessions)) + 1
-        #: The service's default limits, so that both engines refuse the same files.
+        #: The service's default limits, so that both runners refuse the same files.
         self.limits = Limits()
-        #: How a path becomes bytes: local files here; the Ray engine's actors also read URIs.
+        #: How a path becomes bytes: local files here; the Ray runner's actors also read URIs.
         self.read = read
 
     @classmethod
@@ -118,7 +122,7 @@ class LocalEngine:
         threads: int | None = None,
         engine: str = AUTO,
         sessions: int | None = None,
-    ) -> LocalEngine:
+    ) -> LocalRunner:
         """Load `model` on `engine` (`eluserve.core.engines`: auto times the engines that pass parity
         with ONNX Runtime and keeps the fastest) as `sessions` sessions (default: one per thread) that
         share `threads` (default: every core); a missing or malformed file is a `UsageError` naming it."""
@@ -198,7 +202,7 @@ class LocalEngine:
                 yield path, next(results)
 
 
-class ServerEngine:
+class ServerRunner:
     """A running eluserve service: `POST /classify_batch` with up to `concurrency` requests in flight.
 
     Files are read here and refused before upload when over the service's default `max_image_bytes`,
@@ -255,7 +259,7 @@ class ServerEngine:
     def close(self) -> None:
         self._client.close()
 
-    def __enter__(self) -> ServerEngine:
+    def __enter__(self) -> ServerRunner:
         return self
 
     def __exit__(self, *_: object) -> None:

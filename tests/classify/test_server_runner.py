@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from eluserve.classify.engines import ServerEngine
+from eluserve.classify.runners import ServerRunner
 from tests.classify.conftest import Result, Tree
 from tests.classify.trees import read_jsonl, relative_rows
 from tests.service.bento_server import BentoServer, running_server
@@ -31,7 +31,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, serving_model_path: Path) -
         yield running
 
 
-def test_both_engines_agree_file_by_file(
+def test_both_runners_agree_file_by_file(
     classify: Classify, tree: Tree, server: BentoServer, serving_model_path: Path, tmp_path: Path
 ) -> None:
     local_out, server_out = tmp_path / "local.jsonl", tmp_path / "server.jsonl"
@@ -60,7 +60,7 @@ def test_both_engines_agree_file_by_file(
     assert f"failed: {failed}" in remote.stderr and f"failed: {failed}" in local.stderr
 
 
-def test_server_engine_reads_ahead_a_bounded_number_of_files(tree: Tree, server: BentoServer) -> None:
+def test_server_runner_reads_ahead_a_bounded_number_of_files(tree: Tree, server: BentoServer) -> None:
     image = str(next(iter((tree.root / "cifar").rglob("*.jpg"))))
     taken = itertools.count()
 
@@ -68,8 +68,8 @@ def test_server_engine_reads_ahead_a_bounded_number_of_files(tree: Tree, server:
         for _ in taken:
             yield image
 
-    with ServerEngine(server.url, batch_size=8, concurrency=2) as engine:
-        rows = engine.classify(endless())
+    with ServerRunner(server.url, batch_size=8, concurrency=2) as runner:
+        rows = runner.classify(endless())
         first = list(itertools.islice(rows, 40))
         rows.close()
     assert len(first) == 40 and all(row.ok for row in first)

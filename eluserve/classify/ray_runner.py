@@ -1,56 +1,55 @@
-"""`eluserve classify --engine ray`: the same rows as the in-process engine, from a Ray Data pipeline.
+"""`eluserve classify --runner ray`: the same rows as the in-process runner, from a Ray Data pipeline.
 
-    eluserve classify photos/ -o rows.parquet --engine ray                        # a local Ray
-    eluserve classify s3://bucket/photos/ -o rows.parquet --engine ray --ray-address auto  # a cluster
+    eluserve classify photos/ -o rows.parquet --runner ray                        # a local Ray
+    eluserve classify s3://bucket/photos/ -o rows.parquet --runner ray --ray-address auto  # a cluster
 
 The pipeline (one Ray Data dataset per window of `WINDOW` files), paths listed here in input order:
 
     CPU actors (no GPU in the cluster, or --ray-gpus-per-actor 0): an actor pool, one per CPU, each
-    running the in-process engine (`LocalEngine`: read + decode + single crop with the service's
+    running the in-process runner (`LocalRunner`: read + decode + single crop with the service's
     `load_image`, `Limits` and the model's rule, then its `ModelSession`) on blocks of paths
     GPU actors: read + decode + crop in CPU tasks over the whole cluster → an actor pool of sessions,
     one per GPU, fed the crops through the object store
 
 and the result objects come back here, as rows, in input order (`preserve_order`), so `--resume`,
-CSV/JSONL/Parquet and `--evaluate` work as with the other engines: this engine only implements
-`Engine.classify`. A bad file is a row with the error code the in-process engine gives (decoding never
+CSV/JSONL/Parquet and `--evaluate` work as with the other runners: this runner only implements
+`Runner.classify`. A bad file is a row with the error code the in-process runner gives (decoding never
 raises out of a task), never a failed job.
 
-Local paths are listed by the in-process engine's walker (same files, same order, same rules for hidden
+Local paths are listed by the in-process runner's walker (same files, same order, same rules for hidden
 entries and symlink loops); URIs (`s3://`, `gs://`, `file://`, anything pyarrow's file systems read) are
-listed and read with pyarrow on the workers, so the driver never reads an image. The model file travels
-to the workers through Ray's object store, so nodes need eluserve installed but no copy of the model.
+listed and read with pyarrow on the workers, so the driver never reads an image (`eluserve.classify.uris`).
+The model file travels to the workers through Ray's object store, so nodes need eluserve installed but no
+copy of the model. The actor pool is sized from the cluster's resources by `eluserve.classify.ray_plan`.
+This is the one module that imports Ray, and only when a `RayRunner` is made (`require_ray`).
 """
 
 from __future__ import annotations
 
-import functools
 import json
 import logging
 import math
 import os
 import tempfile
 import uuid
-from collections.abc import Container, Iterable, Iterator, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from types import ModuleType
-from typing import TYPE_CHECKING, Any, BinaryIO
+from typing import Any
 
 import numpy as np
 
-from eluserve.classify.engines import DEFAULT_BATCH_SIZE, LocalEngine, checked_top_k, usage_errors_of_loading
-from eluserve.classify.files import UsageError, chunks, iter_image_files, read_image_file
+from eluserve.classify.files import UsageError, chunks
+from eluserve.classify.ray_plan import Plan, RayResources, files_per_call, plan
 from eluserve.classify.rows import Row
+from eluserve.classify.runners import DEFAULT_BATCH_SIZE, LocalRunner, checked_top_k, usage_errors_of_loading
+from eluserve.classify.uris import read_file
 from eluserve.core.contract import ModelMetadata, read_model_info, resolve_model_file
 from eluserve.core.engines import AUTO
 from eluserve.core.errors import ClientError
 from eluserve.core.preprocessing import Limits, PreprocessingRule, load_image
 from eluserve.core.results import format_results
 from eluserve.core.session import CUDA, ModelSession
-
-if TYPE_CHECKING:
-    import pyarrow.fs
 
 logger = logging.getLogger(__name__)
 
@@ -70,106 +69,20 @@ def require_ray() -> ModuleType:
         import ray
         import ray.data
     except ImportError as exc:
-        raise UsageError(f"--engine ray needs Ray Data ({exc}): pip install 'eluserve[distributed]'") from exc
+        raise UsageError(f"--runner ray needs Ray Data ({exc}): pip install 'eluserve[distributed]'") from exc
     return ray
-
-
-def is_uri(path: str) -> bool:
-    """`s3://bucket/key`, `file:///data`: read with pyarrow's file systems, not `open`."""
-    return "://" in path
-
-
-@functools.lru_cache(maxsize=16)
-def _filesystem(location: str) -> tuple[pyarrow.fs.FileSystem, str]:
-    """(file system, its path for `location`) per `scheme://host`, once per process: creating an S3 file
-    system resolves the bucket's region, a round trip that one per file would pay again."""
-    import pyarrow.fs
-
-    filesystem, base = pyarrow.fs.FileSystem.from_uri(location + "/")
-    return filesystem, base.rstrip("/")
-
-
-def _split_uri(uri: str) -> tuple[pyarrow.fs.FileSystem, str, str]:
-    """(file system, path inside it, prefix that turns such a path back into a URI)."""
-    import pyarrow.fs
-
-    try:
-        filesystem, inner = pyarrow.fs.FileSystem.from_uri(uri)
-    except (ValueError, OSError) as exc:  # pyarrow raises ArrowInvalid (a ValueError) for unknown schemes
-        raise UsageError(f"cannot read {uri}: {exc}") from exc
-    trimmed = uri.rstrip("/")
-    prefix = trimmed[: -len(inner)] if inner and trimmed.endswith(inner) else uri.split("://", 1)[0] + "://"
-    return filesystem, inner, prefix
-
-
-def open_uri(uri: str) -> BinaryIO:
-    """Open a URI for reading on a worker; missing files raise FileNotFoundError like `open`.
-
-    `s3://bucket/key` → the bucket's file system, path `bucket/key`; `file:///a/b` → `/a/b`;
-    `hdfs://host:port/a` → `/a`.
-    """
-    scheme, _, rest = uri.partition("://")
-    host = "" if scheme in ("file", "local") else rest.split("/", 1)[0]
-    filesystem, base = _filesystem(f"{scheme}://{host}")
-    return filesystem.open_input_stream(base + rest[len(host) :])  # type: ignore[return-value]
-
-
-def iter_uri_files(uri: str, extensions: Container[str], recursive: bool = True) -> Iterator[str]:
-    """Image files under a URI, sorted by path; a URI naming a file is yielded as given.
-
-    The rules of the local walker: entries whose name starts with "." (and what lies below them) are
-    skipped, files are kept by extension.
-    """
-    import pyarrow.fs
-
-    filesystem, root, prefix = _split_uri(uri)
-    try:
-        info = filesystem.get_file_info(root)
-        if info.type == pyarrow.fs.FileType.NotFound:
-            raise UsageError(f"no such file or folder: {uri}")
-        if info.type != pyarrow.fs.FileType.Directory:
-            yield uri
-            return
-        listing = filesystem.get_file_info(pyarrow.fs.FileSelector(root, recursive=recursive))
-    except OSError as exc:
-        raise UsageError(f"cannot list {uri}: {exc}") from exc
-    for entry in sorted(listing, key=lambda entry: entry.path):
-        relative = entry.path[len(root) :].lstrip("/")
-        if entry.type != pyarrow.fs.FileType.File or any(
-            part.startswith(".") for part in relative.split("/")
-        ):
-            continue
-        if os.path.splitext(entry.base_name)[1][1:].lower() in extensions:
-            yield prefix + entry.path
-
-
-def list_files(roots: Sequence[str], extensions: Container[str], recursive: bool = True) -> Iterator[str]:
-    """Local roots through the in-process engine's walker, URIs through pyarrow, in the order given."""
-    if not any(map(is_uri, roots)):
-        yield from iter_image_files(roots, extensions, recursive=recursive)
-        return
-    for root in roots:
-        if is_uri(root):
-            yield from iter_uri_files(root, extensions, recursive=recursive)
-        else:
-            yield from iter_image_files([root], extensions, recursive=recursive)
-
-
-def read_file(path: str, max_bytes: int) -> bytes:
-    """A local path or a URI, with the in-process engine's bounds and error codes."""
-    return read_image_file(path, max_bytes, open_uri if is_uri(path) else None)
 
 
 def _error_json(exc: ClientError) -> str:
     return json.dumps({"error": exc.to_dict()})
 
 
-def load_session(model: Any, suffix: str, threads: int, runtime: str, run: str) -> ModelSession:
+def load_session(model: Any, suffix: str, threads: int, engine: str, run: str) -> ModelSession:
     """An actor's session, warmed up, from the model bytes that `model` (an object reference) names.
 
     The bytes go through a private temporary file, removed once loaded: the engines load by path, and
     the node need not share the driver's file system. The actors that one machine runs for one Ray
-    (`run`, `RayEngine.run`) make one `auto` choice per thread count, as a server's workers do: measured
+    (`run`, `RayRunner.run`) make one `auto` choice per thread count, as a server's workers do: measured
     apart, engines within a few per cent of each other would split them, and one run's rows would come
     from two engines.
     """
@@ -179,7 +92,7 @@ def load_session(model: Any, suffix: str, threads: int, runtime: str, run: str) 
         model_file = Path(folder) / f"model{suffix}"
         model_file.write_bytes(ray.get(model))
         session = ModelSession.from_path(
-            model_file, intra_op_threads=threads, engine=runtime, agree_with=f"{run}|{threads} threads"
+            model_file, intra_op_threads=threads, engine=engine, agree_with=f"{run}|{threads} threads"
         )
     if ray.get_gpu_ids() and session.provider != CUDA:
         logger.warning(
@@ -196,24 +109,24 @@ def runs_on(session: ModelSession) -> str:
 
 
 class ClassifyActor:
-    """Ray actor of CPU plans: the in-process engine (`LocalEngine`) on each block of paths.
+    """Ray actor of CPU plans: the in-process runner (`LocalRunner`) on each block of paths.
 
-    Reading, decoding and inference share the actor's cores as they share the in-process engine's:
+    Reading, decoding and inference share the actor's cores as they share the in-process runner's:
     decoding threads fill the next batches while the session runs the current one. Only paths go in and
     only result objects come out, so no crop crosses the object store, and the run is one stage of
     tasks instead of two.
     """
 
     def __init__(
-        self, model: Any, suffix: str, top_k: int, threads: int, runtime: str, run: str, batch_size: int
+        self, model: Any, suffix: str, top_k: int, threads: int, engine: str, run: str, batch_size: int
     ) -> None:
-        session = load_session(model, suffix, threads, runtime, run)
-        self.engine = LocalEngine(session, top_k, batch_size, threads, read=read_file)
+        session = load_session(model, suffix, threads, engine, run)
+        self.runner = LocalRunner(session, top_k, batch_size, threads, read=read_file)
         self.runs_on = runs_on(session)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Paths travel as bytes (`os.fsencode`): Arrow strings are UTF-8, file names need not be."""
-        results = self.engine.results(os.fsdecode(path) for path in batch["path"])
+        results = self.runner.results(os.fsdecode(path) for path in batch["path"])
         encoded = np.array([json.dumps(result) for _, result in results], dtype=object)
         return {"index": batch["index"], "result": encoded, "engine": np.full(len(encoded), self.runs_on)}
 
@@ -224,7 +137,7 @@ def decode_batch(
     """Ray task of GPU plans: read, decode and single-crop each file as the service would.
 
     Returns the rows' indices, the crops (zeros where a file failed) and `result`: "" for a crop to
-    classify, or the failed file's result object as JSON (the in-process engine's code and message).
+    classify, or the failed file's result object as JSON (the in-process runner's code and message).
     """
     paths = batch["path"]
     height, width = rule.crop
@@ -245,8 +158,8 @@ class InferenceActor:
     cluster and the crops come to the actor through the object store.
     """
 
-    def __init__(self, model: Any, suffix: str, top_k: int, threads: int, runtime: str, run: str) -> None:
-        self.session = load_session(model, suffix, threads, runtime, run)
+    def __init__(self, model: Any, suffix: str, top_k: int, threads: int, engine: str, run: str) -> None:
+        self.session = load_session(model, suffix, threads, engine, run)
         self.top_k = top_k
         self.runs_on = runs_on(self.session)
 
@@ -262,90 +175,11 @@ class InferenceActor:
         return {"index": batch["index"], "result": results, "engine": np.full(len(results), self.runs_on)}
 
 
-@dataclass(frozen=True)
-class RayResources:
-    """What the user asked for; None: decided from the cluster by `plan`."""
-
-    actors: int | None = None
-    gpus_per_actor: float | None = None
-
-
-@dataclass(frozen=True)
-class Plan:
-    """The resources one run asks for, resolved against the cluster."""
-
-    actors: int
-    gpus_per_actor: float
-    #: CPUs each actor reserves.
-    cpus_per_actor: float
-    #: Its session's intra-op threads, and on CPU plans its decoding threads too.
-    threads: int
-    #: CPUs each decoding task reserves; 0 on CPU plans, whose actors decode (`ClassifyActor`).
-    decode_cpus: float
-
-
-#: Threads of a CPU actor, which reserves as many CPUs: its decoding threads and its session's intra-op
-#: threads share them, as in the in-process engine. One, so one actor per CPU: on the shared 2-core
-#: project machine (load average 4-6) two actors of one thread classified 10 000 files at 0.98-1.15× the
-#: in-process engine's img/s (files per call 128-512), one actor of two threads at 0.86× (same run,
-#: medians of 3 rounds). Processes share no GIL, and a one-thread session waits for no sibling thread
-#: that the busy machine has descheduled. Larger nodes were not measured.
-ACTOR_THREADS = 1
-#: CPUs one decoding task of a GPU plan reserves: fractions, so that decoding fits beside the actors.
-DECODE_CPUS = 0.25
-#: Files per call of a CPU actor, at most. Each call is a Ray task (scheduling, a block through the
-#: object store, ordering) and the actor's decoding runs ahead only within a call, so calls are large;
-#: but the first rows wait for the first call. Two actors on 2 cores, 10 000 files: 128 files a call
-#: 0.98× the in-process engine, 256 1.02×, 512 1.15× (first row after 5.8, 7.1, 8.1 s).
-FILES_PER_CALL = 512
-
-
-def files_per_call(files: int, actors: int, batch_size: int) -> int:
-    """Paths per CPU actor call: up to `FILES_PER_CALL`, but at least four calls per actor, so that the
-    actors share the files evenly and the first rows come soon; never less than one inference batch."""
-    return max(batch_size, min(FILES_PER_CALL, math.ceil(files / (4 * actors))))
-
-
-def plan(node_cpus: Sequence[float], gpus: float, resources: RayResources) -> Plan:
-    """Actor count and sizes from the alive nodes' CPUs and the cluster's GPUs.
-
-    GPU actors (default when the cluster has GPUs): one per GPU, each reserving one CPU to feed it;
-    decoding tasks run on every CPU left. CPU actors: `ACTOR_THREADS` threads (at most the smallest
-    node's CPUs), reserving that many CPUs, as many as fit on each node; they decode their own files.
-    """
-    gpus_per_actor = (
-        resources.gpus_per_actor if resources.gpus_per_actor is not None else (1.0 if gpus else 0.0)
-    )
-    if gpus_per_actor > 0:
-        if gpus < gpus_per_actor:
-            raise UsageError(
-                f"--ray-gpus-per-actor {gpus_per_actor:g}: the cluster has {gpus:g} GPUs; "
-                "pass --ray-gpus-per-actor 0 for CPU actors"
-            )
-        fitting = int(gpus // gpus_per_actor)
-        if (resources.actors or 0) > fitting:
-            raise UsageError(
-                f"{resources.actors} inference actors of {gpus_per_actor:g} GPUs do not fit on the "
-                f"cluster's {gpus:g} GPUs; lower --ray-actors"
-            )
-        return Plan(resources.actors or fitting, gpus_per_actor, 1.0, 1, DECODE_CPUS)
-    # A head node started with --num-cpus=0 (a common way to keep work off it) runs no actor.
-    cpu_nodes = [cpus for cpus in node_cpus if cpus > 0]
-    threads = max(1, min(ACTOR_THREADS, int(min(cpu_nodes, default=1.0))))
-    fitting = sum(int(cpus // threads) for cpus in cpu_nodes)
-    if fitting < 1 or (resources.actors or 0) > fitting:
-        raise UsageError(
-            f"{resources.actors or 1} inference actors of {threads} CPUs do not fit on the cluster's "
-            f"nodes ({', '.join(f'{cpus:g}' for cpus in node_cpus)} CPUs); lower --ray-actors"
-        )
-    return Plan(resources.actors or fitting, 0.0, float(threads), threads, 0.0)
-
-
-class RayEngine:
+class RayRunner:
     """Classifies on a Ray cluster: decoding tasks feed an actor pool of inference sessions.
 
     `connect` starts a local Ray (address None) or joins a cluster; `close` shuts down only a Ray that
-    this engine started.
+    this runner started.
     """
 
     def __init__(
@@ -355,16 +189,16 @@ class RayEngine:
         top_k: int,
         batch_size: int = DEFAULT_BATCH_SIZE,
         resources: RayResources | None = None,
-        runtime: str = AUTO,
+        engine: str = AUTO,
     ) -> None:
         self.model_file = model_file
         #: The inference engine each actor opens its session on (`eluserve.core.engines`).
-        self.runtime = runtime
+        self.engine = engine
         self.info = info
         self.top_k = top_k
         self.batch_size = batch_size
         self.resources = resources or RayResources()
-        #: The service's default limits, so that every engine refuses the same files.
+        #: The service's default limits, so that every runner refuses the same files.
         self.limits = Limits()
         self._ray = require_ray()
         self._started = False
@@ -372,7 +206,7 @@ class RayEngine:
         self.plan: Plan | None = None
         #: The inference engines the actors ran on ("openvino CPU", ...): each node's `auto` chooses.
         self.runs_on: set[str] = set()
-        #: Names the Ray this engine joined to its actors (`connect`), so that those on one machine make
+        #: Names the Ray this runner joined to its actors (`connect`), so that those on one machine make
         #: one `auto` choice.
         self.run = f"eluserve-ray-{uuid.uuid4().hex}"
 
@@ -383,16 +217,16 @@ class RayEngine:
         top_k: int | None = None,
         batch_size: int = DEFAULT_BATCH_SIZE,
         resources: RayResources | None = None,
-        runtime: str = AUTO,
-    ) -> RayEngine:
+        engine: str = AUTO,
+    ) -> RayRunner:
         """Read the model's metadata here (labels, crop rule); sessions load on the workers."""
         require_ray()
         with usage_errors_of_loading(model):
             model_file = resolve_model_file(model)
             info = read_model_info(model_file)
-        return cls(model_file, info, checked_top_k(top_k, info.num_classes), batch_size, resources, runtime)
+        return cls(model_file, info, checked_top_k(top_k, info.num_classes), batch_size, resources, engine)
 
-    def connect(self, address: str | None = None) -> RayEngine:
+    def connect(self, address: str | None = None) -> RayRunner:
         """Join the cluster at `address` ("auto", "ray://head:10001", ...), or start a local Ray."""
         ray = self._ray
         # Ray logs each dataset's plan and start at INFO, and warns that its progress bars are off; the
@@ -431,7 +265,7 @@ class RayEngine:
             self._ray.shutdown()
             self._started = False
 
-    def __enter__(self) -> RayEngine:
+    def __enter__(self) -> RayRunner:
         return self
 
     def __exit__(self, *_: object) -> None:
@@ -461,7 +295,7 @@ class RayEngine:
             "suffix": self.model_file.suffix,
             "top_k": self.top_k,
             "threads": self.plan.threads,
-            "runtime": self.runtime,
+            "engine": self.engine,
             "run": self.run,
         }
         gpu = self.plan.gpus_per_actor > 0
