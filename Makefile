@@ -14,7 +14,7 @@ SERVING_LOCK := requirements/serving.txt
 # PyTorch's CPU index (PyPI's torch is the CUDA build, which pulls GBs of nvidia-* wheels).
 FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,--extra-index-url https://download.pytorch.org/whl/cpu)
 
-.PHONY: setup lock serve test lint lint-imports elu-tax bench bento wheel triton prometheus wrk clean
+.PHONY: setup lock serve test lint lint-imports elu-tax bench bento wheel triton prometheus wrk browser clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -48,6 +48,13 @@ prometheus:
 wrk:
 	@command -v wrk >/dev/null || (apt-get update -qq && apt-get install -y -qq wrk) || echo "wrk not installed (not root?): bench runs --client loadgen only"
 
+# Debian's chromium + its driver: the real browser tests/service/test_page.py drives the page at GET /
+# with (through Selenium, offline); needs root.
+browser:
+	@(command -v chromium >/dev/null && command -v chromedriver >/dev/null) || (apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null) || \
+		echo "chromium not installed (not root?): tests/service/test_page.py will skip"
+
 # CI's stages, in order, each its own run so that a failure names its stage: lint, the fast loop
 # (in-process tests), then the integration tests (they start servers and commands; tests/process_guard.py
 # holds every test to its marker) with their 20 slowest durations printed. A stage that fails stops the
@@ -64,7 +71,7 @@ test-fast: setup
 	@echo "== stage 2/3: fast tests (pytest -m 'not integration')"
 	$(BIN)/pytest -q -m "not integration" || [ $$? -eq 5 ]
 
-test-integration: setup prometheus wrk
+test-integration: setup prometheus wrk browser
 	@echo "== stage 3/3: integration tests (pytest -m integration)"
 	$(BIN)/pytest -q -m integration --durations=20 || [ $$? -eq 5 ]
 

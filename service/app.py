@@ -38,7 +38,7 @@ from starlette.routing import Route
 
 from eluserve.core.session import available_cores
 from eluserve.service import runtime
-from eluserve.service.api import openapi
+from eluserve.service.api import openapi, page
 from eluserve.service.api.models import ModelsApi
 from eluserve.service.api.v2 import InferenceProtocol
 from eluserve.service.config import SHARED, load_settings
@@ -121,6 +121,7 @@ http_app = Starlette(
         Route("/v2/repository/index", _models_api("index"), methods=["POST"]),
         Route("/v2/repository/models/{name}/load", _models_api("load"), methods=["POST"]),
         Route("/v2/repository/models/{name}/unload", _models_api("unload"), methods=["POST"]),
+        Route("/", page.index, methods=["GET"]),
         Route("/docs.json", _docs_json, methods=["GET"]),
         Route("/docs", _docs, methods=["GET"]),
         Route("/v2", _v2("server"), methods=["GET"]),

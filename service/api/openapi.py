@@ -284,6 +284,17 @@ def paths(
     model_ops = _classify_operations(settings, None, per_model=True)
     not_found = _errors({"404": "no such model or version"})
     document: dict[str, dict[str, Any]] = {
+        "/": {
+            "get": {
+                "summary": "A page for people: pick or drop a photo, see its top-5 labels (offline)",
+                "responses": {
+                    "200": {
+                        "description": "the page",
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    }
+                },
+            }
+        },
         "/classify": default_ops["classify"],
         "/classify_batch": default_ops["classify_batch"],
         "/model": {
