@@ -230,7 +230,7 @@ def measure_precision(
     The record this returns is what `eluserve.core.engines.require_precision` reads from the card:
     a lower precision may serve the model only with top-1 agreement ≥ 99.5 % and accuracy within
     0.2 points of fp32. The flagship shows why per-model: bf16 kept 100 % of the default's top-1
-    but 62 % of the flagship's (SERVING-NOTES.md).
+    but 62 % of the flagship's.
     """
     from eluserve.core.engines import (
         MAX_ACCURACY_DROP,

@@ -1,6 +1,6 @@
 """GPU check: serve on ONNX Runtime's CUDA provider and print provider, parity with CPU and images/s.
 
-One command on a machine with an NVIDIA GPU (prepared for the lent H200, see ../shared/GPU.md):
+One command on a machine with an NVIDIA GPU (prepared for a lent H200):
 
     bash load_tests/gpu_check.sh          # installs onnxruntime-gpu from .whl/ pieces if needed
     python -m load_tests.gpu_check        # when onnxruntime-gpu is already installed
@@ -11,7 +11,7 @@ contract's `parity_tolerance`, top-1 agreement); raw CUDA session images/s at a 
 the CPU's; then a real `bentoml serve` with `ELUSERVE_PROVIDERS=CUDAExecutionProvider`, whose
 `/model` must report CUDA, under concurrent `/classify_batch` load, once per worker count (`--workers`,
 default 2 and the cores the client leaves: on a GPU host the CPU work of HTTP, multipart and decoding,
-not the device, bounds a few workers, issue #15), and at each worker count once per device batching
+not the device, bounds a few workers), and at each worker count once per device batching
 mode (`--device-batching`, default both): `worker`, each worker batching its own requests on a CUDA
 session of its own, and `shared`, one device host per server batching every worker's crops on one
 session (`eluserve.service.device.host`). The load comes from several client processes

@@ -1,12 +1,12 @@
 """The benchmark's one table, its ratios against the goals, and its plot.
 
-The ratios are the ones issue #6 sets as goals, each computed from figures of the same run:
+The ratios are the service's goals, each computed from figures of the same run:
 - service ÷ raw session at the highest concurrency: ≥ 0.85, with the service's p99 ≤ 250 ms there;
 - service ÷ naive server at the highest concurrency: ≥ 2;
 - service ÷ PyTriton at equal p99: the best throughput each reaches over the measured concurrencies
   while its p99 stays within the same budget (250 ms): ≥ 1.
 
-Under wrk, issue #15's goals: `/classify` single images at 32 connections ≥ 0.85 of the limit,
+Under wrk, the goals: `/classify` single images at 32 connections ≥ 0.85 of the limit,
 `/classify_batch` 16-image requests at 8 to 32 connections ≥ 0.95, and the served figure within 10 %
 over three runs. Each wrk level is held against the limit measured right before and right after it
 (`WrkLevel`), not against the one measured minutes earlier, because this host's speed drifts by 10-15 %
@@ -120,13 +120,13 @@ class WrkLevel:
         }
 
 
-#: Issue #15's ratio goals under wrk: (endpoint, images per request) → (fewest and most connections the
+#: The ratio goals under wrk: (endpoint, images per request) → (fewest and most connections the
 #: goal holds at, least served ÷ limit).
 WRK_RATIO_GOALS: Mapping[tuple[str, int], tuple[tuple[int, int], float]] = {
     ("classify", 1): ((32, 32), 0.85),
     ("classify_batch", 16): ((8, 32), 0.95),
 }
-#: Issue #15: the figure varies by at most this much (max ÷ min − 1) between three runs.
+#: The stability goal: the figure varies by at most this much (max ÷ min − 1) between three runs.
 SPREAD_GOAL = 0.10
 #: The runs the spread goal is stated over.
 SPREAD_RUNS = 3
@@ -177,7 +177,7 @@ class WrkSummary:
 
     @property
     def goal(self) -> float | None:
-        """The least ratio issue #15 asks of this endpoint at this connection count, if any."""
+        """The least ratio the goals ask of this endpoint at this connection count, if any."""
         rule = WRK_RATIO_GOALS.get((self.endpoint, self.images_per_request))
         if rule is None:
             return None
@@ -435,7 +435,7 @@ def _range(stats: Stats | None, digits: int) -> str:
 
 def wrk_summary_table(summaries: Sequence[WrkSummary]) -> str:
     """Per endpoint and connection count over the repeated runs: min / median / max of the served figure
-    and of the bracketed ratio, the spread of each against issue #15's 10 %, and the median ratio
+    and of the bracketed ratio, the spread of each against the 10 % goal, and the median ratio
     against its goal."""
     lines = [
         "| endpoint | images/request | connections | runs | served img/s min / median / max | spread "

@@ -8,7 +8,7 @@ the load (up to `max_batch_size`), with nobody ever waiting for a batch to fill.
 Why in the HTTP worker rather than in a second BentoML service behind `@bentoml.api(batchable=True)`
 (the first design): every call between BentoML services is an HTTP request through BentoML's stack
 on both sides, which cost more CPU per 32×32 image than the inference itself, and capped the service
-far below a hand-written server without any batching (`eluserve bench`, figures in docs/bench/).
+far below a hand-written server without any batching (`eluserve bench`, figures in docs/results.md).
 Running the model in the same process also lets a worker finish the requests it holds when it is
 stopped (graceful shutdown), which two services stopped at once could not.
 

@@ -80,7 +80,7 @@ class Settings:
     #: The batcher refuses a request (429) whose images would wait longer than this behind the queue.
     #: 64 connections of 16-image requests queue ~1 s of work per worker on 2 cores: with a 1 s budget,
     #: most of them were refused and served throughput fell to 0.4 of the peak (wrk retries at once);
-    #: with 2 s, none (1 039 img/s, p99 1.3 s; docs/bench/serving-engine-v2.md).
+    #: with 2 s, none (1 039 img/s, p99 1.3 s; docs/log/serving-rounds.md).
     max_latency_ms: int = 2000
     #: Worker processes, each parsing and decoding requests (and, with per-worker device batching,
     #: batching and running its own session); 0 means `default_workers`. Two measured best on 2 cores
@@ -90,7 +90,8 @@ class Settings:
     #: `worker`: each worker batches its own requests on its own session; `shared`: one device host
     #: process per server batches the crops of every worker on one session
     #: (`eluserve.service.device.host`); `auto`: shared where the session runs on CUDA and there is
-    #: more than one worker, else worker (on CPU the host's extra hop costs throughput, docs/bench/).
+    #: more than one worker, else worker (on CPU the host's extra hop costs throughput:
+    #: docs/log/shared-device-batching.md).
     device_batching: str = AUTO
     #: ONNX Runtime threads per worker; 0 means available cores ÷ workers.
     intra_op_threads: int = 0
@@ -105,7 +106,7 @@ class Settings:
     #: Requests in flight across all workers before the 429 `overloaded` of BentoML's limit (split evenly
     #: over the workers, as connections are: `eluserve.service.runtime.accept_balance`). A cap on memory
     #: held by in-flight bodies, set clear of the latency budget: 256 single-image connections, 128 per
-    #: worker, queue ~0.3 s of work on 2 cores and must not be refused (issue #15), hence twice that.
+    #: worker, queue ~0.3 s of work on 2 cores and must not be refused, hence twice that.
     max_concurrency: int = 512
     #: Seconds before BentoML answers 504.
     timeout_s: float = 30.0
@@ -170,7 +171,7 @@ class Settings:
         Where shared device batching would feed a GPU (`auto` or `shared`, on CUDA): every core but one
         decodes, and that one is left to the device host, whose event loop receives every worker's
         crops, concatenates the batches and drives the device. On a GPU host the CPU work of HTTP,
-        multipart and decoding, not the device, bounds the service (issue #15), so it gets the cores.
+        multipart and decoding, not the device, bounds the service, so it gets the cores.
         Elsewhere 2, measured best on 2 cores (see `workers`).
         """
         if self.device_batching != WORKER and self.runs_on_cuda():

@@ -4,8 +4,8 @@
 loads engines and chooses between them:
 
 - ``onnxruntime``: the reference. Every other engine is checked against it when it starts.
-- ``openvino``: the fastest CPU engine here (SERVING-NOTES.md: 1 046-1 100 against ORT's 980-990 img/s
-  fp32 on 2 cores, 2 079 img/s bf16 on a CPU with AMX/AVX-512 BF16). It reads the graph as
+- ``openvino``: the fastest CPU engine here (measured: 1 046-1 100 against ORT's 980-990 img/s
+  fp32 on 2 cores, 2 079 img/s bf16 on a CPU with AMX/AVX-512 BF16; docs/results.md). It reads the graph as
   `eluserve.core.openvino_graph` rewrites it, so ELU stays fused with its Conv.
 - ``auto``: every engine that works here and passes parity runs short timed passes at a representative
   batch; the fastest serves (ONNX Runtime unless another is `AUTO_MARGIN` faster). On 2 cores this
@@ -66,7 +66,7 @@ SELECTION_SECONDS = 0.3
 SELECTION_ROUNDS = 3
 #: `auto` leaves the reference (ONNX Runtime) only for an engine at least this much faster: each
 #: worker measures on its own, and near-equal speeds would otherwise split workers across engines
-#: at random (SERVING-NOTES.md: OpenVINO fp32 is 5-11 % ahead on 2 cores, bf16 about 2×).
+#: at random (measured: OpenVINO fp32 is 5-11 % ahead on 2 cores, bf16 about 2×).
 AUTO_MARGIN = 0.03
 
 

@@ -5,7 +5,7 @@
 The exported function bodies write ELU as `Selu(alpha=α, gamma=1)` because `onnx.reference` cannot
 bind a function attribute into `Elu` (export/fusion.py). OpenVINO's CPU plugin fuses Conv+Elu into
 one kernel but not Conv+Selu: with the bodies as exported, the ELU net ran at 0.55-0.57 of its ReLU
-twin on OpenVINO (SERVING-NOTES.md). So before OpenVINO reads the model, the model-local functions
+twin on OpenVINO (`eluserve elu-tax`). So before OpenVINO reads the model, the model-local functions
 are inlined and each `Selu(gamma=1)` becomes the `Elu` it is by definition. This happens in memory:
 the file on disk keeps its functions and `Selu`, which `onnx.reference` runs.
 """

@@ -12,8 +12,8 @@ The whitening weights are fitted on training images before the first step (`init
 airbench does: eigenvectors of the 2×2×3 patch covariance scaled by 1/√(eigenvalue + ε), with their
 negatives, 24 channels) and stay frozen; its bias trains. `elubench94` is 1.97 M parameters and
 118 M multiply-accumulates per image against the v3 default's 105 M (`elufast_res`); its ONNX Runtime
-CPU throughput against v3 (medians of five runs 0.96× / 0.91× / 0.86× at batch 1 / 32 / 128, shared machine)
-is in docs/issue-18-gpu-plan.md.
+CPU throughput against v3: medians of five runs 0.96× / 0.91× / 0.86× at batch 1 / 32 / 128 (shared
+machine, `eluserve throughput-ratio --model elubench94`).
 """
 
 from __future__ import annotations

@@ -6,7 +6,7 @@ to `backlog` (2 048) pending connections per wake-up, so whichever worker wakes 
 of new connections, and keep-alive clients stay pinned to it: with wrk -c4 and -c16 every connection
 landed on one worker and `/classify_batch` ran at exactly one worker's speed.
 
-Alternatives, measured (docs/bench/serving-engine-v2.md):
+Alternatives, measured (docs/log/serving-rounds.md):
 
 - Per-worker `SO_REUSEPORT` listeners (BentoML PR #5557) let the kernel hash each connection's 4-tuple
   to a listener. Hashing is random, not even: over 500 trials of 4 connections on 2 listeners, 35 %

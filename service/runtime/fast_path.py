@@ -6,7 +6,7 @@ its exception middleware and router, whose mount at "/" is our app (`eluserve.se
 with an error middleware, exception middleware and router of its own. For a 32×32 image, all of it and
 BentoML's access log cost ~0.16 CPU-ms per request, a third of the request path's Python time:
 /classify at c=32 served 520 images per CPU-second through them and 567 past them with the access log
-off (docs/bench/serving-engine-v2.md, "Round 4"; the access log alone: 464 against 493).
+off (docs/log/serving-rounds.md, "Round 4"; the access log alone: 464 against 493).
 
 `install` changes the middleware list BentoML's app factory builds, in two ways:
 

@@ -17,7 +17,7 @@ accepting spreads connections over the workers.
 Two parsers, one deadline: `HttpToolsDeadlineProtocol` over httptools (llhttp, C), which uvicorn
 prefers when it is installed, and `H11DeadlineProtocol` over h11 (pure Python). The request line,
 headers and chunked bodies cost a worker about a third as much CPU with httptools (h11 was 6 % of a
-worker's event loop under `/classify` load, docs/bench/serving-engine-v2.md), so `install` makes uvicorn's
+worker's event loop under `/classify` load, docs/log/serving-rounds.md), so `install` makes uvicorn's
 `auto` choice the one ``ELUSERVE_HTTP_PARSER`` names (default httptools, or h11). BentoML's
 worker builds its uvicorn config after importing the service, so installing at import is in time.
 

@@ -8,7 +8,7 @@ BentoML's names were read from the installed bentoml 1.4 source: the new-style s
 (bentoml/_internal/server/http/instruments.py) with the namespace `api_server.metrics.namespace`, default
 `bentoml_service` (its adaptive-batching histogram exists only for `batchable` APIs, which eluserve does
 not use: it batches in its own workers, see service/batching.py). eluserve's own
-names are the contract of issue #8, implemented in service/.
+names are the metrics contract (deploy/README.md), implemented in service/.
 """
 
 from __future__ import annotations

@@ -1,8 +1,8 @@
 """Checks of deploy/grafana/eluserve-dashboard.json without a Grafana server.
 
 Grafana accepts almost any JSON and shows broken panels as empty, so the checks are: the import
-contract (schema version, datasource variable), a layout without overlaps, the panels issue #8 asks
-for, metric names that exist, and every query parsed as PromQL by promtool.
+contract (schema version, datasource variable), a layout without overlaps, the panels the dashboard
+promises, metric names that exist, and every query parsed as PromQL by promtool.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ GRAFANA_VARIABLES = {
     "$model": ".*",
     "$version": ".*",
 }
-# Issue #8's panel list: a word of each required panel's title.
+# The dashboard's panel list: a word of each required panel's title.
 REQUIRED_PANELS = (
     "Request rate",
     "Error rate",

@@ -106,7 +106,7 @@ def test_summaries_group_the_repeated_runs_and_check_both_spreads() -> None:
     assert single.spread_met(served) is False
     assert ratio.spread == pytest.approx(0.806 / 0.802 - 1, abs=1e-3)
     assert single.spread_met(ratio) is True
-    # Issue #15's ratio goals, on the median: single images at 32 connections only, batches at 8-32.
+    # The ratio goals, on the median: single images at 32 connections only, batches at 8-32.
     assert [s.goal for s in summaries] == [None, 0.85, 0.95, None]
     assert [s.goal_met for s in summaries] == [None, False, True, None]
 
