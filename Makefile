@@ -60,8 +60,9 @@ browser:
 # holds every test to its marker) with their 20 slowest durations printed. A stage that fails stops the
 # run non-zero; pytest's exit 5 (the stage selected no tests) is not a failure.
 test: setup
-	@echo "== stage 1/3: lint (ruff check, lint-imports)"
+	@echo "== stage 1/3: lint (ruff check, ruff format --check, lint-imports)"
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(MAKE) --no-print-directory lint-imports
 	@$(MAKE) --no-print-directory test-fast
 	@$(MAKE) --no-print-directory test-integration
