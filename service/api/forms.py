@@ -9,8 +9,8 @@ body must arrive within the endpoint's deadline (408 `request_timeout`).
 - `read_form` parses multipart/form-data as it arrives: an oversized image stops being buffered at the
   limit (and becomes a per-image error), and the part count is bounded.
 - `read_body` takes the body itself as one image (``Content-Type: image/*`` or
-  ``application/octet-stream``): one buffer, sized from Content-Length when the client sent one and
-  filled in place from the server's chunks, which the decoder then reads as it is.
+  ``application/octet-stream``): one buffer, sized from Content-Length (up to `RESERVE_BYTES` before
+  the bytes arrive) and filled in place from the server's chunks, which the decoder then reads as it is.
 """
 
 from __future__ import annotations
@@ -38,6 +38,10 @@ FORM_OVERHEAD_BYTES = 64 * 1024
 MAX_TEXT_BYTES = 1024
 #: Parts other than images (top_k, unknown fields) one request may carry.
 MAX_OTHER_PARTS = 32
+#: Bytes of a raw body allocated before they arrive. Allocating all of a declared 10 MiB at once
+#: would let clients that declare it and send nothing hold 10 MiB each (times `max_concurrency`);
+#: a body up to this size (a VGA photo) still gets its whole buffer in one allocation.
+RESERVE_BYTES = 256 * 1024
 
 
 @dataclass
@@ -269,23 +273,29 @@ async def read_form(request: Request, limits: FormLimits) -> Form:
 async def read_body(request: Request, limits: BodyLimits) -> bytearray:
     """The whole body, within `limits`, in one buffer.
 
-    With a Content-Length the buffer is allocated once at that size and each chunk is copied into its
-    place as it arrives (no list of chunks joined at the end, no second copy for the decoder); a
-    chunked body grows the buffer as it comes, up to the limit.
+    Each chunk is copied into its place in the buffer as it arrives (no list of chunks joined at the
+    end, no second copy for the decoder). A declared Content-Length up to `RESERVE_BYTES` is allocated
+    at once, exactly; past that, and for a chunked body, the buffer doubles as bytes arrive, up to the
+    declared length or the limit.
 
     Raises:
         ClientError: `request_timeout`, or the endpoint's body-too-large error.
     """
-    buffer = bytearray(declared_length(request, limits) or 0)
+    declared = declared_length(request, limits)
+    expected = declared if declared is not None else limits.max_body_bytes
+    buffer = bytearray(min(declared or 0, RESERVE_BYTES))
     filled = 0
 
     def fill(chunk: bytes) -> None:
         nonlocal filled
         end = filled + len(chunk)
-        buffer[filled:end] = chunk  # a copy into place; grows the buffer only past what was declared
+        if end > len(buffer):
+            # `receive_body` has checked `end` against the limit; one resize per doubling.
+            buffer.extend(bytes(max(end, min(2 * len(buffer), expected)) - len(buffer)))
+        buffer[filled:end] = chunk
         filled = end
 
     await receive_body(request, limits, fill)
-    if filled < len(buffer):  # the server ended the body short of its declared length
+    if filled < len(buffer):  # a chunked body's spare room, or a body ended short of its length
         del buffer[filled:]
     return buffer

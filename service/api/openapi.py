@@ -1,7 +1,7 @@
 """The OpenAPI document of the service: BentoML's infrastructure routes plus every route of ours.
 
 BentoML builds `/docs.json` from its own APIs and adds mounted apps' routes for FastAPI apps only;
-ours is a plain Starlette app (the multipart endpoints read their bodies themselves, see
+ours is a plain Starlette app (the classify endpoints read their bodies themselves, see
 `eluserve.service.api.forms`), so its document listed none of them. The service therefore answers
 `/docs.json` itself (its routes come before BentoML's), with BentoML's document as the base and the
 paths below added, and `/docs` shows it in Swagger UI from the assets BentoML already serves.

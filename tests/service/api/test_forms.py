@@ -7,6 +7,7 @@ in tests/service/test_http.py and tests/reliability/test_hostile_inputs.py.
 from __future__ import annotations
 
 import asyncio
+import tracemalloc
 from collections.abc import Iterable
 from typing import Any
 
@@ -14,7 +15,7 @@ import pytest
 from starlette.requests import Request
 
 from eluserve.core.errors import ClientError, ImageTooLarge, RequestTimeout
-from eluserve.service.api.forms import BodyLimits, is_raw_image, read_body
+from eluserve.service.api.forms import RESERVE_BYTES, BodyLimits, is_raw_image, read_body
 
 LIMITS = BodyLimits(
     max_body_bytes=1000,
@@ -62,6 +63,27 @@ def test_the_body_arrives_whole_in_one_bytearray(chunks: list[bytes], declared: 
     expected = b"".join(chunks)
     data = read(Body(chunks), len(expected) if declared else None)
     assert type(data) is bytearray and data == expected
+
+
+def test_a_body_past_the_reserve_grows_to_its_declared_length() -> None:
+    data = bytes(range(256)) * (3 * RESERVE_BYTES // 256 + 7)
+    chunks = [data[i : i + 65536] for i in range(0, len(data), 65536)]
+    limits = BodyLimits(max_body_bytes=len(data))
+    for declared in (len(data), None):
+        assert read(Body(chunks), declared, limits) == data
+
+
+def test_a_declared_length_is_not_allocated_before_the_bytes_arrive() -> None:
+    """A client that declares the limit and sends a few bytes holds the reserve, not the limit."""
+    limits = BodyLimits(max_body_bytes=64 * RESERVE_BYTES, read_timeout_s=0.2)
+    tracemalloc.start()
+    try:
+        with pytest.raises(RequestTimeout):
+            read(Body([b"x" * 10] + [b"x"] * 100, pause=0.05), limits.max_body_bytes, limits)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert peak < 4 * RESERVE_BYTES, peak
 
 
 def test_an_empty_body_is_an_empty_buffer() -> None:
