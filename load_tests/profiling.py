@@ -26,6 +26,7 @@ STAGES: tuple[tuple[str, str, str], ...] = (
     ("ONNX Runtime session.run", "run", "onnxruntime/"),
     ("decode + crop (eluserve.core.preprocessing)", "load_image", "core/preprocessing"),
     ("multipart parsing (eluserve.service.api.forms)", "read_form", "service/api/forms"),
+    ("raw image body reading (eluserve.service.api.forms)", "read_body", "service/api/forms"),
     ("top-k + result objects", "format_results", "core/results"),
     ("JSON rendering", "render", "starlette/responses"),
 )

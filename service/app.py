@@ -3,7 +3,7 @@
     BENTOML_DO_NOT_TRACK=True bentoml serve eluserve.service.app:EluClassifier --port 3000
 
 Connections spread evenly over the HTTP worker processes (`eluserve.service.runtime.accept_balance`: each
-worker accepts only while it holds the fewest open connections). Each worker reads multipart bodies
+worker accepts only while it holds the fewest open connections). Each worker reads request bodies
 itself (see `eluserve.service.api.forms`), decodes and crops in `eluserve.service.api.classify`, and pools the
 crops of concurrent requests into ONNX Runtime batches with `eluserve.service.batching.Batcher`, one
 session and batcher per model version it serves (threads = cores ÷ workers, so workers do not

@@ -170,7 +170,7 @@ class PreprocessingRule:
         }
 
 
-def decode_image(data: bytes, limits: Limits, *, min_side: int | None = None) -> Image.Image:
+def decode_image(data: bytes | bytearray, limits: Limits, *, min_side: int | None = None) -> Image.Image:
     """Decode untrusted bytes into an upright RGB image.
 
     Applies EXIF orientation, takes the first frame of animated or multi-page files, and converts
@@ -185,7 +185,9 @@ def decode_image(data: bytes, limits: Limits, *, min_side: int | None = None) ->
     return decoded if isinstance(decoded, Image.Image) else Image.fromarray(decoded)
 
 
-def _decode_checked(data: bytes, limits: Limits, min_side: int | None) -> Image.Image | np.ndarray:
+def _decode_checked(
+    data: bytes | bytearray, limits: Limits, min_side: int | None
+) -> Image.Image | np.ndarray:
     """`decode_image`'s work and error contract; a plain JPEG comes back as its RGB array."""
     if not data:
         raise EmptyFile("the image file is empty (0 bytes)")
@@ -205,7 +207,7 @@ def _decode_checked(data: bytes, limits: Limits, min_side: int | None) -> Image.
         raise InvalidImage(f"the image could not be decoded ({type(exc).__name__}: {exc})") from exc
 
 
-def _decode_plain_jpeg(data: bytes, limits: Limits, min_side: int | None) -> np.ndarray | None:
+def _decode_plain_jpeg(data: bytes | bytearray, limits: Limits, min_side: int | None) -> np.ndarray | None:
     """The RGB pixels of a plain JPEG by libjpeg-turbo alone, or None: then Pillow decodes it.
 
     None for everything that is not a baseline/progressive 8-bit YCbCr or greyscale JPEG whose pixels
@@ -245,7 +247,7 @@ def _decode_plain_jpeg(data: bytes, limits: Limits, min_side: int | None) -> np.
     return decoded if decoded.shape[:2] == expected else None
 
 
-def _jpeg_without_orientation(data: bytes) -> bool:
+def _jpeg_without_orientation(data: bytes | bytearray) -> bool:
     """True when no segment before the first scan is APP1 (EXIF, XMP) or an APP2 MPO index.
 
     Pillow reads its `info` (and so the orientation `exif_transpose` applies, from EXIF or from XMP's
@@ -270,7 +272,7 @@ def _jpeg_without_orientation(data: bytes) -> bool:
     return False
 
 
-def _decode(data: bytes, limits: Limits, min_side: int | None) -> Image.Image:
+def _decode(data: bytes | bytearray, limits: Limits, min_side: int | None) -> Image.Image:
     try:
         img = Image.open(io.BytesIO(data), formats=DECODABLE_FORMATS)
     except UnidentifiedImageError:
@@ -294,7 +296,7 @@ def _decode(data: bytes, limits: Limits, min_side: int | None) -> Image.Image:
     return to_rgb(upright)
 
 
-def _unrecognised(data: bytes) -> ClientError:
+def _unrecognised(data: bytes | bytearray) -> ClientError:
     """Tell a known-but-refused format (415) from bytes that are no image at all (400)."""
     try:
         with Image.open(io.BytesIO(data)) as other:
@@ -386,6 +388,10 @@ def single_crop(img: Image.Image | np.ndarray, rule: PreprocessingRule) -> np.nd
     return np.ascontiguousarray(pixels[top : top + crop_height, left : left + crop_width])
 
 
-def load_image(data: bytes, rule: PreprocessingRule, limits: Limits) -> np.ndarray:
-    """Bytes in, model input out: `decode_image` then `single_crop`."""
+def load_image(data: bytes | bytearray, rule: PreprocessingRule, limits: Limits) -> np.ndarray:
+    """Bytes in, model input out: `decode_image` then `single_crop`.
+
+    `data` may be the buffer a request body was received into: a plain JPEG is decoded from it in
+    place; Pillow reads other files through `io.BytesIO`, which shares `bytes` but copies a bytearray.
+    """
     return single_crop(_decode_checked(data, limits, rule.resize_shorter_side * DRAFT_MARGIN), rule)

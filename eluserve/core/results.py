@@ -41,6 +41,10 @@ def format_results(probs: np.ndarray, labels: Sequence[str], k: int) -> list[dic
     return results
 
 
+#: Digits a `top_k` text may have (no model has a billion classes).
+MAX_TOP_K_DIGITS = 9
+
+
 def parse_top_k(value: str | int | None, num_classes: int, default: int = DEFAULT_TOP_K) -> int:
     """Validate a client's `top_k`: an integer in 1..num_classes; absent means `default` (capped).
 
@@ -53,8 +57,10 @@ def parse_top_k(value: str | int | None, num_classes: int, default: int = DEFAUL
         raise InvalidTopK(f"top_k must be an integer from 1 to {num_classes}, got {value!r}")
     if isinstance(value, str):
         text = value.strip()
-        if not (text.isascii() and text.isdigit()):
-            raise InvalidTopK(f"top_k must be an integer from 1 to {num_classes}, got {value!r}")
+        # A query string may carry thousands of digits, past what `int` converts (4300, a ValueError).
+        if not (text.isascii() and text.isdigit()) or len(text) > MAX_TOP_K_DIGITS:
+            shown = value if len(value) <= 40 else value[:40] + "..."
+            raise InvalidTopK(f"top_k must be an integer from 1 to {num_classes}, got {shown!r}")
         value = int(text)
     if not 1 <= value <= num_classes:
         raise InvalidTopK(f"top_k must be an integer from 1 to {num_classes}, got {value}")

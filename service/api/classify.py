@@ -1,16 +1,20 @@
-"""The public HTTP endpoints: multipart in, JSON out, errors as ``{"error": {"code", "message"}}``.
+"""The public HTTP endpoints: an image in, JSON out, errors as ``{"error": {"code", "message"}}``.
 
-    POST /classify        file field `image`, optional `top_k` (default 5, 1..num_classes)
+    POST /classify        file field `image` of a multipart form, or the image itself as the body
+                          (Content-Type image/* or application/octet-stream); optional `top_k`
+                          (default 5, 1..num_classes), a form field or a query parameter
         → {"model": "name:version", "label", "probability", "top_k": [{"label", "index", "probability"}]}
-    POST /classify_batch  repeated file field `images` (1..max_images), optional `top_k`
+    POST /classify_batch  multipart only: repeated file field `images` (1..max_images), optional `top_k`
         → {"model": ..., "results": [per image, in order: the object above without "model",
                                        or {"error": {"code", "message"}}]}
     GET  /model           the model's metadata and execution provider
 
-One bad image in a batch is answered in its slot; the others are classified. Request-level problems
-(not multipart, no images, bad top_k, too many images, body too large or too slow) fail the whole
-request with a 4xx. Overload is 429 (BentoML's concurrency limit, or the batcher refusing work it
-cannot finish in time).
+A raw body is the same image as the multipart field, with the same limits (its bytes, checked from
+Content-Length before it is read and while it arrives; its deadline) and the same answers; its bytes,
+not its Content-Type, say which format it is. One bad image in a batch is answered in its slot; the
+others are classified. Request-level problems (another body type, no image, bad top_k, too many images,
+body too large or too slow) fail the whole request with a 4xx. Overload is 429 (BentoML's concurrency
+limit, or the batcher refusing work it cannot finish in time).
 
 Large uploads are decoded in a worker thread so the event loop keeps accepting requests; inference
 goes through `infer`, which in the service is the adaptive batcher (`eluserve.service.batching`).
@@ -35,11 +39,21 @@ from eluserve.core.errors import (
     MissingField,
     RequestTooLarge,
     ServiceError,
+    UnsupportedMediaType,
 )
 from eluserve.core.preprocessing import Limits, load_image
 from eluserve.core.results import format_results, parse_top_k
 from eluserve.service import metrics
-from eluserve.service.api.forms import FORM_OVERHEAD_BYTES, Form, FormLimits, Upload, read_form
+from eluserve.service.api.forms import (
+    FORM_OVERHEAD_BYTES,
+    BodyLimits,
+    Form,
+    FormLimits,
+    Upload,
+    is_raw_image,
+    read_body,
+    read_form,
+)
 from eluserve.service.config import Settings
 
 logger = logging.getLogger(__name__)
@@ -49,6 +63,9 @@ logger = logging.getLogger(__name__)
 #: answers 504 (a server error, in alerts) with a body outside the contract; the rest of the budget is
 #: left for decoding and inference.
 BODY_TIMEOUT_SHARE = 0.8
+
+#: What a raw image body may be labelled with, as the error messages name it.
+RAW_BODY_TYPES = "Content-Type: image/* or application/octet-stream"
 
 #: Uploads up to this many bytes in total are decoded on the event loop (see `Frontend._prepare`).
 INLINE_DECODE_BYTES = 64 * 1024
@@ -76,6 +93,7 @@ class Frontend:
         self.series = metrics.ModelSeries.of(info)
         self.limits: Limits = settings.limits()
         self._infer = infer
+        read_timeout_s = settings.timeout_s * BODY_TIMEOUT_SHARE
         self.single_form = FormLimits(
             file_field="image",
             max_files=1,
@@ -84,7 +102,15 @@ class Frontend:
             body_too_large=lambda size, limit: ImageTooLarge(
                 f"the request is {size} bytes; one image may be at most {limit - FORM_OVERHEAD_BYTES} bytes"
             ),
-            read_timeout_s=settings.timeout_s * BODY_TIMEOUT_SHARE,
+            read_timeout_s=read_timeout_s,
+            other_bodies=f", or the image itself as the body ({RAW_BODY_TYPES})",
+        )
+        self.single_body = BodyLimits(
+            max_body_bytes=settings.max_image_bytes,
+            body_too_large=lambda size, limit: ImageTooLarge(
+                f"the image is {size} bytes; the limit is {limit} bytes per image"
+            ),
+            read_timeout_s=read_timeout_s,
         )
         self.batch_form = FormLimits(
             file_field="images",
@@ -95,7 +121,7 @@ class Frontend:
                 f"the request is {size} bytes; a batch request may be at most {limit} bytes, "
                 "split it into several requests"
             ),
-            read_timeout_s=settings.timeout_s * BODY_TIMEOUT_SHARE,
+            read_timeout_s=read_timeout_s,
         )
 
     async def classify(self, request: Request) -> Response:
@@ -127,23 +153,38 @@ class Frontend:
             )
 
     async def _classify(self, request: Request) -> Response:
-        form = await read_form(request, self.single_form)
-        if not form.uploads:
-            raise MissingField("send the image as multipart/form-data file field 'image'")
-        k = self._top_k(form)
-        (item,) = await self._prepare(form.uploads)
+        if is_raw_image(request.headers.get("content-type")):
+            k = self._top_k(request)  # before the body is read: a bad top_k costs no upload
+            # An empty body goes to the decoder too: `empty_file`, counted as multipart's empty file is.
+            data = await read_body(request, self.single_body)
+            uploads = [Upload(filename=None, data=data, size=len(data))]
+        else:
+            form = await read_form(request, self.single_form)
+            if not form.uploads:
+                raise MissingField(
+                    "send the image as multipart/form-data file field 'image', or as the body "
+                    f"({RAW_BODY_TYPES})"
+                )
+            k = self._top_k(request, form)
+            uploads = form.uploads
+        (item,) = await self._prepare(uploads)
         if isinstance(item, ClientError):
             return error_response(item)
         (result,) = self._results(await self._infer(item[np.newaxis]), k)
         return JSONResponse({"model": self.info.tag, **result})
 
     async def _classify_batch(self, request: Request) -> Response:
+        if is_raw_image(request.headers.get("content-type")):
+            raise UnsupportedMediaType(
+                "a batch is multipart/form-data with the images in field 'images' (repeat the field), "
+                "not an image as the body; one image may be sent as the body to classify"
+            )
         form = await read_form(request, self.batch_form)
         if not form.uploads:
             raise MissingField(
                 "send the images as multipart/form-data file fields named 'images' (repeat the field)"
             )
-        k = self._top_k(form)
+        k = self._top_k(request, form)
         items = await self._prepare(form.uploads)
         crops = [item for item in items if isinstance(item, np.ndarray)]
         classified = iter(self._results(await self._infer(np.stack(crops)), k) if crops else [])
@@ -155,10 +196,13 @@ class Frontend:
     async def _model(self, _: Request) -> Response:
         return JSONResponse(self.info.to_dict())
 
-    def _top_k(self, form: Form) -> int:
-        values = form.fields.get("top_k", [])
+    def _top_k(self, request: Request, form: Form | None = None) -> int:
+        """`top_k` from the query string or the form (a raw body has only the query string)."""
+        values = request.query_params.getlist("top_k")
+        if form is not None:
+            values += form.fields.get("top_k", [])
         if len(values) > 1:
-            raise InvalidTopK("send top_k at most once")
+            raise InvalidTopK("send top_k at most once, as a form field or a query parameter")
         return parse_top_k(values[0] if values else None, self.info.num_classes)
 
     async def _prepare(self, uploads: Sequence[Upload]) -> list[np.ndarray | ClientError]:

@@ -1,7 +1,7 @@
 """The OpenAPI document of the service: BentoML's infrastructure routes plus every route of ours.
 
 BentoML builds `/docs.json` from its own APIs and adds mounted apps' routes for FastAPI apps only;
-ours is a plain Starlette app (the multipart endpoints read their bodies themselves, see
+ours is a plain Starlette app (the classify endpoints read their bodies themselves, see
 `eluserve.service.api.forms`), so its document listed none of them. The service therefore answers
 `/docs.json` itself (its routes come before BentoML's), with BentoML's document as the base and the
 paths below added, and `/docs` shows it in Swagger UI from the assets BentoML already serves.
@@ -28,10 +28,10 @@ NAME = "^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 ERROR = {"$ref": "#/components/schemas/EluserveError"}
 V2_ERROR = {"$ref": "#/components/schemas/InferenceError"}
 CLIENT_STATUSES = {
-    "400": "not multipart, a missing field, a bad top_k, or an image that is not one",
+    "400": "a malformed form, a missing field, a bad top_k, or an image that is not one",
     "408": "the body did not arrive in time",
     "413": "too many images, bytes or pixels",
-    "415": "not multipart/form-data, or an image format the service does not decode",
+    "415": "neither multipart/form-data nor an image body, or an image format the service does not decode",
     "429": "overloaded: retry after the Retry-After seconds",
     "503": "device_unavailable: the shared device host is restarting; retry after the Retry-After seconds",
 }
@@ -222,9 +222,30 @@ def _components(info: ModelMetadata) -> dict[str, Any]:
     }
 
 
-def _form(field: str, file: Mapping[str, Any], top_k: Mapping[str, Any]) -> dict[str, Any]:
+#: The body of a request that sends one image as it is (`/classify`): any image type, or no type.
+RAW_IMAGE = {"type": "string", "format": "binary"}
+RAW_IMAGE_TYPES = ("image/*", "application/octet-stream")
+
+
+def _form(
+    field: str, file: Mapping[str, Any], top_k: Mapping[str, Any], *, raw: bool = False
+) -> dict[str, Any]:
+    """A multipart body with `field` and `top_k`; with `raw`, the image itself as the body too."""
     schema = {"type": "object", "required": [field], "properties": {field: dict(file), "top_k": dict(top_k)}}
-    return {"required": True, "content": {"multipart/form-data": {"schema": schema}}}
+    content: dict[str, Any] = {"multipart/form-data": {"schema": schema}}
+    if raw:
+        content.update({media_type: {"schema": dict(RAW_IMAGE)} for media_type in RAW_IMAGE_TYPES})
+    return {"required": True, "content": content}
+
+
+def _top_k_query(top_k: Mapping[str, Any]) -> dict[str, Any]:
+    return {
+        "name": "top_k",
+        "in": "query",
+        "required": False,
+        "description": "instead of the form field (a raw image body has no form)",
+        "schema": dict(top_k),
+    }
 
 
 def _classify_operations(settings: Settings, num_classes: int | None, per_model: bool) -> dict[str, Any]:
@@ -239,14 +260,16 @@ def _classify_operations(settings: Settings, num_classes: int | None, per_model:
     return {
         "classify": {
             "post": {
-                "summary": "Classify one image (file field `image`)",
-                "requestBody": _form("image", single, top_k),
+                "summary": "Classify one image (file field `image`, or the image itself as the body)",
+                "parameters": [_top_k_query(top_k)],
+                "requestBody": _form("image", single, top_k, raw=True),
                 "responses": {"200": _json("the prediction", {"$ref": ref + "Classification"}), **errors},
             }
         },
         "classify_batch": {
             "post": {
-                "summary": "Classify up to max_images images (repeated file field `images`)",
+                "summary": "Classify up to max_images images (repeated file field `images`; multipart only)",
+                "parameters": [_top_k_query(top_k)],
                 "requestBody": _form("images", many, top_k),
                 "responses": {
                     "200": _json("per-image results", {"$ref": ref + "BatchClassification"}),
@@ -337,7 +360,8 @@ def paths(
     }
     for prefix, with_version in (("/models/{name}", False), ("/models/{name}/versions/{version}", True)):
         for endpoint, operations in model_ops.items():
-            operation = dict(operations["post"], parameters=_parameters(names, versions, with_version))
+            parameters = _parameters(names, versions, with_version) + operations["post"]["parameters"]
+            operation = dict(operations["post"], parameters=parameters)
             document[f"{prefix}/{endpoint}"] = {"post": operation}
     control = _errors(
         {

@@ -413,6 +413,34 @@ def test_load_image_is_decode_then_single_crop() -> None:
     )
 
 
+@pytest.mark.parametrize(
+    "data",
+    [
+        encode(gradient(120, 80), "JPEG"),  # the libjpeg-turbo fast path reads the buffer itself
+        *(encode(gradient(50, 40), fmt) for fmt in ("PNG", "WEBP", "GIF", "BMP", "TIFF")),
+        b"",
+        b"garbage",
+        encode(gradient(16, 16), "TGA"),
+        b"\xff" * (LIMITS.max_image_bytes + 1),
+    ],
+    ids=["jpeg", "png", "webp", "gif", "bmp", "tiff", "empty", "garbage", "tga", "too-large"],
+)
+def test_a_received_bytearray_decodes_as_its_bytes_do(data: bytes) -> None:
+    """The service hands the decoder the buffer a body arrived in: same pixels, same errors."""
+
+    def outcome(value: bytes | bytearray) -> np.ndarray | str:
+        try:
+            return load_image(value, CIFAR_RULE, LIMITS)
+        except ClientError as exc:
+            return exc.code
+
+    expected, actual = outcome(data), outcome(bytearray(data))
+    if isinstance(expected, str):
+        assert actual == expected
+    else:
+        np.testing.assert_array_equal(actual, expected)
+
+
 # --- the rule's metadata ----------------------------------------------------------------------------
 
 

@@ -1,7 +1,8 @@
 """Hostile input against one real `bentoml serve` process with the documented default limits.
 
 Every request here is something a careless or malicious client may send: bombs, polyglots, cut and
-corrupt files, malformed multipart, absurd fields, thousands of parts, uploads trickled byte by byte.
+corrupt files, malformed multipart, absurd fields, thousands of parts, uploads trickled byte by byte,
+and the same files as raw image bodies (chunked, endless, trickled, mislabelled).
 Each must get a 4xx with the contract's `{"error": {"code", "message"}}` body (or a correct 200 where
 the input is a valid image), be counted by `eluserve_client_errors_total{code=...}`, and leave the
 server healthy: after every test `/livez` answers and a valid image is still classified. The last test
@@ -18,6 +19,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import functools
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -217,30 +219,27 @@ def test_cut_and_corrupt_files_are_refused_or_decoded_as_in_process(
         assert delta(ERRORS, code=code) == 1 and delta(ERRORS) == 1
 
 
-@pytest.mark.parametrize(
-    ("data", "status", "code"),
-    [
-        (b"", 400, "empty_file"),
-        (b"\x00", 400, "invalid_image"),
-        (b"just some text " + CANARY, 400, "invalid_image"),
-        (b"<!DOCTYPE html><html><body><img src=x onerror=alert(1)>" + CANARY, 400, "invalid_image"),
-        (b'{"image": "' + CANARY + b'"}', 400, "invalid_image"),
-        (b"\x7fELF\x02\x01\x01" + b"\x00" * 64, 400, "invalid_image"),
-        (b"PK\x03\x04" + b"\x00" * 64, 400, "invalid_image"),
-        (b"\x89PNG\r\n\x1a\n", 400, "invalid_image"),
-        (b"\xff\xd8\xff", 400, "invalid_image"),
-        (b"GIF89a", 400, "invalid_image"),
-        (b"RIFF\x00\x00\x00\x00WEBP", 400, "invalid_image"),
-        (b"<svg><script>" + CANARY + b"</script></svg>", 415, "unsupported_format"),
-        (b"%PDF-1.7\n%" + CANARY, 415, "unsupported_format"),
-        (encode(gradient(16, 16), "TGA"), 415, "unsupported_format"),
-        (encode(gradient(16, 16), "ICO"), 415, "unsupported_format"),
-    ],
-    ids=[
-        "zero-bytes", "one-nul", "text", "html", "json", "elf", "zip", "png-magic-only", "jpeg-magic-only",
-        "gif-magic-only", "webp-magic-only", "svg", "pdf", "tga", "ico",
-    ],
-)  # fmt: skip
+#: Bytes that are no image the service decodes, with the answer each gets: name → (data, status, code).
+NOT_IMAGES: dict[str, tuple[bytes, int, str]] = {
+    "zero-bytes": (b"", 400, "empty_file"),
+    "one-nul": (b"\x00", 400, "invalid_image"),
+    "text": (b"just some text " + CANARY, 400, "invalid_image"),
+    "html": (b"<!DOCTYPE html><html><body><img src=x onerror=alert(1)>" + CANARY, 400, "invalid_image"),
+    "json": (b'{"image": "' + CANARY + b'"}', 400, "invalid_image"),
+    "elf": (b"\x7fELF\x02\x01\x01" + b"\x00" * 64, 400, "invalid_image"),
+    "zip": (b"PK\x03\x04" + b"\x00" * 64, 400, "invalid_image"),
+    "png-magic-only": (b"\x89PNG\r\n\x1a\n", 400, "invalid_image"),
+    "jpeg-magic-only": (b"\xff\xd8\xff", 400, "invalid_image"),
+    "gif-magic-only": (b"GIF89a", 400, "invalid_image"),
+    "webp-magic-only": (b"RIFF\x00\x00\x00\x00WEBP", 400, "invalid_image"),
+    "svg": (b"<svg><script>" + CANARY + b"</script></svg>", 415, "unsupported_format"),
+    "pdf": (b"%PDF-1.7\n%" + CANARY, 415, "unsupported_format"),
+    "tga": (encode(gradient(16, 16), "TGA"), 415, "unsupported_format"),
+    "ico": (encode(gradient(16, 16), "ICO"), 415, "unsupported_format"),
+}
+
+
+@pytest.mark.parametrize(("data", "status", "code"), list(NOT_IMAGES.values()), ids=list(NOT_IMAGES))
 def test_what_is_not_an_image_is_refused(
     server: BentoServer, client: httpx.Client, data: bytes, status: int, code: str
 ) -> None:
@@ -327,13 +326,12 @@ def test_the_part_content_type_is_ignored_the_bytes_decide(client: httpx.Client)
         (b'{"image": "aGVsbG8="}', "application/json"),
         (b"image=" + CANARY, "text/plain"),
         (b"image=abc", "application/x-www-form-urlencoded"),
-        (encode(gradient(8, 8), "PNG"), "image/png"),
         (b"--b\r\n\r\n--b--\r\n", "multipart/mixed; boundary=b"),
         (b"", ""),
     ],
-    ids=["json", "text", "urlencoded", "raw-png", "multipart-mixed", "none"],
+    ids=["json", "text", "urlencoded", "multipart-mixed", "none"],
 )
-def test_bodies_that_are_not_form_data_are_415(
+def test_bodies_that_are_neither_form_data_nor_an_image_are_415(
     server: BentoServer, client: httpx.Client, content: bytes, content_type: str
 ) -> None:
     headers = {"content-type": content_type} if content_type else {}
@@ -582,6 +580,134 @@ def test_a_slow_but_steady_upload_is_classified(server: BentoServer) -> None:
         timeout=REQUEST_S,
     )
     assert answer.status == 200 and answer.body is not None and "label" in answer.body, answer
+
+
+# --- the image itself as the body -----------------------------------------------------------------------
+
+#: The Content-Types raw bodies go under, in turn: the bytes decide the format, whatever the label says.
+RAW_TYPES = ("application/octet-stream", "image/jpeg", "image/png", "image/svg+xml", "image/x-anything")
+
+
+def classify_raw(
+    client: httpx.Client, data: bytes, content_type: str = "application/octet-stream", **params: str
+) -> httpx.Response:
+    return client.post("/classify", content=data, headers={"content-type": content_type}, params=params)
+
+
+@functools.cache
+def raw_corpus() -> dict[str, bytes]:
+    """Every file of the corpus above, to send as a raw body."""
+    cases = {f"bomb-{name}": data for name, data in bombs().items()}
+    cases |= {f"broken-{name}": data for name, data in cut_and_corrupt().items()}
+    cases |= {f"not-an-image-{name}": data for name, (data, _, _) in NOT_IMAGES.items()}
+    cases |= {f"polyglot-{name}": glued for name, (_, glued) in polyglots().items()}
+    cases |= {f"mode-{name}": data for name, data in odd_modes().items()}
+    cases["exif-rotated"] = exif_rotated_jpeg()[0]
+    return cases
+
+
+@pytest.mark.parametrize("name", sorted(raw_corpus()))
+def test_a_raw_body_gets_the_answer_a_form_gets(
+    server: BentoServer, client: httpx.Client, info: ModelMetadata, name: str
+) -> None:
+    corpus = raw_corpus()
+    data = corpus[name]
+    content_type = RAW_TYPES[sorted(corpus).index(name) % len(RAW_TYPES)]
+    status, code = in_process_outcome(data, info)
+    with MetricsDelta(server.url) as delta:
+        raw = classify_raw(client, data, content_type)
+    form = classify(client, data)
+    if code is None:
+        assert assert_prediction(raw) == pytest.approx(assert_prediction(form), rel=1e-5, abs=1e-7)
+        assert delta(ERRORS) == 0
+    else:
+        assert_error(raw, status, code)
+        assert_error(form, status, code)
+        assert delta(ERRORS, code=code) == 1 and delta(ERRORS) == 1
+
+
+def test_a_raw_body_just_over_the_byte_limit_is_refused_from_its_length(
+    server: BentoServer, client: httpx.Client
+) -> None:
+    with MetricsDelta(server.url) as delta:
+        assert_error(
+            classify_raw(client, png_just_over_the_byte_limit(), "image/png"), 413, "image_too_large"
+        )
+    assert delta(ERRORS, code="image_too_large") == 1
+    assert delta("eluserve_preprocess_duration_seconds_count") == 0
+
+
+def test_an_endless_chunked_raw_body_is_cut_off_at_the_limit(server: BentoServer) -> None:
+    head = (
+        b"POST /classify HTTP/1.1\r\nHost: reliability-test\r\nContent-Type: image/jpeg\r\n"
+        b"Transfer-Encoding: chunked\r\n\r\n"
+    )
+    piece = b"\xff" * 65536
+    chunk = b"%x\r\n%s\r\n" % (len(piece), piece)
+    endless = (chunk for _ in range(20 * LIMITS.max_image_bytes // len(piece)))
+    with MetricsDelta(server.url) as delta:
+        answer = raw_http.send(server.url, head, endless, timeout=REQUEST_S)
+    assert answer.status == 413 and answer.body is not None, answer
+    assert answer.body["error"]["code"] == "image_too_large"
+    assert answer.bytes_sent < 10 * LIMITS.max_image_bytes, answer.bytes_sent
+    assert delta(ERRORS, code="image_too_large") == 1
+
+
+@pytest.mark.parametrize(
+    "top_k",
+    ["0", "-1", "{classes+1}", "1e9", "abc", "", "5.5", "+3", "0x5", "３", "9" * 1000, "9" * 5000],
+    ids=[
+        "zero", "negative", "classes+1", "float-exponent", "letters", "empty", "decimal", "plus-sign", "hex",
+        "fullwidth-digit", "1000-digits", "5000-digits",
+    ],
+)  # fmt: skip
+def test_absurd_top_k_in_the_query_is_refused(
+    server: BentoServer, client: httpx.Client, info: ModelMetadata, top_k: str
+) -> None:
+    value = top_k.replace("{classes+1}", str(info.num_classes + 1))
+    with MetricsDelta(server.url) as delta:
+        assert_error(classify_raw(client, encode(gradient(16, 16), "PNG"), top_k=value), 400, "invalid_top_k")
+    assert delta(ERRORS, code="invalid_top_k") == 1 and delta(ERRORS) == 1
+
+
+def test_a_trickled_raw_body_times_out_with_408(server: BentoServer) -> None:
+    data = encode(gradient(16, 16), "PNG")
+    head = raw_http.request_head("/classify", "image/png", len(data))
+    with MetricsDelta(server.url) as delta:
+        answer = raw_http.send(
+            server.url, head, (data[i : i + 1] for i in range(len(data))), pause=0.1, timeout=REQUEST_S
+        )
+    assert answer.status == 408 and answer.body is not None, answer
+    assert answer.body["error"]["code"] == "request_timeout"
+    assert TIMEOUT_S * BODY_TIMEOUT_SHARE - 1 < answer.seconds < TIMEOUT_S + LATE_S
+    assert delta(ERRORS, code="request_timeout") == 1
+
+
+def test_a_slow_but_steady_raw_body_is_classified(server: BentoServer) -> None:
+    data = encode(gradient(16, 16), "PNG")
+    head = raw_http.request_head("/classify", "image/png", len(data))
+    step = len(data) // 10 + 1
+    chunks = (data[i : i + step] for i in range(0, len(data), step))
+    answer = raw_http.send(server.url, head, chunks, pause=0.25, timeout=REQUEST_S)
+    assert answer.status == 200 and answer.body is not None and "label" in answer.body, answer
+
+
+def test_a_raw_body_cut_short_by_a_client_that_gives_up_leaves_the_server_healthy(
+    server: BentoServer,
+) -> None:
+    data = encode(gradient(64, 64), "PNG")
+    head = raw_http.request_head("/classify", "image/png", len(data) + 10_000)
+    answer = raw_http.send(server.url, head, [data[: len(data) // 2]], half_close=True, timeout=15)
+    assert answer.status is None or 400 <= answer.status < 500
+
+
+def test_a_batch_refuses_an_image_body(server: BentoServer, client: httpx.Client) -> None:
+    png = encode(gradient(8, 8), "PNG")
+    with MetricsDelta(server.url) as delta:
+        for content_type in ("image/png", "application/octet-stream"):
+            response = client.post("/classify_batch", content=png, headers={"content-type": content_type})
+            assert_error(response, 415, "unsupported_media_type")
+    assert delta(ERRORS, code="unsupported_media_type") == 2
 
 
 # --- last: what the server wrote down -------------------------------------------------------------------
