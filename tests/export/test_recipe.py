@@ -108,13 +108,15 @@ def test_frozen_norm_scales_and_fast_biases_with_decoupled_decay() -> None:
     configure_batch_norm(net, momentum=0.4, freeze_weights=True)
     norms = [m for m in net.modules() if isinstance(m, nn.BatchNorm2d)]
     assert norms and all(m.momentum == 0.4 and not m.weight.requires_grad for m in norms)
-    weights, biases = param_groups(net, lr=2.0, weight_decay=0.004, bias_lr_scale=64.0, decoupled=True)
+    weights, norm, biases = param_groups(net, lr=2.0, weight_decay=0.004, bias_lr_scale=64.0, decoupled=True)
     frozen = {id(m.weight) for m in norms}
-    assert not frozen & {id(p) for group in (weights, biases) for p in group["params"]}
+    assert not frozen & {id(p) for group in (weights, norm, biases) for p in group["params"]}
     assert weights["weight_decay"] == pytest.approx(0.002) and weights["lr_scale"] == 1.0
-    assert biases["weight_decay"] == 0.0 and biases["lr_scale"] == 64.0
-    assert {id(m.bias) for m in norms} <= {id(p) for p in biases["params"]}
-    coupled, _ = param_groups(net, lr=2.0, weight_decay=0.004, bias_lr_scale=1.0, decoupled=False)
+    assert norm["weight_decay"] == 0.0 and norm["lr_scale"] == 64.0
+    assert {id(p) for p in norm["params"]} == {id(m.bias) for m in norms}
+    # the whitening stem's bias learns at the plain rate: 64× would throw its whitened input about
+    assert [id(p) for p in biases["params"]] == [id(net.whiten.bias)] and biases["lr_scale"] == 1.0
+    coupled, _, _ = param_groups(net, lr=2.0, weight_decay=0.004, bias_lr_scale=1.0, decoupled=False)
     assert coupled["weight_decay"] == 0.004
 
 
