@@ -97,16 +97,21 @@ def _echo(text: str) -> Any:
     return endpoint
 
 
+async def _ours_not_found(_: Request, __: Exception) -> PlainTextResponse:
+    return PlainTextResponse("ours: no route", status_code=404)
+
+
 @pytest.fixture
 def routed() -> TestClient:
     ours = Starlette(
         routes=[
             Route("/classify", _echo("ours"), methods=["POST"]),
             Route("/models/{name}/classify", _echo("ours, templated"), methods=["POST"]),
-        ]
+        ],
+        exception_handlers={404: _ours_not_found},
     )
     theirs = Starlette(
-        routes=[Route("/metrics", _echo("bentoml")), Route("/classify/extra", _echo("bentoml"))]
+        routes=[Route("/metrics", _echo("bentoml")), Route("/static_content/classify", _echo("bentoml"))]
     )
     return TestClient(fast_path.OwnRoutes(theirs, ours=ours))
 
@@ -115,8 +120,11 @@ def test_own_paths_go_to_our_app_and_the_rest_to_bentomls(routed: TestClient) ->
     assert routed.post("/classify").text == "ours"
     assert routed.post("/models/elufast/classify").text == "ours, templated"
     assert routed.get("/metrics").text == "bentoml"
-    assert routed.get("/classify/extra").text == "bentoml"  # a prefix of ours is not ours
-    assert routed.get("/models/a/b/classify").status_code == 404  # a segment matches one segment
+    assert routed.get("/static_content/classify").text == "bentoml"
+    # Paths that neither serves (a prefix of ours is not ours, a segment matches one segment): our
+    # app's 404, which the service answers with the contract's error body.
+    for path in ("/classify/extra", "/models/a/b/classify", "/nope"):
+        assert routed.get(path).status_code == 404 and routed.get(path).text == "ours: no route"
 
 
 def test_a_wrong_method_on_our_path_is_our_apps_405(routed: TestClient) -> None:
