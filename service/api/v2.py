@@ -84,7 +84,8 @@ class ProtocolError(ClientError):
         super().__init__(code, message, status)
 
 
-def _server_version() -> str:
+def server_version() -> str:
+    """The installed eluserve's version (\"unknown\" from a source tree that was never installed)."""
     try:
         return version("eluserve")
     except PackageNotFoundError:
@@ -171,9 +172,7 @@ class InferenceProtocol:
         self.read_timeout_s = settings.timeout_s * BODY_TIMEOUT_SHARE
 
     async def server(self, _: Request) -> Response:
-        return JSONResponse(
-            {"name": "eluserve", "version": _server_version(), "extensions": list(EXTENSIONS)}
-        )
+        return JSONResponse({"name": "eluserve", "version": server_version(), "extensions": list(EXTENSIONS)})
 
     async def live(self, _: Request) -> Response:
         return Response(status_code=200)
