@@ -18,7 +18,8 @@ off (docs/bench/serving-engine-v2.md, "Round 4"; the access log alone: 464 again
   route. It skips the request context (`bentoml.context.request`, which none of our routes reads),
   BentoML's exception middleware and router, and for most routes our own. A path that neither our
   routes nor BentoML's serve goes to our app too, whose 404 is the contract's error body
-  (`eluserve.service.api.errors`); BentoML's router answers it in plain text.
+  (`eluserve.service.api.errors`); BentoML's router answers it in plain text. So does a method other
+  than GET or HEAD on one of BentoML's paths: our app's handler answers it, as a 405.
 - BentoML's traffic metrics label each request with its route, not its raw path: a route of ours
   with path parameters by its template (`/models/{name}/classify`), a path that no route serves as
   `unmatched`. BentoML labels by the raw path, so every distinct path a client sends (a scanner's
@@ -42,6 +43,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.routing import Route
@@ -108,6 +110,11 @@ class OwnRoutes:
             await response(scope, receive, send)
         elif self.is_ours(scope["path"]) or not bentoml_serves(scope["path"]):
             await self.ours(scope, receive, send)
+        elif scope["method"] not in BENTOML_METHODS and HTTPException in self.ours.exception_handlers:
+            handler = self.ours.exception_handlers[HTTPException]
+            refusal = HTTPException(405, headers={"Allow": ", ".join(sorted(BENTOML_METHODS))})
+            response = await handler(Request(scope, receive), refusal)
+            await response(scope, receive, send)
         else:
             await self.app(scope, receive, send)
 
@@ -115,6 +122,8 @@ class OwnRoutes:
 #: BentoML 1.4's own routes (besides the mount of our app): exact paths, and the prefix of a mount.
 BENTOML_PATHS = frozenset({"/", "/livez", "/healthz", "/readyz", "/metrics", "/schema.json", "/docs.json"})
 BENTOML_PREFIXES = ("/static_content",)
+#: The methods BentoML's own routes take (Starlette's default for a `Route`, and its static files).
+BENTOML_METHODS = frozenset({"GET", "HEAD"})
 #: The label of a path that no route serves.
 UNMATCHED = "unmatched"
 #: Where `EndpointLabel` keeps the real path while BentoML's traffic metrics read the label.

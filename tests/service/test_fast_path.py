@@ -17,6 +17,7 @@ from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddle
 from bentoml._internal.server.http.traffic import MaxConcurrencyMiddleware, TimeoutMiddleware
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -97,8 +98,11 @@ def _echo(text: str) -> Any:
     return endpoint
 
 
-async def _ours_not_found(_: Request, __: Exception) -> PlainTextResponse:
-    return PlainTextResponse("ours: no route", status_code=404)
+async def _ours_refusal(_: Request, exc: Exception) -> PlainTextResponse:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return PlainTextResponse("ours: no route", status_code=404)
+    return PlainTextResponse(f"ours: {exc.status_code} {(exc.headers or {}).get('Allow')}", exc.status_code)
 
 
 @pytest.fixture
@@ -108,7 +112,7 @@ def routed() -> TestClient:
             Route("/classify", _echo("ours"), methods=["POST"]),
             Route("/models/{name}/classify", _echo("ours, templated"), methods=["POST"]),
         ],
-        exception_handlers={404: _ours_not_found},
+        exception_handlers={HTTPException: _ours_refusal},
     )
     theirs = Starlette(
         routes=[Route("/metrics", _echo("bentoml")), Route("/static_content/classify", _echo("bentoml"))]
@@ -129,6 +133,12 @@ def test_own_paths_go_to_our_app_and_the_rest_to_bentomls(routed: TestClient) ->
 
 def test_a_wrong_method_on_our_path_is_our_apps_405(routed: TestClient) -> None:
     assert routed.get("/classify").status_code == 405
+
+
+def test_a_wrong_method_on_bentomls_path_is_our_handlers_405(routed: TestClient) -> None:
+    response = routed.post("/metrics")
+    assert response.status_code == 405 and response.text == "ours: 405 GET, HEAD"
+    assert routed.head("/metrics").status_code == 200
 
 
 @pytest.fixture(scope="module")

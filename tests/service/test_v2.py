@@ -117,6 +117,8 @@ def test_unknown_routes_and_methods_answer_the_error_body(server: BentoServer) -
         ("GET", "/v2/models/tiny-a/nope", 404),
         ("DELETE", "/classify", 405),
         ("GET", "/v2/models/tiny-a/infer", 405),
+        ("POST", "/metrics", 405),  # one of BentoML's routes
+        ("PUT", "/", 405),
     ):
         response = httpx.request(method, server.url + path, timeout=REQUEST_S)
         assert response.status_code == status, (method, path, response.text)
