@@ -139,7 +139,8 @@ http_app = Starlette(
         ),
     ],
     # Paths and methods no route serves: the error body every other client error has, not
-    # Starlette's plain-text "Not Found" (BentoML mounts this app at "/", so it sees them all).
+    # Starlette's plain-text "Not Found" (`eluserve.service.runtime.fast_path` sends such paths here,
+    # and uses this handler for a wrong method on BentoML's own paths).
     exception_handlers={HTTPException: errors.http_exception},
 )
 #: Every path the service answers, as OpenTelemetry's URL patterns (`{name}` matches one segment);
