@@ -311,8 +311,8 @@ def _too_large(size: int, limit: int) -> ProtocolError:
 
 
 def _split(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes, bool]:
-    """The JSON inference header, the binary data after it, and whether the header's text has a
-    `true` or `false` in it (where it has none, no value in it is a boolean)."""
+    """The JSON inference header, the binary data after it, and whether the inputs' data may hold a
+    boolean (`_data_may_hold_bools`)."""
     if header_length is None:
         json_part, binary = body, b""
     else:
@@ -329,7 +329,36 @@ def _split(body: bytes, header_length: str | None) -> tuple[dict[str, Any], byte
         raise ProtocolError("the inference request must be a JSON object")
     if "id" in header and not isinstance(header["id"], str):
         raise ProtocolError("the request id must be a string")
-    return header, binary, b"true" in json_part or b"false" in json_part
+    return header, binary, _data_may_hold_bools(header, json_part)
+
+
+def _data_may_hold_bools(header: dict[str, Any], text: bytes) -> bool:
+    """False where no input's data can hold a boolean, without looking at the data.
+
+    Every JSON `true` and `false` is one of those words in the text. Where the text has no more of
+    them than the header has booleans outside the inputs' data (`"binary_data": false` and the
+    like, a walk over a few small values), the data have none. More (the data have some, or a
+    string contains the word) means the data are looked through (`_holds_bool`).
+    """
+    literals = text.count(b"true") + text.count(b"false")
+    if not literals:
+        return False
+    inputs = header.get("inputs")
+    data = (
+        {id(t["data"]) for t in inputs if isinstance(t, dict) and "data" in t}
+        if isinstance(inputs, list)
+        else set()
+    )
+    outside, stack = 0, [header]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, bool):
+            outside += 1
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list) and id(value) not in data:
+            stack.extend(value)
+    return literals > outside
 
 
 def _is_int(value: Any) -> bool:
@@ -371,7 +400,7 @@ def _integers(data: Any, shape: list[int], dtype: np.dtype, *, literals: bool) -
     JSON data goes to numpy as parsed: numpy infers one type for the whole list in C, so a float
     anywhere makes it floating-point and a string makes it a string array, both refused; only
     booleans mixed with integers pass that test (numpy reads them as 0 and 1), so they are looked
-    for one by one, only when the request's JSON has a `true` or `false` somewhere (`literals`).
+    for one by one, only where the request's text says the data may hold one (`literals`).
     """
     count = int(np.prod(shape))
     kind = dtype.name.upper()

@@ -360,3 +360,14 @@ def test_bytes_input_garbage_is_a_400(client: TestClient) -> None:
         }
         text = json.dumps({"inputs": [tensor]}).encode()
         refused(client, text + raw, {"Inference-Header-Content-Length": str(len(text))})
+
+
+def test_booleans_are_found_wherever_the_text_has_them(client: TestClient) -> None:
+    """Flags outside the data do not hide a boolean in it, nor does the word in a string."""
+    flags = {"outputs": [{"name": "probabilities", "parameters": {"binary_data": False}}], "id": "true"}
+    data = [True] + [1] * (PIXELS - 1)
+    assert "booleans" in refused(
+        client, json.dumps({**flags, "inputs": [{**crop_input(), "data": data}]}).encode()
+    )
+    ok = post(client, json.dumps({**flags, "inputs": [crop_input()]}).encode())
+    assert ok.status_code == 200, ok.text
