@@ -130,7 +130,9 @@ class ModelsApi:
         waits for, so it still completes and reaches the other workers, and the index then shows it.
         """
         # Triton's unload takes "unload_dependents"; there are no dependents here, so it is moot.
-        await control_options(request, allowed=("unload_dependents",) if state == UNLOADED else ())
+        options = await control_options(request, allowed=("unload_dependents",) if state == UNLOADED else ())
+        if not isinstance(options.get("unload_dependents", False), bool):
+            raise ClientError("invalid_request", "'unload_dependents' must be true or false")
         name = request.path_params["name"]
         task = asyncio.ensure_future(self._apply_everywhere(name, state))
         self._changes.add(task)

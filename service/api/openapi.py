@@ -368,23 +368,31 @@ def paths(
             document[f"{prefix}/{endpoint}"] = {"post": operation}
     control = _errors(
         {
-            "400": "the model's files cannot be loaded (the message names them), or it is the default model",
+            "400": "the model's files cannot be loaded (the message names them), it is the default model, "
+            "or the body is not a small JSON object of the route's options",
             "403": "model control is off: ELUSERVE_MODEL_CONTROL=explicit turns it on",
             "404": "no such model in the repository",
             "500": "applied in this worker, but another worker failed to",
         }
     )
-    optional_json = {"required": False, "content": {JSON: {"schema": {"type": "object"}}}}
+
+    def options(properties: Mapping[str, Any]) -> dict[str, Any]:
+        """Triton's optional body, as `eluserve.service.api.models.control_options` reads it."""
+        schema = {"type": "object", "properties": dict(properties), "additionalProperties": False}
+        return {"required": False, "content": {JSON: {"schema": schema}}}
+
     name_param = [
         {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "pattern": NAME}}
     ]
     document["/v2/repository/index"] = {
         "post": {
             "summary": "Triton repository index: every model on disk, its versions and state",
+            "requestBody": options({"ready": {"type": "boolean", "description": "only what is served"}}),
             "responses": {
                 "200": _json(
                     "the index", {"type": "array", "items": {"type": "object", "required": ["name", "state"]}}
-                )
+                ),
+                **_errors({"400": "the body is not a small JSON object of the route's options"}),
             },
         }
     }
@@ -393,7 +401,9 @@ def paths(
             "post": {
                 "summary": f"Triton repository extension: {action} a model in every worker",
                 "parameters": name_param,
-                "requestBody": optional_json,
+                "requestBody": options(
+                    {"unload_dependents": {"type": "boolean"}} if action == "unload" else {}
+                ),
                 "responses": {
                     "200": _json(
                         "applied in every worker", {"type": "object", "required": ["name", "state"]}

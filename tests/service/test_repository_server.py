@@ -188,6 +188,7 @@ def test_repository_bodies_are_checked(server: BentoServer) -> None:
         (index, b"{}" + b" " * 70_000),
         (server.url + "/v2/repository/models/tiny-a/load", b'{"parameters": {"config": "{}"}}'),
         (server.url + "/v2/repository/models/tiny-a/unload", deep),
+        (server.url + "/v2/repository/models/tiny-a/unload", b'{"unload_dependents": "yes"}'),
     ):
         response = httpx.post(url, content=body, timeout=30)
         assert response.status_code == 400, (url, body[:40], response.text)
