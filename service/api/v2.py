@@ -51,7 +51,8 @@ import numpy as np
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from eluserve.core.contract import INPUT_NAME, OUTPUT_NAME, ModelMetadata
+from eluserve.core.contract import INPUT_NAME, MODEL_FILE, OUTPUT_NAME, ModelMetadata
+from eluserve.core.engines import ONNXRUNTIME
 from eluserve.core.errors import ClientError, ServiceError
 from eluserve.core.preprocessing import Limits, load_image
 from eluserve.core.results import format_results
@@ -117,13 +118,16 @@ def model_config(
     `max_batch_size` is the largest batch a request may carry and the batcher runs; the batcher
     starts a batch as soon as the previous one ends (no queue delay), and refuses work that would
     wait longer than its latency budget, which Triton's queue policy names a queue timeout with the
-    REJECT action. Dims exclude the batch dimension, as Triton's do when `max_batch_size` > 0.
+    REJECT action. Dims exclude the batch dimension, as Triton's do when `max_batch_size` > 0. The
+    backend is the engine that runs the model; Triton's platform names ONNX Runtime's alone, and
+    its configurations of other backends (OpenVINO) have an empty one.
     """
     height, width = info.input_size
+    backend = info.engine or ONNXRUNTIME
     return {
         "name": info.name,
-        "platform": PLATFORM,
-        "backend": "onnxruntime",
+        "platform": PLATFORM if backend == ONNXRUNTIME else "",
+        "backend": backend,
         "max_batch_size": max_batch_size,
         "input": [
             {
@@ -145,7 +149,7 @@ def model_config(
         "instance_group": [
             {"name": f"{info.name}_0", "kind": "KIND_GPU" if gpu else "KIND_CPU", "count": workers}
         ],
-        "default_model_filename": "model.onnx",
+        "default_model_filename": MODEL_FILE,
         "parameters": {
             ENCODED_INPUT: {
                 "string_value": f"BYTES [-1]: encoded images, decoded and cropped to {height}x{width} by the "

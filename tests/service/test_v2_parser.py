@@ -10,6 +10,7 @@ paths included, are tests/service/test_v2.py's.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import struct
 from collections.abc import Iterator
@@ -131,6 +132,10 @@ def test_model_config_names_the_gpu_and_the_engine(tmp_path: Path) -> None:
     info = read_model_info(build_tiny_model(tmp_path / "model.onnx"))
     config = model_config(info, max_batch_size=8, max_latency_ms=5, workers=3, gpu=True)
     assert config["instance_group"][0]["kind"] == "KIND_GPU" and config["backend"] == "onnxruntime"
+    openvino = model_config(
+        dataclasses.replace(info, engine="openvino"), max_batch_size=8, max_latency_ms=5, workers=1, gpu=False
+    )
+    assert openvino["backend"] == "openvino" and openvino["platform"] == ""
 
 
 @pytest.mark.parametrize(
