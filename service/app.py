@@ -32,13 +32,14 @@ from typing import Any
 
 import bentoml
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from eluserve.core.session import available_cores
 from eluserve.service import runtime
-from eluserve.service.api import openapi, page
+from eluserve.service.api import errors, openapi, page
 from eluserve.service.api.models import ModelsApi
 from eluserve.service.api.v2 import InferenceProtocol
 from eluserve.service.config import SHARED, load_settings
@@ -133,10 +134,15 @@ http_app = Starlette(
             for route in (
                 Route(prefix, _v2("model"), methods=["GET"]),
                 Route(f"{prefix}/ready", _v2("model_ready"), methods=["GET"]),
+                Route(f"{prefix}/config", _v2("config"), methods=["GET"]),
                 Route(f"{prefix}/infer", _v2("infer"), methods=["POST"]),
             )
         ),
-    ]
+    ],
+    # Paths and methods no route serves: the error body every other client error has, not
+    # Starlette's plain-text "Not Found" (`eluserve.service.runtime.fast_path` sends such paths here,
+    # and uses this handler for a wrong method on BentoML's own paths).
+    exception_handlers={HTTPException: errors.http_exception},
 )
 #: Every path the service answers, as OpenTelemetry's URL patterns (`{name}` matches one segment);
 #: BentoML's OpenTelemetry middleware skips them unless `tracing` is on.
@@ -181,7 +187,7 @@ class EluClassifier:
         # (`eluserve.service.control`); it turns ready once every version is warmed up.
         self.registry.load_all(self.follower.to_serve)
         self.models_api = ModelsApi(self.registry, self.follower, settings, workers)
-        self.v2 = InferenceProtocol(self.registry, settings, ready=self.__is_ready__)
+        self.v2 = InferenceProtocol(self.registry, settings, ready=self.__is_ready__, workers=workers)
         self.follower.start()
         # Everything loaded so far (BentoML, Starlette, pydantic, onnx, the sessions) lives as long as
         # the worker: moved out of the garbage collector's generations, it is no longer rescanned by

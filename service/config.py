@@ -15,7 +15,6 @@ served, as before the repository existed.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import re
 import tomllib
@@ -32,6 +31,7 @@ from eluserve.core.errors import ConfigError
 from eluserve.core.paths import DEFAULT_MODEL_NAME, packaged_models_dir
 from eluserve.core.preprocessing import Limits
 from eluserve.core.session import available_cores
+from eluserve.service import jsonio
 
 ENV_PREFIX = "ELUSERVE_"
 CONFIG_ENV = "ELUSERVE_CONFIG"
@@ -42,6 +42,9 @@ HTTP_PARSERS = ("httptools", "h11")
 WORKER = "worker"
 SHARED = "shared"
 DEVICE_BATCHING = (AUTO, WORKER, SHARED)
+#: The largest config file read: settings are a few dozen short values, so anything near this size is
+#: not a config file (and a parser is not handed megabytes of nesting to recurse through).
+MAX_CONFIG_BYTES = 1024 * 1024
 _TAG = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]*:[A-Za-z0-9_.-]+$")
 
 
@@ -273,22 +276,38 @@ def resolve_model(value: str) -> Path:
 
 
 def _read_file(path: Path) -> dict[str, Any]:
+    """The file's settings: at most `MAX_CONFIG_BYTES`, and nested no deeper than its parser copes
+    with (JSON: `jsonio.MAX_DEPTH`; the YAML and TOML parsers recurse, so their `RecursionError` is
+    the bound), else a `ConfigError` that names the file."""
     try:
-        text = path.read_text(encoding="utf-8")
+        with path.open("rb") as file:
+            raw = file.read(MAX_CONFIG_BYTES + 1)
+        if len(raw) > MAX_CONFIG_BYTES:
+            raise ConfigError(f"config file {path} is larger than {MAX_CONFIG_BYTES} bytes")
+        text = raw.decode("utf-8")
     except OSError as exc:
         raise ConfigError(f"cannot read config file {path} named by {CONFIG_ENV}: {exc}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"config file {path} is not UTF-8 text: {exc}") from exc
     suffix = path.suffix.lower()
     try:
         if suffix == ".toml":
             data: Any = tomllib.loads(text)
         elif suffix == ".json":
-            data = json.loads(text)
+            data = jsonio.loads(raw, what=f"config file {path}")
         elif suffix in (".yaml", ".yml"):
             import yaml
 
-            data = yaml.safe_load(text)
+            try:
+                data = yaml.safe_load(text)
+            except yaml.YAMLError as exc:  # not a ValueError
+                raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
         else:
             raise ConfigError(f"config file {path}: use a .yaml, .yml, .json or .toml extension")
+    except jsonio.JsonError as exc:
+        raise ConfigError(str(exc)) from exc
+    except RecursionError as exc:
+        raise ConfigError(f"config file {path} is nested too deeply to be a config file") from exc
     except (ValueError, tomllib.TOMLDecodeError) as exc:
         raise ConfigError(f"config file {path} is not valid {suffix[1:].upper()}: {exc}") from exc
     except ImportError as exc:

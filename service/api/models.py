@@ -10,6 +10,11 @@
     POST /v2/repository/models/{name}/load            Triton: (re)load every version from disk
     POST /v2/repository/models/{name}/unload          Triton: stop serving it
 
+The repository routes take Triton's optional JSON body: nothing, or an object (at most
+`MAX_CONTROL_BODY_BYTES`, parsed by `eluserve.service.jsonio`); the index honours ``"ready": true``
+(only what is served), load refuses ``parameters`` (Triton's configuration and file overrides, which
+the service does not take), anything else is a 400 `invalid_request`.
+
 Errors follow the service's contract, ``{"error": {"code", "message"}}``: an unknown model or version
 is 404 `model_not_found`; load and unload are 403 `model_control_disabled` unless the operator set
 ``ELUSERVE_MODEL_CONTROL=explicit``; a load that fails is 400 `model_load_failed`, naming the file,
@@ -23,10 +28,11 @@ import logging
 from collections.abc import Awaitable, Callable
 
 import anyio.to_thread
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
 from eluserve.core.errors import ClientError, ServiceError
+from eluserve.service import jsonio
 from eluserve.service.api.classify import count_client_error, error_response
 from eluserve.service.config import Settings
 from eluserve.service.control import LOADED, UNLOADED, Follower
@@ -98,19 +104,24 @@ class ModelsApi:
         finally:
             self.registry.release(served)
 
-    async def index(self, _: Request) -> Response:
-        return await _guarded(lambda: self._index())
+    async def index(self, request: Request) -> Response:
+        return await _guarded(lambda: self._index(request))
 
-    async def _index(self) -> Response:
-        return JSONResponse(await anyio.to_thread.run_sync(self.registry.index))
+    async def _index(self, request: Request) -> Response:
+        options = await control_options(request, allowed=("ready",))
+        ready = options.get("ready", False)
+        if not isinstance(ready, bool):
+            raise ClientError("invalid_request", f"'ready' must be true or false, got {ready!r}")
+        rows = await anyio.to_thread.run_sync(self.registry.index)
+        return JSONResponse([row for row in rows if row.get("state") == "READY"] if ready else rows)
 
     async def load(self, request: Request) -> Response:
-        return await _guarded(lambda: self._change(request.path_params["name"], LOADED))
+        return await _guarded(lambda: self._change(request, LOADED))
 
     async def unload(self, request: Request) -> Response:
-        return await _guarded(lambda: self._change(request.path_params["name"], UNLOADED))
+        return await _guarded(lambda: self._change(request, UNLOADED))
 
-    async def _change(self, name: str, state: str) -> Response:
+    async def _change(self, request: Request, state: str) -> Response:
         """Apply a load or unload here and in every worker, even if the request itself gives up.
 
         Loading a large model (building and warming its sessions) can outlast BentoML's request
@@ -118,6 +129,11 @@ class ModelsApi:
         machine, 30 s and a 504. The change therefore runs as a task of its own that the request only
         waits for, so it still completes and reaches the other workers, and the index then shows it.
         """
+        # Triton's unload takes "unload_dependents"; there are no dependents here, so it is moot.
+        options = await control_options(request, allowed=("unload_dependents",) if state == UNLOADED else ())
+        if not isinstance(options.get("unload_dependents", False), bool):
+            raise ClientError("invalid_request", "'unload_dependents' must be true or false")
+        name = request.path_params["name"]
         task = asyncio.ensure_future(self._apply_everywhere(name, state))
         self._changes.add(task)
         task.add_done_callback(self._changes.discard)
@@ -149,6 +165,41 @@ class ModelsApi:
                 "model_change_incomplete", f"{state} {name}: applied here, but " + "; ".join(errors), 500
             )
         return JSONResponse({"name": name, "state": state, "versions": versions, "workers": applied})
+
+
+#: A repository request's body: Triton's are a few flags; nothing legitimate comes near this.
+MAX_CONTROL_BODY_BYTES = 64 * 1024
+
+
+async def control_options(request: Request, allowed: tuple[str, ...]) -> dict[str, object]:
+    """The JSON object a repository request's body holds ({} for none), with only `allowed` keys.
+
+    Raises:
+        ClientError: 400 `invalid_request` for a body that is too large, not JSON, nested deeper than
+            `jsonio.MAX_DEPTH`, not an object, or has other keys (``parameters`` among them).
+    """
+    body = b""
+    try:
+        async for chunk in request.stream():
+            body += chunk
+            if len(body) > MAX_CONTROL_BODY_BYTES:
+                raise ClientError("invalid_request", f"the body is over {MAX_CONTROL_BODY_BYTES} bytes")
+    except ClientDisconnect as exc:
+        raise ClientError("invalid_request", "the client went away before its body arrived") from exc
+    if not body.strip():
+        return {}
+    try:
+        options = jsonio.loads(body, what="the body")
+    except jsonio.JsonError as exc:
+        raise ClientError("invalid_request", str(exc)) from exc
+    if not isinstance(options, dict):
+        raise ClientError("invalid_request", "the body must be a JSON object")
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ClientError(
+            "invalid_request", f"unsupported options {unknown}; this route takes {list(allowed) or 'none'}"
+        )
+    return options
 
 
 def _log_failure(task: asyncio.Task[Response]) -> None:

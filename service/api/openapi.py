@@ -8,8 +8,11 @@ paths below added, and `/docs` shows it in Swagger UI from the assets BentoML al
 
 The document is built per request from what the worker serves: `{name}` and `{version}` enumerate
 the loaded models and versions, `top_k` and labels follow the default model, and the limits follow
-the settings. Schemathesis fuzzes the live service from it (tests/reliability/test_openapi_fuzz.py),
-so every status and body written here is checked against real answers.
+the settings. The document's info is ours (the package's version, no contact: BentoML's names its
+own team), and our routes are grouped by tag (`TAGS`) instead of under BentoML's "Service APIs",
+which lists the `@bentoml.api` methods the service has none of. Schemathesis fuzzes the live
+service from it (tests/reliability/test_openapi_fuzz.py), so every status and body written here is
+checked against real answers.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from typing import Any
 from starlette.responses import HTMLResponse
 
 from eluserve.core.contract import ModelMetadata
+from eluserve.service.api.v2 import server_version
 from eluserve.service.config import Settings
 
 JSON = "application/json"
@@ -27,6 +31,15 @@ JSON = "application/json"
 NAME = "^[A-Za-z0-9][A-Za-z0-9_.-]*$"
 ERROR = {"$ref": "#/components/schemas/EluserveError"}
 V2_ERROR = {"$ref": "#/components/schemas/InferenceError"}
+#: The groups of our routes in Swagger UI, each with the path prefixes it holds (first match wins).
+TAGS = (
+    ("repository", "Triton's model repository extension: index, load, unload", ("/v2/repository",)),
+    ("v2", "Open Inference Protocol v2 (KServe v2, Triton's HTTP API)", ("/v2",)),
+    ("models", "Every loaded model and version, and classification per model", ("/models",)),
+    ("classify", "Classification on the default model", ("/classify", "/model")),
+)
+#: BentoML's tag for its `@bentoml.api` methods; the service has none, so the group is empty.
+BENTOML_API_TAG = "Service APIs"
 CLIENT_STATUSES = {
     "400": "a malformed form, a missing field, a bad top_k, or an image that is not one",
     "408": "the body did not arrive in time",
@@ -57,10 +70,10 @@ def _json(description: str, schema: Mapping[str, Any]) -> dict[str, Any]:
 
 def _errors(statuses: Mapping[str, str], schema: Mapping[str, Any] = ERROR) -> dict[str, Any]:
     answers = {status: _json(description, schema) for status, description in statuses.items()}
-    if "404" in answers:
-        # A path parameter that is no path segment (an encoded "/") makes a path that is not ours:
-        # BentoML answers it with a plain-text 404.
-        answers["404"]["content"]["text/plain"] = {"schema": {"type": "string"}}
+    if "404" in answers and schema != ERROR:
+        # A path parameter that is no path segment (an encoded "/") makes a path that no route serves,
+        # answered with the service's error body (`eluserve.service.api.errors`), not the route's.
+        answers["404"]["content"][JSON]["schema"] = {"oneOf": [dict(schema), ERROR]}
     return answers
 
 
@@ -206,6 +219,31 @@ def _components(info: ModelMetadata) -> dict[str, Any]:
                     "type": "array",
                     "items": {"type": "object", "required": ["name", "datatype", "shape"]},
                 },
+            },
+        },
+        "ModelConfigV2": {
+            "type": "object",
+            "description": "Triton's ModelConfig (model_config.proto) as JSON",
+            "required": ["name", "platform", "max_batch_size", "input", "output", "dynamic_batching"],
+            "properties": {
+                "name": {"type": "string"},
+                "platform": {"type": "string"},
+                "backend": {"type": "string"},
+                "max_batch_size": {"type": "integer", "minimum": 1},
+                "input": {
+                    "type": "array",
+                    "items": {"type": "object", "required": ["name", "data_type", "dims"]},
+                },
+                "output": {
+                    "type": "array",
+                    "items": {"type": "object", "required": ["name", "data_type", "dims"]},
+                },
+                "dynamic_batching": {"type": "object"},
+                "instance_group": {
+                    "type": "array",
+                    "items": {"type": "object", "required": ["kind", "count"]},
+                },
+                "parameters": {"type": "object"},
             },
         },
         "ModelMetadataV2": {
@@ -365,23 +403,31 @@ def paths(
             document[f"{prefix}/{endpoint}"] = {"post": operation}
     control = _errors(
         {
-            "400": "the model's files cannot be loaded (the message names them), or it is the default model",
+            "400": "the model's files cannot be loaded (the message names them), it is the default model, "
+            "or the body is not a small JSON object of the route's options",
             "403": "model control is off: ELUSERVE_MODEL_CONTROL=explicit turns it on",
             "404": "no such model in the repository",
             "500": "applied in this worker, but another worker failed to",
         }
     )
-    optional_json = {"required": False, "content": {JSON: {"schema": {"type": "object"}}}}
+
+    def options(properties: Mapping[str, Any]) -> dict[str, Any]:
+        """Triton's optional body, as `eluserve.service.api.models.control_options` reads it."""
+        schema = {"type": "object", "properties": dict(properties), "additionalProperties": False}
+        return {"required": False, "content": {JSON: {"schema": schema}}}
+
     name_param = [
         {"name": "name", "in": "path", "required": True, "schema": {"type": "string", "pattern": NAME}}
     ]
     document["/v2/repository/index"] = {
         "post": {
             "summary": "Triton repository index: every model on disk, its versions and state",
+            "requestBody": options({"ready": {"type": "boolean", "description": "only what is served"}}),
             "responses": {
                 "200": _json(
                     "the index", {"type": "array", "items": {"type": "object", "required": ["name", "state"]}}
-                )
+                ),
+                **_errors({"400": "the body is not a small JSON object of the route's options"}),
             },
         }
     }
@@ -390,7 +436,9 @@ def paths(
             "post": {
                 "summary": f"Triton repository extension: {action} a model in every worker",
                 "parameters": name_param,
-                "requestBody": optional_json,
+                "requestBody": options(
+                    {"unload_dependents": {"type": "boolean"}} if action == "unload" else {}
+                ),
                 "responses": {
                     "200": _json(
                         "applied in every worker", {"type": "object", "required": ["name", "state"]}
@@ -444,6 +492,13 @@ def _v2_paths(names: Sequence[str], versions: Sequence[str]) -> dict[str, dict[s
                 "responses": {"200": _json("metadata", {"$ref": ref + "ModelMetadataV2"}), **v2_not_found},
             }
         }
+        document[f"{prefix}/config"] = {
+            "get": {
+                "summary": "Model configuration (Triton's model configuration extension)",
+                "parameters": params,
+                "responses": {"200": _json("configuration", {"$ref": ref + "ModelConfigV2"}), **v2_not_found},
+            }
+        }
         document[f"{prefix}/ready"] = {
             "get": {
                 "summary": "Model readiness",
@@ -480,10 +535,22 @@ def document(
     """BentoML's document `base` with our paths and schemas added."""
     components = dict(base.get("components") or {})
     components["schemas"] = {**(components.get("schemas") or {}), **_components(default)}
-    info = {**base.get("info", {}), "title": "eluserve", "description": (__doc__ or "").split("\n\n")[0]}
+    info = {"title": "eluserve", "version": server_version(), "description": (__doc__ or "").split("\n\n")[0]}
+    ours = paths(settings, default, loaded)
+    for path, operations in ours.items():
+        for operation in operations.values():
+            operation["tags"] = [_tag(path)]
+    tags = [{"name": name, "description": description} for name, description, _ in TAGS]
+    tags += [tag for tag in base.get("tags", []) if tag.get("name") != BENTOML_API_TAG]
     return {
         **base,
         "info": info,
-        "paths": {**base.get("paths", {}), **paths(settings, default, loaded)},
+        "tags": tags,
+        "paths": {**base.get("paths", {}), **ours},
         "components": components,
     }
+
+
+def _tag(path: str) -> str:
+    """The `TAGS` group of one of our paths."""
+    return next(name for name, _, prefixes in TAGS if path.startswith(prefixes))

@@ -3,15 +3,22 @@
     GET  /v2                                         server metadata and extensions
     GET  /v2/health/live, /v2/health/ready
     GET  /v2/models/{name}[/versions/{version}]      model metadata: inputs, outputs, platform
+    GET  /v2/models/{name}[/versions/{version}]/config  Triton's model configuration extension
     GET  /v2/models/{name}[/versions/{version}]/ready
     POST /v2/models/{name}[/versions/{version}]/infer
 
 A request sends exactly one input, either of
 
 - ``image`` UINT8 ``[N, H, W, 3]``: crops already preprocessed to the model's input size (what
-  `eluserve.core.preprocessing.load_image` returns), in JSON or as binary data;
+  `eluserve.core.preprocessing.load_image` returns), in JSON (integers 0..255, flat or nested) or as
+  binary data;
 - ``image_bytes`` BYTES ``[N]``: encoded images (JPEG, PNG, WebP...), decoded and single-cropped here
   exactly as /classify does; in practice binary data, since JSON strings cannot carry arbitrary bytes.
+
+The metadata and the configuration declare ``image`` alone, the input each model has: tools that
+send every declared input with generated data (perf_analyzer, model_analyzer) then send a request
+the model answers. ``image_bytes`` is an alternative to it, named in the configuration's
+``parameters`` (README.md, "Open Inference Protocol", says why).
 
 The one output is ``probabilities`` FP32 ``[N, classes]``. Triton's classification extension
 (``"parameters": {"classification": k}`` on a requested output) answers BYTES ``[N, k]`` strings
@@ -23,13 +30,16 @@ little-endian length + bytes).
 
 Inference goes through the model version's adaptive batcher, so v2 requests and /classify requests
 share batches. Errors have the protocol's shape, ``{"error": "message"}``, with a 4xx status; the
-limits are the service's (images per request, bytes per request and image, body read timeout).
+limits are the service's (images per request, bytes per request and image, body read timeout), and
+the JSON header is parsed by `eluserve.service.jsonio` (no deeper than its `MAX_DEPTH`). Every value
+is checked for its JSON type: a number where a count or a pixel is expected must be an integer (not
+a float, a boolean or a string), a flag must be a boolean.
 """
 
 from __future__ import annotations
 
-import json
 import logging
+import re
 import struct
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -41,10 +51,12 @@ import numpy as np
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 
-from eluserve.core.contract import INPUT_NAME, OUTPUT_NAME, ModelMetadata
+from eluserve.core.contract import INPUT_NAME, MODEL_FILE, OUTPUT_NAME, ModelMetadata
+from eluserve.core.engines import ONNXRUNTIME
 from eluserve.core.errors import ClientError, ServiceError
 from eluserve.core.preprocessing import Limits, load_image
 from eluserve.core.results import format_results
+from eluserve.service import jsonio
 from eluserve.service.api.classify import BODY_TIMEOUT_SHARE, count_client_error
 from eluserve.service.config import Settings
 from eluserve.service.repository import ModelRegistry, ServedVersion, version_key
@@ -56,7 +68,14 @@ ENCODED_INPUT = "image_bytes"
 INPUTS_HINT = f"send {INPUT_NAME!r} (UINT8 crops) or {ENCODED_INPUT!r} (BYTES, encoded images)"
 HEADER_LENGTH = "Inference-Header-Content-Length"
 PLATFORM = "onnxruntime_onnx"
-EXTENSIONS = ("classification", "binary_tensor_data", "model_repository")
+EXTENSIONS = ("classification", "binary_tensor_data", "model_repository", "model_configuration")
+#: A byte count in a header: ASCII digits only (`str.isdigit` also takes "²", which `int` refuses).
+_DIGITS = re.compile(r"[0-9]{1,19}")
+#: The datatypes of the v2 protocol whose JSON data are integers, as numpy dtypes.
+INTEGER_TYPES = {
+    name: np.dtype(name.lower())
+    for name in ("UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64")
+}
 
 
 class ProtocolError(ClientError):
@@ -66,7 +85,8 @@ class ProtocolError(ClientError):
         super().__init__(code, message, status)
 
 
-def _server_version() -> str:
+def server_version() -> str:
+    """The installed eluserve's version (\"unknown\" from a source tree that was never installed)."""
     try:
         return version("eluserve")
     except PackageNotFoundError:
@@ -79,34 +99,84 @@ def v2_error(error: ClientError | ServiceError) -> JSONResponse:
 
 
 def model_metadata(info: ModelMetadata, versions: Sequence[str]) -> dict[str, Any]:
+    """The model metadata: the one input every tool may send (`image`) and the output."""
     height, width = info.input_size
     return {
         "name": info.name,
         "versions": list(versions),
         "platform": PLATFORM,
-        "inputs": [
-            {"name": INPUT_NAME, "datatype": "UINT8", "shape": [-1, height, width, 3]},
-            {"name": ENCODED_INPUT, "datatype": "BYTES", "shape": [-1]},
-        ],
+        "inputs": [{"name": INPUT_NAME, "datatype": "UINT8", "shape": [-1, height, width, 3]}],
         "outputs": [{"name": OUTPUT_NAME, "datatype": "FP32", "shape": [-1, info.num_classes]}],
+    }
+
+
+def model_config(
+    info: ModelMetadata, *, max_batch_size: int, max_latency_ms: int, workers: int, gpu: bool
+) -> dict[str, Any]:
+    """Triton's model configuration (the JSON form of model_config.proto's `ModelConfig`).
+
+    `max_batch_size` is the largest batch a request may carry and the batcher runs; the batcher
+    starts a batch as soon as the previous one ends (no queue delay), and refuses work that would
+    wait longer than its latency budget, which Triton's queue policy names a queue timeout with the
+    REJECT action. Dims exclude the batch dimension, as Triton's do when `max_batch_size` > 0. The
+    backend is the engine that runs the model; Triton's platform names ONNX Runtime's alone, and
+    its configurations of other backends (OpenVINO) have an empty one.
+    """
+    height, width = info.input_size
+    backend = info.engine or ONNXRUNTIME
+    return {
+        "name": info.name,
+        "platform": PLATFORM if backend == ONNXRUNTIME else "",
+        "backend": backend,
+        "max_batch_size": max_batch_size,
+        "input": [
+            {
+                "name": INPUT_NAME,
+                "data_type": "TYPE_UINT8",
+                "format": "FORMAT_NHWC",
+                "dims": [height, width, 3],
+            }
+        ],
+        "output": [{"name": OUTPUT_NAME, "data_type": "TYPE_FP32", "dims": [info.num_classes]}],
+        "dynamic_batching": {
+            "max_queue_delay_microseconds": 0,
+            "default_queue_policy": {
+                "timeout_action": "REJECT",
+                "default_timeout_microseconds": max_latency_ms * 1000,
+                "allow_timeout_override": False,
+            },
+        },
+        "instance_group": [
+            {"name": f"{info.name}_0", "kind": "KIND_GPU" if gpu else "KIND_CPU", "count": workers}
+        ],
+        "default_model_filename": MODEL_FILE,
+        "parameters": {
+            ENCODED_INPUT: {
+                "string_value": f"BYTES [-1]: encoded images, decoded and cropped to {height}x{width} by the "
+                f"server; send it instead of {INPUT_NAME!r}"
+            },
+            "model_version": {"string_value": info.version},
+        },
     }
 
 
 class InferenceProtocol:
     """The v2 handlers of one worker."""
 
-    def __init__(self, registry: ModelRegistry, settings: Settings, ready: Callable[[], bool]) -> None:
+    def __init__(
+        self, registry: ModelRegistry, settings: Settings, ready: Callable[[], bool], workers: int = 1
+    ) -> None:
         self.registry = registry
         self._ready = ready
+        self.settings = settings
+        self.workers = workers
         self.limits: Limits = settings.limits()
         self.max_images = settings.max_images
         self.max_body_bytes = settings.max_request_bytes
         self.read_timeout_s = settings.timeout_s * BODY_TIMEOUT_SHARE
 
     async def server(self, _: Request) -> Response:
-        return JSONResponse(
-            {"name": "eluserve", "version": _server_version(), "extensions": list(EXTENSIONS)}
-        )
+        return JSONResponse({"name": "eluserve", "version": server_version(), "extensions": list(EXTENSIONS)})
 
     async def live(self, _: Request) -> Response:
         return Response(status_code=200)
@@ -119,6 +189,21 @@ class InferenceProtocol:
             with self._lease(request) as served:
                 versions = sorted(self.registry.loaded().get(served.info.name, {}), key=version_key)
                 return JSONResponse(model_metadata(served.info, versions))
+        except ClientError as exc:
+            count_client_error(exc)
+            return v2_error(exc)
+
+    async def config(self, request: Request) -> Response:
+        try:
+            with self._lease(request) as served:
+                document = model_config(
+                    served.info,
+                    max_batch_size=min(self.settings.max_batch_size, self.max_images),
+                    max_latency_ms=self.settings.max_latency_ms,
+                    workers=self.workers,
+                    gpu="CUDA" in served.provider or "GPU" in served.provider,
+                )
+                return JSONResponse(document)
         except ClientError as exc:
             count_client_error(exc)
             return v2_error(exc)
@@ -152,7 +237,7 @@ class InferenceProtocol:
 
     async def _infer(self, request: Request, served: ServedVersion) -> Response:
         body = await self._read_body(request)
-        header, binary = _split(body, request.headers.get(HEADER_LENGTH))
+        header, binary, literals = _split(body, request.headers.get(HEADER_LENGTH))
         if not isinstance(header.get("inputs"), list) or len(header["inputs"]) != 1:
             raise ProtocolError(
                 f"send exactly one input: {INPUT_NAME!r} (UINT8) or {ENCODED_INPUT!r} (BYTES)"
@@ -163,14 +248,14 @@ class InferenceProtocol:
         data, rest = _tensor_data(tensor, binary)
         if rest:
             raise ProtocolError(f"{len(rest)} bytes of binary data follow the inputs that no input claims")
-        crops = await self._crops(tensor, data, served.info)
+        crops = await self._crops(tensor, data, served.info, literals)
         probs = await served.batcher(crops)
         served.frontend.count_results(format_results(probs, served.info.labels, 1))
         return _answer(header, served.info, probs)
 
     async def _read_body(self, request: Request) -> bytes:
         declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_body_bytes:
+        if _DIGITS.fullmatch(declared) and int(declared) > self.max_body_bytes:
             raise _too_large(int(declared), self.max_body_bytes)
         chunks = []
         size = 0
@@ -187,9 +272,11 @@ class InferenceProtocol:
             ) from exc
         return b"".join(chunks)
 
-    async def _crops(self, tensor: dict[str, Any], data: Any, info: ModelMetadata) -> np.ndarray:
+    async def _crops(
+        self, tensor: dict[str, Any], data: Any, info: ModelMetadata, literals: bool
+    ) -> np.ndarray:
         name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
-        if not (isinstance(shape, list) and shape and all(isinstance(d, int) and d >= 0 for d in shape)):
+        if not (isinstance(shape, list) and shape and all(_is_int(d) and d >= 0 for d in shape)):
             raise ProtocolError(f"input {name!r}: shape must be a list of non-negative integers")
         if shape[0] > self.max_images:
             raise ProtocolError(
@@ -203,7 +290,7 @@ class InferenceProtocol:
             expected = [shape[0], *info.input_size, 3]
             if datatype != "UINT8" or shape != expected:
                 raise ProtocolError(f"input {INPUT_NAME!r} must be UINT8 {expected}, got {datatype} {shape}")
-            return _uint8(data, shape)
+            return _integers(data, shape, INTEGER_TYPES["UINT8"], literals=literals)
         if name == ENCODED_INPUT:
             if datatype != "BYTES" or shape not in ([shape[0]], [shape[0], 1]):
                 raise ProtocolError(f"input {ENCODED_INPUT!r} must be BYTES [N], got {datatype} {shape}")
@@ -227,51 +314,138 @@ def _too_large(size: int, limit: int) -> ProtocolError:
     return ProtocolError(f"the request is {size} bytes; at most {limit} bytes", 413, "request_too_large")
 
 
-def _split(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes]:
-    """The JSON inference header and the binary data after it."""
+def _split(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes, bool]:
+    """The JSON inference header, the binary data after it, and whether the inputs' data may hold a
+    boolean (`_data_may_hold_bools`)."""
     if header_length is None:
         json_part, binary = body, b""
     else:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        if not _DIGITS.fullmatch(header_length) or int(header_length) > len(body):
             raise ProtocolError(
                 f"{HEADER_LENGTH} must be a byte count within the body, got {header_length!r}"
             )
         json_part, binary = body[: int(header_length)], body[int(header_length) :]
     try:
-        header = json.loads(json_part)
-    except (ValueError, UnicodeDecodeError) as exc:
-        raise ProtocolError(f"the inference request is not valid JSON: {exc}") from exc
+        header = jsonio.loads(json_part, what="the inference request")
+    except jsonio.JsonError as exc:
+        raise ProtocolError(str(exc)) from exc
     if not isinstance(header, dict):
         raise ProtocolError("the inference request must be a JSON object")
-    return header, binary
+    if "id" in header and not isinstance(header["id"], str):
+        raise ProtocolError("the request id must be a string")
+    return header, binary, _data_may_hold_bools(header, json_part)
+
+
+def _data_may_hold_bools(header: dict[str, Any], text: bytes) -> bool:
+    """False where no input's data can hold a boolean, without looking at the data.
+
+    Every JSON `true` and `false` is one of those words in the text. Where the text has no more of
+    them than the header has booleans outside the inputs' data (`"binary_data": false` and the
+    like, a walk over a few small values), the data have none. More (the data have some, or a
+    string contains the word) means the data are looked through (`_holds_bool`).
+    """
+    literals = text.count(b"true") + text.count(b"false")
+    if not literals:
+        return False
+    inputs = header.get("inputs")
+    data = (
+        {id(t["data"]) for t in inputs if isinstance(t, dict) and "data" in t}
+        if isinstance(inputs, list)
+        else set()
+    )
+    outside, stack = 0, [header]
+    while stack:
+        value = stack.pop()
+        if isinstance(value, bool):
+            outside += 1
+        elif isinstance(value, dict):
+            stack.extend(value.values())
+        elif isinstance(value, list) and id(value) not in data:
+            stack.extend(value)
+    return literals > outside
+
+
+def _is_int(value: Any) -> bool:
+    """Whether a JSON value is an integer (JSON's `true` is a Python bool, which is an int)."""
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _flag(options: dict[str, Any], key: str, default: bool) -> bool:
+    value = options.get(key, default)
+    if not isinstance(value, bool):
+        raise ProtocolError(f"the parameter {key!r} must be true or false, got {value!r}")
+    return value
+
+
+def _parameters(owner: dict[str, Any], what: str) -> dict[str, Any]:
+    parameters = owner.get("parameters")
+    if parameters is None:
+        return {}
+    if not isinstance(parameters, dict):
+        raise ProtocolError(f"the parameters of {what} must be an object")
+    return parameters
 
 
 def _tensor_data(tensor: dict[str, Any], binary: bytes) -> tuple[Any, bytes]:
     """The input's data (a JSON value or its binary slice) and the binary data left over."""
-    parameters = tensor.get("parameters") or {}
-    size = parameters.get("binary_data_size") if isinstance(parameters, dict) else None
+    size = _parameters(tensor, f"input {tensor.get('name')!r}").get("binary_data_size")
     if size is None:
         if "data" not in tensor:
             raise ProtocolError(f"input {tensor.get('name')!r} has neither data nor binary_data_size")
         return tensor["data"], binary
-    if not isinstance(size, int) or size < 0 or size > len(binary):
+    if not _is_int(size) or size < 0 or size > len(binary):
         raise ProtocolError(f"binary_data_size {size!r} exceeds the {len(binary)} binary bytes sent")
     return binary[:size], binary[size:]
 
 
-def _uint8(data: Any, shape: list[int]) -> np.ndarray:
+def _integers(data: Any, shape: list[int], dtype: np.dtype, *, literals: bool) -> np.ndarray:
+    """An integer tensor from binary data (little-endian) or JSON data (integers in the type's range).
+
+    JSON data goes to numpy as parsed: numpy infers one type for the whole list in C, so a float
+    anywhere makes it floating-point and a string makes it a string array, both refused; only
+    booleans mixed with integers pass that test (numpy reads them as 0 and 1), so they are looked
+    for one by one, only where the request's text says the data may hold one (`literals`).
+    """
     count = int(np.prod(shape))
+    kind = dtype.name.upper()
     if isinstance(data, bytes):
-        if len(data) != count:
-            raise ProtocolError(f"UINT8 {shape} needs {count} bytes of binary data, got {len(data)}")
-        return np.frombuffer(data, dtype=np.uint8).reshape(shape)
+        if len(data) != count * dtype.itemsize:
+            raise ProtocolError(
+                f"{kind} {shape} needs {count * dtype.itemsize} bytes of binary data, got {len(data)}"
+            )
+        return np.frombuffer(data, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
+    limits = np.iinfo(dtype)
+    wanted = f"{kind} {shape} needs {count} integers in {limits.min}..{limits.max}"
+    if not isinstance(data, list):
+        raise ProtocolError(f"{wanted} as a JSON list, got {type(data).__name__}")
     try:
-        array = np.asarray(data, dtype=np.int64).reshape(-1)
+        array = np.asarray(data).reshape(-1)
     except (TypeError, ValueError, OverflowError) as exc:
-        raise ProtocolError(f"UINT8 data must be integers 0..255 ({exc})") from exc
-    if array.size != count or (array.size and (array.min() < 0 or array.max() > 255)):
-        raise ProtocolError(f"UINT8 {shape} needs {count} integers in 0..255, got {array.size} values")
-    return array.astype(np.uint8).reshape(shape)
+        raise ProtocolError(f"{wanted}: the data is no regular array of numbers ({exc})") from exc
+    if array.dtype.kind not in "iu":
+        raise ProtocolError(f"{wanted}; the data holds {_offender(array)}")
+    if literals and _holds_bool(data):
+        raise ProtocolError(f"{wanted}; the data holds booleans")
+    if array.size != count:
+        raise ProtocolError(f"{wanted}, got {array.size} values")
+    if array.size and (array.min() < limits.min or array.max() > limits.max):
+        raise ProtocolError(f"{wanted}, got values in {array.min()}..{array.max()}")
+    return array.astype(dtype).reshape(shape)
+
+
+def _holds_bool(data: list[Any]) -> bool:
+    """Whether (nested) JSON data holds a boolean: numpy reads `true` among integers as 1."""
+    return any(type(item) is bool for item in np.asarray(data, dtype=object).reshape(-1))
+
+
+def _offender(array: np.ndarray) -> str:
+    """What JSON data that numpy did not read as integers holds, in the client's terms."""
+    return {
+        "f": "numbers that are not integers",
+        "c": "numbers that are not integers",
+        "U": "strings",
+        "b": "booleans",
+    }.get(array.dtype.kind, "values of mixed types, or integers out of range")
 
 
 def _bytes_elements(data: Any, count: int) -> list[bytes]:
@@ -296,8 +470,7 @@ def _bytes_elements(data: Any, count: int) -> list[bytes]:
 
 
 def _answer(header: dict[str, Any], info: ModelMetadata, probs: np.ndarray) -> Response:
-    parameters = header.get("parameters") if isinstance(header.get("parameters"), dict) else {}
-    binary_default = bool(parameters.get("binary_data_output", False))
+    binary_default = _flag(_parameters(header, "the request"), "binary_data_output", False)
     requested = header.get("outputs") or [{"name": OUTPUT_NAME}]
     if not isinstance(requested, list) or len(requested) > 1:
         raise ProtocolError(f"outputs must be a list of at most one output, {OUTPUT_NAME!r}")
@@ -306,17 +479,17 @@ def _answer(header: dict[str, Any], info: ModelMetadata, probs: np.ndarray) -> R
         if not isinstance(output, dict) or output.get("name") != OUTPUT_NAME:
             name = output.get("name") if isinstance(output, dict) else output
             raise ProtocolError(f"unknown output {name!r}; the model has {OUTPUT_NAME!r}")
-        options = output.get("parameters") if isinstance(output.get("parameters"), dict) else {}
+        options = _parameters(output, f"output {OUTPUT_NAME!r}")
         k = options.get("classification")
         if k is not None:
-            if not isinstance(k, int) or isinstance(k, bool) or not 1 <= k <= info.num_classes:
+            if not _is_int(k) or not 1 <= k <= info.num_classes:
                 raise ProtocolError(f"classification must be an integer in 1..{info.num_classes}, got {k!r}")
             entry, raw = _classification(probs, info, k)
         else:
             entry = {"name": OUTPUT_NAME, "datatype": "FP32", "shape": list(probs.shape)}
             raw = probs.astype("<f4").tobytes()
-            entry["data"] = probs.reshape(-1).tolist()
-        if options.get("binary_data", binary_default):
+            entry["data"] = np.ascontiguousarray(probs, dtype=np.float32).reshape(-1)
+        if _flag(options, "binary_data", binary_default):
             entry.pop("data")
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
@@ -324,7 +497,7 @@ def _answer(header: dict[str, Any], info: ModelMetadata, probs: np.ndarray) -> R
     document: dict[str, Any] = {"model_name": info.name, "model_version": info.version, "outputs": outputs}
     if "id" in header:
         document["id"] = header["id"]
-    text = json.dumps(document).encode()
+    text = jsonio.dumps(document)
     if not chunks:
         return Response(text, media_type="application/json")
     return Response(

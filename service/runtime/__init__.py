@@ -13,7 +13,8 @@ names what it relies on in `TARGETS`:
 - `accept_balance`: uvicorn's `LOOP_FACTORIES`, and asyncio's selector loop `_start_serving`,
   `_accept_connection` and `_stop_serving` (least-connections accepting over the workers).
 - `fast_path`: BentoML's `ServiceAppFactory.middlewares` (our routes leave BentoML's middleware early;
-  its traffic metrics label requests by route, not by raw path).
+  its traffic metrics label requests by route, not by raw path; paths and methods no route serves
+  get the contract's error body, not BentoML's plain text).
 
 The upstream bugs among these are written up, ready to file, in docs/upstream.md, with the patch each
 fix lets us delete. `install` applies them all, in that order, as `eluserve.service.app` is imported

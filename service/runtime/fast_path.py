@@ -16,7 +16,10 @@ off (docs/log/serving-rounds.md, "Round 4"; the access log alone: 464 against 49
   (when on), request deadline (504), concurrency limit (the contract's 429,
   `eluserve.service.runtime.bentoml_patches`) and CORS (when on), the same middleware instances as every other
   route. It skips the request context (`bentoml.context.request`, which none of our routes reads),
-  BentoML's exception middleware and router, and for most routes our own.
+  BentoML's exception middleware and router, and for most routes our own. A path that neither our
+  routes nor BentoML's serve goes to our app too, whose 404 is the contract's error body
+  (`eluserve.service.api.errors`); BentoML's router answers it in plain text. So does a method other
+  than GET or HEAD on one of BentoML's paths: our app's handler answers it, as a 405.
 - BentoML's traffic metrics label each request with its route, not its raw path: a route of ours
   with path parameters by its template (`/models/{name}/classify`), a path that no route serves as
   `unmatched`. BentoML labels by the raw path, so every distinct path a client sends (a scanner's
@@ -40,6 +43,7 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.routing import Route
@@ -78,7 +82,7 @@ class RouteTable:
 
 
 class OwnRoutes:
-    """ASGI middleware: our app's routes to `ours`, everything else on through BentoML's stack.
+    """ASGI middleware: our app's routes and unknown paths to `ours`, BentoML's on through its stack.
 
     A request for a route without path parameters (`/classify`, `/classify_batch`, `/model`, ...) with
     one of its methods goes straight to the route's endpoint: our app's error and exception middleware
@@ -104,8 +108,13 @@ class OwnRoutes:
         if route is not None and route.methods is not None and scope["method"] in route.methods:
             response = await route.endpoint(Request(scope, receive))
             await response(scope, receive, send)
-        elif self.is_ours(scope["path"]):
+        elif self.is_ours(scope["path"]) or not bentoml_serves(scope["path"]):
             await self.ours(scope, receive, send)
+        elif scope["method"] not in BENTOML_METHODS and HTTPException in self.ours.exception_handlers:
+            handler = self.ours.exception_handlers[HTTPException]
+            refusal = HTTPException(405, headers={"Allow": ", ".join(sorted(BENTOML_METHODS))})
+            response = await handler(Request(scope, receive), refusal)
+            await response(scope, receive, send)
         else:
             await self.app(scope, receive, send)
 
@@ -113,10 +122,17 @@ class OwnRoutes:
 #: BentoML 1.4's own routes (besides the mount of our app): exact paths, and the prefix of a mount.
 BENTOML_PATHS = frozenset({"/", "/livez", "/healthz", "/readyz", "/metrics", "/schema.json", "/docs.json"})
 BENTOML_PREFIXES = ("/static_content",)
+#: The methods BentoML's own routes take (Starlette's default for a `Route`, and its static files).
+BENTOML_METHODS = frozenset({"GET", "HEAD"})
 #: The label of a path that no route serves.
 UNMATCHED = "unmatched"
 #: Where `EndpointLabel` keeps the real path while BentoML's traffic metrics read the label.
 _REAL_PATH = "eluserve.real_path"
+
+
+def bentoml_serves(path: str) -> bool:
+    """Whether one of BentoML's own routes (`BENTOML_PATHS`, `BENTOML_PREFIXES`) serves `path`."""
+    return path in BENTOML_PATHS or any(path.startswith(prefix + "/") for prefix in BENTOML_PREFIXES)
 
 
 class EndpointLabel:
@@ -134,10 +150,7 @@ class EndpointLabel:
         template = self.routes.template(path)
         if template is not None:
             return template
-        for prefix in BENTOML_PREFIXES:
-            if path.startswith(prefix + "/"):
-                return prefix
-        return UNMATCHED
+        return next((prefix for prefix in BENTOML_PREFIXES if path.startswith(prefix + "/")), UNMATCHED)
 
     async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
         if scope["type"] == "http":

@@ -93,6 +93,15 @@ def test_the_published_schema_has_every_route(published: dict[str, Any], server:
     assert {"/livez", "/readyz", "/metrics"} <= set(published["paths"])
     ours = {route.path for route in http_app.routes} - {"/docs", "/docs.json"}
     assert ours <= set(published["paths"]), ours - set(published["paths"])
+    # Swagger UI's header and groups: our version, no BentoML contact, our routes under our tags.
+    from importlib.metadata import version
+
+    assert published["info"]["version"] == version("eluserve") and "contact" not in published["info"]
+    tags = [tag["name"] for tag in published["tags"]]
+    assert tags[:4] == ["repository", "v2", "models", "classify"] and "Service APIs" not in tags
+    for path in ours:
+        for operation in published["paths"][path].values():
+            assert len(operation["tags"]) == 1 and operation["tags"][0] in tags[:4], path
     page = httpx.get(server.url + "/docs", timeout=30)
     assert page.status_code == 200 and "swagger-ui" in page.text and "/docs.json" in page.text
     assert httpx.get(server.url + "/static_content/swagger-ui-bundle.js", timeout=30).status_code == 200

@@ -200,3 +200,24 @@ def test_switches_in_a_config_file_are_booleans(tmp_path: Path) -> None:
     path.write_text("tracing: true\n")
     assert load_settings({"ELUSERVE_CONFIG": str(path)}).tracing is True
     assert Settings().tracing is False
+
+
+@pytest.mark.parametrize(
+    ("name", "text", "message"),
+    [
+        ("deep.json", '{"max_images": ' + "[" * 200_000 + "]" * 200_000 + "}", "nested deeper"),
+        ("deep.yaml", "max_images: " + "[" * 20_000 + "]" * 20_000, "nested too deeply|not valid YAML"),
+        ("deep.toml", "max_images = " + "[" * 20_000 + "]" * 20_000, "nested too deeply"),
+        ("huge.json", '{"max_images": 3, "pad": "' + "x" * (2 << 20) + '"}', "larger than"),
+        ("tab.yaml", "max_images:\t- [", "not valid YAML"),
+        ("latin1.json", b'{"max_images": "\xe9"}', "not UTF-8"),
+    ],
+)
+def test_config_files_no_parser_copes_with_are_config_errors(
+    tmp_path: Path, name: str, text: str | bytes, message: str
+) -> None:
+    """Deep nesting, size and encoding: a `ConfigError` naming the file, never a RecursionError."""
+    path = tmp_path / name
+    path.write_bytes(text if isinstance(text, bytes) else text.encode())
+    with pytest.raises(ConfigError, match=message):
+        load_settings({"ELUSERVE_CONFIG": str(path)})

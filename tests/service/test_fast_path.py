@@ -17,6 +17,7 @@ from bentoml._internal.server.http.instruments import RunnerTrafficMetricsMiddle
 from bentoml._internal.server.http.traffic import MaxConcurrencyMiddleware, TimeoutMiddleware
 from opentelemetry.instrumentation.asgi import OpenTelemetryMiddleware
 from starlette.applications import Starlette
+from starlette.exceptions import HTTPException
 from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import PlainTextResponse, Response
@@ -97,16 +98,24 @@ def _echo(text: str) -> Any:
     return endpoint
 
 
+async def _ours_refusal(_: Request, exc: Exception) -> PlainTextResponse:
+    assert isinstance(exc, HTTPException)
+    if exc.status_code == 404:
+        return PlainTextResponse("ours: no route", status_code=404)
+    return PlainTextResponse(f"ours: {exc.status_code} {(exc.headers or {}).get('Allow')}", exc.status_code)
+
+
 @pytest.fixture
 def routed() -> TestClient:
     ours = Starlette(
         routes=[
             Route("/classify", _echo("ours"), methods=["POST"]),
             Route("/models/{name}/classify", _echo("ours, templated"), methods=["POST"]),
-        ]
+        ],
+        exception_handlers={HTTPException: _ours_refusal},
     )
     theirs = Starlette(
-        routes=[Route("/metrics", _echo("bentoml")), Route("/classify/extra", _echo("bentoml"))]
+        routes=[Route("/metrics", _echo("bentoml")), Route("/static_content/classify", _echo("bentoml"))]
     )
     return TestClient(fast_path.OwnRoutes(theirs, ours=ours))
 
@@ -115,12 +124,21 @@ def test_own_paths_go_to_our_app_and_the_rest_to_bentomls(routed: TestClient) ->
     assert routed.post("/classify").text == "ours"
     assert routed.post("/models/elufast/classify").text == "ours, templated"
     assert routed.get("/metrics").text == "bentoml"
-    assert routed.get("/classify/extra").text == "bentoml"  # a prefix of ours is not ours
-    assert routed.get("/models/a/b/classify").status_code == 404  # a segment matches one segment
+    assert routed.get("/static_content/classify").text == "bentoml"
+    # Paths that neither serves (a prefix of ours is not ours, a segment matches one segment): our
+    # app's 404, which the service answers with the contract's error body.
+    for path in ("/classify/extra", "/models/a/b/classify", "/nope"):
+        assert routed.get(path).status_code == 404 and routed.get(path).text == "ours: no route"
 
 
 def test_a_wrong_method_on_our_path_is_our_apps_405(routed: TestClient) -> None:
     assert routed.get("/classify").status_code == 405
+
+
+def test_a_wrong_method_on_bentomls_path_is_our_handlers_405(routed: TestClient) -> None:
+    response = routed.post("/metrics")
+    assert response.status_code == 405 and response.text == "ours: 405 GET, HEAD"
+    assert routed.head("/metrics").status_code == 200
 
 
 @pytest.fixture(scope="module")

@@ -170,3 +170,26 @@ def test_a_restarted_worker_serves_what_the_others_serve(server: BentoServer) ->
     assert probe(server, "/models/tiny-b/classify") == {"model_not_found"}
     assert probe(server, "/classify") == {"tiny-a:1"}
     assert "Traceback" not in server.log(), server.log()[-3000:]
+
+
+def test_repository_bodies_are_checked(server: BentoServer) -> None:
+    """Triton's optional bodies: nothing or a small object with the route's options, else a 400."""
+    index = server.url + "/v2/repository/index"
+    everything = httpx.post(index, timeout=30).json()
+    ready = httpx.post(index, json={"ready": True}, timeout=30).json()
+    assert ready and all(row["state"] == "READY" for row in ready) and len(ready) <= len(everything)
+    deep = b"[" * 200_000 + b"]" * 200_000
+    for url, body in (
+        (index, deep),
+        (index, b"{"),
+        (index, b"[]"),
+        (index, b'{"ready": 1}'),
+        (index, b'{"ready": true, "x": 1}'),
+        (index, b"{}" + b" " * 70_000),
+        (server.url + "/v2/repository/models/tiny-a/load", b'{"parameters": {"config": "{}"}}'),
+        (server.url + "/v2/repository/models/tiny-a/unload", deep),
+        (server.url + "/v2/repository/models/tiny-a/unload", b'{"unload_dependents": "yes"}'),
+    ):
+        response = httpx.post(url, content=body, timeout=30)
+        assert response.status_code == 400, (url, body[:40], response.text)
+        assert response.json()["error"]["code"] == "invalid_request"

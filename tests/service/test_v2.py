@@ -81,16 +81,58 @@ def crops_of(images: list[bytes], repository: Path) -> np.ndarray:
 
 def test_server_and_model_metadata(client: httpclient.InferenceServerClient) -> None:
     assert client.is_server_live() and client.is_server_ready()
-    assert {"classification", "binary_tensor_data", "model_repository"} <= set(
+    assert {"classification", "binary_tensor_data", "model_repository", "model_configuration"} <= set(
         client.get_server_metadata()["extensions"]
     )
     metadata = client.get_model_metadata("tiny-b")
     assert metadata["versions"] == ["1", "2"] and metadata["platform"] == "onnxruntime_onnx"
-    inputs = {(tensor["name"], tensor["datatype"]) for tensor in metadata["inputs"]}
-    assert inputs == {("image", "UINT8"), ("image_bytes", "BYTES")}
+    # One declared input, which tools that send every declared input can fill with generated data;
+    # image_bytes is the configuration's documented alternative.
+    assert metadata["inputs"] == [{"name": "image", "datatype": "UINT8", "shape": [-1, 32, 32, 3]}]
     assert metadata["outputs"] == [{"name": "probabilities", "datatype": "FP32", "shape": [-1, 10]}]
     assert client.is_model_ready("tiny-b", "1") and not client.is_model_ready("tiny-b", "3")
     assert not client.is_model_ready("nope")
+
+
+def test_model_configuration(client: httpclient.InferenceServerClient) -> None:
+    """What perf_analyzer reads first: the batch limit, dims without the batch dimension, the batcher."""
+    for version in ("", "1"):
+        config = client.get_model_config("tiny-b", version)
+        assert config["name"] == "tiny-b" and config["max_batch_size"] == MAX_IMAGES
+        assert config["input"] == [
+            {"name": "image", "data_type": "TYPE_UINT8", "format": "FORMAT_NHWC", "dims": [32, 32, 3]}
+        ]
+        assert config["output"] == [{"name": "probabilities", "data_type": "TYPE_FP32", "dims": [10]}]
+        assert config["instance_group"] == [{"name": "tiny-b_0", "kind": "KIND_CPU", "count": 1}]
+        assert "max_queue_delay_microseconds" in config["dynamic_batching"]
+        assert config["parameters"]["model_version"]["string_value"] == (version or "2")
+    with pytest.raises(InferenceServerException, match="not loaded"):
+        client.get_model_config("nope")
+
+
+def test_unknown_routes_and_methods_answer_the_error_body(server: BentoServer) -> None:
+    for method, path, status in (
+        ("GET", "/nope", 404),
+        ("POST", "/v2/models/..%2F..%2Fetc/infer", 404),
+        ("GET", "/v2/models/tiny-a/nope", 404),
+        ("DELETE", "/classify", 405),
+        ("GET", "/v2/models/tiny-a/infer", 405),
+        ("POST", "/metrics", 405),  # one of BentoML's routes
+        ("PUT", "/", 405),
+    ):
+        response = httpx.request(method, server.url + path, timeout=REQUEST_S)
+        assert response.status_code == status, (method, path, response.text)
+        error = response.json()["error"]
+        assert error["code"] in ("not_found", "method_not_allowed") and error["message"], (method, path)
+
+
+def test_hostile_bodies_are_400s(server: BentoServer) -> None:
+    url = server.url + "/v2/models/tiny-a/infer"
+    crop = {"name": "image", "datatype": "UINT8", "shape": [1, 32, 32, 3], "data": [0.5] * 3072}
+    deep = b'{"inputs": ' + b"[" * 200_000 + b"]" * 200_000 + b"}"
+    for body in (deep, json.dumps({"inputs": [crop]}).encode()):
+        response = httpx.post(url, content=body, timeout=30)
+        assert response.status_code == 400 and isinstance(response.json()["error"], str), response.text
 
 
 def test_encoded_images_in_binary_equal_classify(
