@@ -78,7 +78,7 @@ def test_a_training_run_records_fp32_where_bf16_is_emulated(
     )  # fmt: skip
     train(config)
     recorded = json.loads((tmp_path / "config.json").read_text())
-    assert recorded["amp"] is False and recorded["channels_last"] is False  # elubench's measured layout
+    assert recorded["amp"] is False and recorded["channels_last"] is True  # elubench's measured layout
     assert entered and not any(entered)
 
 
@@ -197,10 +197,10 @@ def test_ablation_table_ranks_against_the_full_recipe(tmp_path: Path) -> None:
 
 
 def test_train_speed_times_each_setup_through_the_trainer(tmp_path: Path) -> None:
-    setups = ["fp32, NCHW, batch 256", "fp32, channels-last, batch 512"]
+    setups = ["fp32, channels-last, batch 256", "fp32, NCHW, batch 512"]
     report = train_speed.run("elubench_small", setups, rounds=1, steps=1, images=512)
     assert [row["setup"] for row in report["rows"]] == setups
     assert all(row["images_per_s"] > 0 and len(row["samples"]) == 1 for row in report["rows"])
     train_speed.write_report(report, tmp_path / "speed")
     table = (tmp_path / "speed.md").read_text()
-    assert "| fp32, NCHW, batch 256 |" in table and "| 1.0 |" in table  # the first row is "before"
+    assert "| fp32, channels-last, batch 256 |" in table and "| 1.0 |" in table  # the first row: "before"
