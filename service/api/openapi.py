@@ -37,6 +37,7 @@ TAGS = (
     ("v2", "Open Inference Protocol v2 (KServe v2, Triton's HTTP API)", ("/v2",)),
     ("models", "Every loaded model and version, and classification per model", ("/models",)),
     ("classify", "Classification on the default model", ("/classify", "/model")),
+    ("page", "The page for people: pick or drop a photo, see its labels", ("/",)),
 )
 #: BentoML's tag for its `@bentoml.api` methods; the service has none, so the group is empty.
 BENTOML_API_TAG = "Service APIs"
@@ -552,5 +553,6 @@ def document(
 
 
 def _tag(path: str) -> str:
-    """The `TAGS` group of one of our paths."""
+    """The `TAGS` group of one of our paths: the first whose prefixes it starts with ("/", the
+    page's, is last, so it takes only the page)."""
     return next(name for name, _, prefixes in TAGS if path.startswith(prefixes))

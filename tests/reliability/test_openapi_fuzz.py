@@ -98,10 +98,11 @@ def test_the_published_schema_has_every_route(published: dict[str, Any], server:
 
     assert published["info"]["version"] == version("eluserve") and "contact" not in published["info"]
     tags = [tag["name"] for tag in published["tags"]]
-    assert tags[:4] == ["repository", "v2", "models", "classify"] and "Service APIs" not in tags
+    assert tags[:5] == ["repository", "v2", "models", "classify", "page"] and "Service APIs" not in tags
     for path in ours:
         for operation in published["paths"][path].values():
-            assert len(operation["tags"]) == 1 and operation["tags"][0] in tags[:4], path
+            assert len(operation["tags"]) == 1 and operation["tags"][0] in tags[:5], path
+    assert published["paths"]["/"]["get"]["tags"] == ["page"]
     page = httpx.get(server.url + "/docs", timeout=30)
     assert page.status_code == 200 and "swagger-ui" in page.text and "/docs.json" in page.text
     assert httpx.get(server.url + "/static_content/swagger-ui-bundle.js", timeout=30).status_code == 200
