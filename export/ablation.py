@@ -22,9 +22,17 @@ from eluserve.export.config import RECIPES, TrainConfig
 log = logging.getLogger(__name__)
 
 BASELINE = "airbench"
+_DEFAULTS = TrainConfig(data="", out="")
 #: variant → what it changes in the airbench recipe, most informative first (the order runs go in).
 VARIANTS: dict[str, dict[str, Any]] = {
     BASELINE: {},
+    # every ingredient off: the trainer's plain one-cycle defaults at the same epochs (the "before")
+    "plain_defaults": {
+        key: getattr(_DEFAULTS, key)
+        for key, value in RECIPES[BASELINE].items()
+        if key not in ("epochs", "whiten_bias_epochs") and getattr(_DEFAULTS, key) != value
+    }
+    | {"whiten_bias_epochs": None},
     # the ELU paper's claim at this scale: the same recipe with ReLU in place of every ELU
     "relu": {"activation": "relu"},
     "no_lookahead": {"lookahead": False},
