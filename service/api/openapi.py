@@ -23,14 +23,13 @@ from typing import Any
 from starlette.responses import HTMLResponse
 
 from eluserve.core.contract import ModelMetadata
+from eluserve.service.api.openapi_schemas import ERROR, V2_ERROR, component_schemas
 from eluserve.service.api.v2 import server_version
 from eluserve.service.config import Settings
 
 JSON = "application/json"
 #: A model folder name as the routes accept it (one path segment; other paths are not ours).
 NAME = "^[A-Za-z0-9][A-Za-z0-9_.-]*$"
-ERROR = {"$ref": "#/components/schemas/EluserveError"}
-V2_ERROR = {"$ref": "#/components/schemas/InferenceError"}
 #: The groups of our routes in Swagger UI, each with the path prefixes it holds (first match wins).
 TAGS = (
     ("repository", "Triton's model repository extension: index, load, unload", ("/v2/repository",)),
@@ -76,189 +75,6 @@ def _errors(statuses: Mapping[str, str], schema: Mapping[str, Any] = ERROR) -> d
         # answered with the service's error body (`eluserve.service.api.errors`), not the route's.
         answers["404"]["content"][JSON]["schema"] = {"oneOf": [dict(schema), ERROR]}
     return answers
-
-
-def _components(info: ModelMetadata) -> dict[str, Any]:
-    ranked = {
-        "type": "object",
-        "required": ["label", "index", "probability"],
-        "properties": {
-            "label": {"type": "string"},
-            "index": {"type": "integer", "minimum": 0},
-            "probability": {"type": "number", "minimum": 0, "maximum": 1},
-        },
-    }
-    result = {
-        "type": "object",
-        "required": ["label", "probability", "top_k"],
-        "properties": {
-            "label": {"type": "string"},
-            "probability": {"type": "number", "minimum": 0, "maximum": 1},
-            "top_k": {"type": "array", "items": {"$ref": "#/components/schemas/RankedLabel"}, "minItems": 1},
-        },
-    }
-    tensor = {
-        "type": "object",
-        "required": ["name", "shape", "datatype"],
-        "properties": {
-            "name": {"type": "string", "enum": ["image", "image_bytes"]},
-            "shape": {"type": "array", "items": {"type": "integer", "minimum": 0}},
-            "datatype": {"type": "string", "enum": ["UINT8", "BYTES"]},
-            "parameters": {"type": "object"},
-            "data": {"type": "array"},
-        },
-    }
-    return {
-        "EluserveError": {
-            "type": "object",
-            "required": ["error"],
-            "additionalProperties": False,
-            "properties": {
-                "error": {
-                    "type": "object",
-                    "required": ["code", "message"],
-                    "additionalProperties": False,
-                    "properties": {"code": {"type": "string"}, "message": {"type": "string", "minLength": 1}},
-                }
-            },
-        },
-        "InferenceError": {
-            "type": "object",
-            "required": ["error"],
-            "properties": {"error": {"type": "string", "minLength": 1}},
-        },
-        "RankedLabel": ranked,
-        "Classification": {
-            **result,
-            "required": ["model", *result["required"]],
-            "properties": {"model": {"type": "string"}, **result["properties"]},
-        },
-        "BatchClassification": {
-            "type": "object",
-            "required": ["model", "results"],
-            "properties": {
-                "model": {"type": "string"},
-                "results": {"type": "array", "items": {"oneOf": [result, ERROR]}},
-            },
-        },
-        "ModelDocument": {
-            "type": "object",
-            "required": ["model", "name", "version", "labels", "num_classes", "input_size", "preprocessing"],
-            "properties": {
-                "model": {"type": "string"},
-                "name": {"type": "string"},
-                "version": {"type": "string"},
-                "labels": {"type": "array", "items": {"type": "string"}},
-                "num_classes": {"type": "integer", "minimum": 1},
-                "input_size": {"type": "array", "items": {"type": "integer"}, "minItems": 2, "maxItems": 2},
-                "preprocessing": {"type": "object"},
-            },
-        },
-        "ModelDescription": {
-            "type": "object",
-            "required": ["name", "default", "latest_version", "state", "versions"],
-            "properties": {
-                "name": {"type": "string"},
-                "default": {"type": "boolean"},
-                "latest_version": {"type": "string"},
-                "state": {"type": "string", "enum": ["READY"]},
-                "versions": {
-                    "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["version", "model", "state", "execution_provider"],
-                        "properties": {
-                            "version": {"type": "string"},
-                            "model": {"type": "string"},
-                            "state": {"type": "string"},
-                            "execution_provider": {"type": "string"},
-                        },
-                    },
-                },
-            },
-        },
-        "InferenceTensor": tensor,
-        "InferenceRequest": {
-            "type": "object",
-            "required": ["inputs"],
-            "properties": {
-                "id": {"type": "string"},
-                "parameters": {"type": "object"},
-                "inputs": {"type": "array", "items": tensor, "minItems": 1, "maxItems": 1},
-                "outputs": {
-                    "type": "array",
-                    "maxItems": 1,
-                    "items": {
-                        "type": "object",
-                        "required": ["name"],
-                        "properties": {
-                            "name": {"type": "string", "enum": ["probabilities"]},
-                            "parameters": {
-                                "type": "object",
-                                "properties": {
-                                    "classification": {
-                                        "type": "integer",
-                                        "minimum": 1,
-                                        "maximum": info.num_classes,
-                                    },
-                                    "binary_data": {"type": "boolean"},
-                                },
-                            },
-                        },
-                    },
-                },
-            },
-        },
-        "InferenceResponse": {
-            "type": "object",
-            "required": ["model_name", "model_version", "outputs"],
-            "properties": {
-                "model_name": {"type": "string"},
-                "model_version": {"type": "string"},
-                "id": {"type": "string"},
-                "outputs": {
-                    "type": "array",
-                    "items": {"type": "object", "required": ["name", "datatype", "shape"]},
-                },
-            },
-        },
-        "ModelConfigV2": {
-            "type": "object",
-            "description": "Triton's ModelConfig (model_config.proto) as JSON",
-            "required": ["name", "platform", "max_batch_size", "input", "output", "dynamic_batching"],
-            "properties": {
-                "name": {"type": "string"},
-                "platform": {"type": "string"},
-                "backend": {"type": "string"},
-                "max_batch_size": {"type": "integer", "minimum": 1},
-                "input": {
-                    "type": "array",
-                    "items": {"type": "object", "required": ["name", "data_type", "dims"]},
-                },
-                "output": {
-                    "type": "array",
-                    "items": {"type": "object", "required": ["name", "data_type", "dims"]},
-                },
-                "dynamic_batching": {"type": "object"},
-                "instance_group": {
-                    "type": "array",
-                    "items": {"type": "object", "required": ["kind", "count"]},
-                },
-                "parameters": {"type": "object"},
-            },
-        },
-        "ModelMetadataV2": {
-            "type": "object",
-            "required": ["name", "versions", "platform", "inputs", "outputs"],
-            "properties": {
-                "name": {"type": "string"},
-                "versions": {"type": "array", "items": {"type": "string"}},
-                "platform": {"type": "string"},
-                "inputs": {"type": "array", "items": {"type": "object"}},
-                "outputs": {"type": "array", "items": {"type": "object"}},
-            },
-        },
-    }
 
 
 #: The body of a request that sends one image as it is (`/classify`): any image type, or no type.
@@ -535,7 +351,7 @@ def document(
 ) -> dict[str, Any]:
     """BentoML's document `base` with our paths and schemas added."""
     components = dict(base.get("components") or {})
-    components["schemas"] = {**(components.get("schemas") or {}), **_components(default)}
+    components["schemas"] = {**(components.get("schemas") or {}), **component_schemas(default)}
     info = {"title": "eluserve", "version": server_version(), "description": (__doc__ or "").split("\n\n")[0]}
     ours = paths(settings, default, loaded)
     for path, operations in ours.items():

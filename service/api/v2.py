@@ -39,7 +39,6 @@ a float, a boolean or a string), a flag must be a boolean.
 from __future__ import annotations
 
 import logging
-import re
 import struct
 from collections.abc import Callable, Sequence
 from importlib.metadata import PackageNotFoundError, version
@@ -57,7 +56,9 @@ from eluserve.core.errors import ClientError, ServiceError
 from eluserve.core.preprocessing import Limits, load_image
 from eluserve.core.results import format_results
 from eluserve.service import jsonio
+from eluserve.service.api import v2_tensors as tensors
 from eluserve.service.api.classify import BODY_TIMEOUT_SHARE, count_client_error
+from eluserve.service.api.v2_tensors import DIGITS, HEADER_LENGTH, INTEGER_TYPES, ProtocolError
 from eluserve.service.config import Settings
 from eluserve.service.repository import ModelRegistry, ServedVersion, version_key
 
@@ -66,23 +67,8 @@ logger = logging.getLogger(__name__)
 #: The BYTES input: encoded images.
 ENCODED_INPUT = "image_bytes"
 INPUTS_HINT = f"send {INPUT_NAME!r} (UINT8 crops) or {ENCODED_INPUT!r} (BYTES, encoded images)"
-HEADER_LENGTH = "Inference-Header-Content-Length"
 PLATFORM = "onnxruntime_onnx"
 EXTENSIONS = ("classification", "binary_tensor_data", "model_repository", "model_configuration")
-#: A byte count in a header: ASCII digits only (`str.isdigit` also takes "²", which `int` refuses).
-_DIGITS = re.compile(r"[0-9]{1,19}")
-#: The datatypes of the v2 protocol whose JSON data are integers, as numpy dtypes.
-INTEGER_TYPES = {
-    name: np.dtype(name.lower())
-    for name in ("UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64")
-}
-
-
-class ProtocolError(ClientError):
-    """A v2 request the service refuses; answered as ``{"error": message}``."""
-
-    def __init__(self, message: str, status: int = 400, code: str = "protocol_error") -> None:
-        super().__init__(code, message, status)
 
 
 def server_version() -> str:
@@ -237,7 +223,7 @@ class InferenceProtocol:
 
     async def _infer(self, request: Request, served: ServedVersion) -> Response:
         body = await self._read_body(request)
-        header, binary, literals = _split(body, request.headers.get(HEADER_LENGTH))
+        header, binary, literals = tensors.split(body, request.headers.get(HEADER_LENGTH))
         if not isinstance(header.get("inputs"), list) or len(header["inputs"]) != 1:
             raise ProtocolError(
                 f"send exactly one input: {INPUT_NAME!r} (UINT8) or {ENCODED_INPUT!r} (BYTES)"
@@ -245,7 +231,7 @@ class InferenceProtocol:
         (tensor,) = header["inputs"]
         if not isinstance(tensor, dict):
             raise ProtocolError("an input must be an object with name, shape, datatype and data")
-        data, rest = _tensor_data(tensor, binary)
+        data, rest = tensors.tensor_data(tensor, binary)
         if rest:
             raise ProtocolError(f"{len(rest)} bytes of binary data follow the inputs that no input claims")
         crops = await self._crops(tensor, data, served.info, literals)
@@ -255,8 +241,8 @@ class InferenceProtocol:
 
     async def _read_body(self, request: Request) -> bytes:
         declared = request.headers.get("content-length", "")
-        if _DIGITS.fullmatch(declared) and int(declared) > self.max_body_bytes:
-            raise _too_large(int(declared), self.max_body_bytes)
+        if DIGITS.fullmatch(declared) and int(declared) > self.max_body_bytes:
+            raise tensors.too_large(int(declared), self.max_body_bytes)
         chunks = []
         size = 0
         try:
@@ -264,7 +250,7 @@ class InferenceProtocol:
                 async for chunk in request.stream():
                     size += len(chunk)
                     if size > self.max_body_bytes:
-                        raise _too_large(size, self.max_body_bytes)
+                        raise tensors.too_large(size, self.max_body_bytes)
                     chunks.append(chunk)
         except TimeoutError as exc:
             raise ProtocolError(
@@ -276,7 +262,7 @@ class InferenceProtocol:
         self, tensor: dict[str, Any], data: Any, info: ModelMetadata, literals: bool
     ) -> np.ndarray:
         name, datatype, shape = tensor.get("name"), tensor.get("datatype"), tensor.get("shape")
-        if not (isinstance(shape, list) and shape and all(_is_int(d) and d >= 0 for d in shape)):
+        if not (isinstance(shape, list) and shape and all(tensors.is_int(d) and d >= 0 for d in shape)):
             raise ProtocolError(f"input {name!r}: shape must be a list of non-negative integers")
         if shape[0] > self.max_images:
             raise ProtocolError(
@@ -290,11 +276,11 @@ class InferenceProtocol:
             expected = [shape[0], *info.input_size, 3]
             if datatype != "UINT8" or shape != expected:
                 raise ProtocolError(f"input {INPUT_NAME!r} must be UINT8 {expected}, got {datatype} {shape}")
-            return _integers(data, shape, INTEGER_TYPES["UINT8"], literals=literals)
+            return tensors.integers(data, shape, INTEGER_TYPES["UINT8"], literals=literals)
         if name == ENCODED_INPUT:
             if datatype != "BYTES" or shape not in ([shape[0]], [shape[0], 1]):
                 raise ProtocolError(f"input {ENCODED_INPUT!r} must be BYTES [N], got {datatype} {shape}")
-            images = _bytes_elements(data, shape[0])
+            images = tensors.bytes_elements(data, shape[0])
             return await anyio.to_thread.run_sync(self._decode, images, info)
         raise ProtocolError(
             f"unknown input {name!r}; send {INPUT_NAME!r} (UINT8) or {ENCODED_INPUT!r} (BYTES)"
@@ -310,167 +296,8 @@ class InferenceProtocol:
         return np.stack(crops)
 
 
-def _too_large(size: int, limit: int) -> ProtocolError:
-    return ProtocolError(f"the request is {size} bytes; at most {limit} bytes", 413, "request_too_large")
-
-
-def _split(body: bytes, header_length: str | None) -> tuple[dict[str, Any], bytes, bool]:
-    """The JSON inference header, the binary data after it, and whether the inputs' data may hold a
-    boolean (`_data_may_hold_bools`)."""
-    if header_length is None:
-        json_part, binary = body, b""
-    else:
-        if not _DIGITS.fullmatch(header_length) or int(header_length) > len(body):
-            raise ProtocolError(
-                f"{HEADER_LENGTH} must be a byte count within the body, got {header_length!r}"
-            )
-        json_part, binary = body[: int(header_length)], body[int(header_length) :]
-    try:
-        header = jsonio.loads(json_part, what="the inference request")
-    except jsonio.JsonError as exc:
-        raise ProtocolError(str(exc)) from exc
-    if not isinstance(header, dict):
-        raise ProtocolError("the inference request must be a JSON object")
-    if "id" in header and not isinstance(header["id"], str):
-        raise ProtocolError("the request id must be a string")
-    return header, binary, _data_may_hold_bools(header, json_part)
-
-
-def _data_may_hold_bools(header: dict[str, Any], text: bytes) -> bool:
-    """False where no input's data can hold a boolean, without looking at the data.
-
-    Every JSON `true` and `false` is one of those words in the text. Where the text has no more of
-    them than the header has booleans outside the inputs' data (`"binary_data": false` and the
-    like, a walk over a few small values), the data have none. More (the data have some, or a
-    string contains the word) means the data are looked through (`_holds_bool`).
-    """
-    literals = text.count(b"true") + text.count(b"false")
-    if not literals:
-        return False
-    inputs = header.get("inputs")
-    data = (
-        {id(t["data"]) for t in inputs if isinstance(t, dict) and "data" in t}
-        if isinstance(inputs, list)
-        else set()
-    )
-    outside, stack = 0, [header]
-    while stack:
-        value = stack.pop()
-        if isinstance(value, bool):
-            outside += 1
-        elif isinstance(value, dict):
-            stack.extend(value.values())
-        elif isinstance(value, list) and id(value) not in data:
-            stack.extend(value)
-    return literals > outside
-
-
-def _is_int(value: Any) -> bool:
-    """Whether a JSON value is an integer (JSON's `true` is a Python bool, which is an int)."""
-    return isinstance(value, int) and not isinstance(value, bool)
-
-
-def _flag(options: dict[str, Any], key: str, default: bool) -> bool:
-    value = options.get(key, default)
-    if not isinstance(value, bool):
-        raise ProtocolError(f"the parameter {key!r} must be true or false, got {value!r}")
-    return value
-
-
-def _parameters(owner: dict[str, Any], what: str) -> dict[str, Any]:
-    parameters = owner.get("parameters")
-    if parameters is None:
-        return {}
-    if not isinstance(parameters, dict):
-        raise ProtocolError(f"the parameters of {what} must be an object")
-    return parameters
-
-
-def _tensor_data(tensor: dict[str, Any], binary: bytes) -> tuple[Any, bytes]:
-    """The input's data (a JSON value or its binary slice) and the binary data left over."""
-    size = _parameters(tensor, f"input {tensor.get('name')!r}").get("binary_data_size")
-    if size is None:
-        if "data" not in tensor:
-            raise ProtocolError(f"input {tensor.get('name')!r} has neither data nor binary_data_size")
-        return tensor["data"], binary
-    if not _is_int(size) or size < 0 or size > len(binary):
-        raise ProtocolError(f"binary_data_size {size!r} exceeds the {len(binary)} binary bytes sent")
-    return binary[:size], binary[size:]
-
-
-def _integers(data: Any, shape: list[int], dtype: np.dtype, *, literals: bool) -> np.ndarray:
-    """An integer tensor from binary data (little-endian) or JSON data (integers in the type's range).
-
-    JSON data goes to numpy as parsed: numpy infers one type for the whole list in C, so a float
-    anywhere makes it floating-point and a string makes it a string array, both refused; only
-    booleans mixed with integers pass that test (numpy reads them as 0 and 1), so they are looked
-    for one by one, only where the request's text says the data may hold one (`literals`).
-    """
-    count = int(np.prod(shape))
-    kind = dtype.name.upper()
-    if isinstance(data, bytes):
-        if len(data) != count * dtype.itemsize:
-            raise ProtocolError(
-                f"{kind} {shape} needs {count * dtype.itemsize} bytes of binary data, got {len(data)}"
-            )
-        return np.frombuffer(data, dtype=dtype.newbyteorder("<")).astype(dtype).reshape(shape)
-    limits = np.iinfo(dtype)
-    wanted = f"{kind} {shape} needs {count} integers in {limits.min}..{limits.max}"
-    if not isinstance(data, list):
-        raise ProtocolError(f"{wanted} as a JSON list, got {type(data).__name__}")
-    try:
-        array = np.asarray(data).reshape(-1)
-    except (TypeError, ValueError, OverflowError) as exc:
-        raise ProtocolError(f"{wanted}: the data is no regular array of numbers ({exc})") from exc
-    if array.dtype.kind not in "iu":
-        raise ProtocolError(f"{wanted}; the data holds {_offender(array)}")
-    if literals and _holds_bool(data):
-        raise ProtocolError(f"{wanted}; the data holds booleans")
-    if array.size != count:
-        raise ProtocolError(f"{wanted}, got {array.size} values")
-    if array.size and (array.min() < limits.min or array.max() > limits.max):
-        raise ProtocolError(f"{wanted}, got values in {array.min()}..{array.max()}")
-    return array.astype(dtype).reshape(shape)
-
-
-def _holds_bool(data: list[Any]) -> bool:
-    """Whether (nested) JSON data holds a boolean: numpy reads `true` among integers as 1."""
-    return any(type(item) is bool for item in np.asarray(data, dtype=object).reshape(-1))
-
-
-def _offender(array: np.ndarray) -> str:
-    """What JSON data that numpy did not read as integers holds, in the client's terms."""
-    return {
-        "f": "numbers that are not integers",
-        "c": "numbers that are not integers",
-        "U": "strings",
-        "b": "booleans",
-    }.get(array.dtype.kind, "values of mixed types, or integers out of range")
-
-
-def _bytes_elements(data: Any, count: int) -> list[bytes]:
-    if isinstance(data, bytes):
-        elements, offset = [], 0
-        while offset < len(data):
-            if offset + 4 > len(data):
-                raise ProtocolError("BYTES binary data is cut short inside a length prefix")
-            (length,) = struct.unpack_from("<I", data, offset)
-            offset += 4
-            if offset + length > len(data):
-                raise ProtocolError("BYTES binary data is cut short inside an element")
-            elements.append(data[offset : offset + length])
-            offset += length
-    elif isinstance(data, list) and all(isinstance(item, str) for item in data):
-        elements = [item.encode("utf-8") for item in data]
-    else:
-        raise ProtocolError("BYTES data must be binary data or a JSON list of strings")
-    if len(elements) != count:
-        raise ProtocolError(f"the shape says {count} images, the data holds {len(elements)}")
-    return elements
-
-
 def _answer(header: dict[str, Any], info: ModelMetadata, probs: np.ndarray) -> Response:
-    binary_default = _flag(_parameters(header, "the request"), "binary_data_output", False)
+    binary_default = tensors.flag(tensors.parameters(header, "the request"), "binary_data_output", False)
     requested = header.get("outputs") or [{"name": OUTPUT_NAME}]
     if not isinstance(requested, list) or len(requested) > 1:
         raise ProtocolError(f"outputs must be a list of at most one output, {OUTPUT_NAME!r}")
@@ -479,17 +306,17 @@ def _answer(header: dict[str, Any], info: ModelMetadata, probs: np.ndarray) -> R
         if not isinstance(output, dict) or output.get("name") != OUTPUT_NAME:
             name = output.get("name") if isinstance(output, dict) else output
             raise ProtocolError(f"unknown output {name!r}; the model has {OUTPUT_NAME!r}")
-        options = _parameters(output, f"output {OUTPUT_NAME!r}")
+        options = tensors.parameters(output, f"output {OUTPUT_NAME!r}")
         k = options.get("classification")
         if k is not None:
-            if not _is_int(k) or not 1 <= k <= info.num_classes:
+            if not tensors.is_int(k) or not 1 <= k <= info.num_classes:
                 raise ProtocolError(f"classification must be an integer in 1..{info.num_classes}, got {k!r}")
             entry, raw = _classification(probs, info, k)
         else:
             entry = {"name": OUTPUT_NAME, "datatype": "FP32", "shape": list(probs.shape)}
             raw = probs.astype("<f4").tobytes()
             entry["data"] = np.ascontiguousarray(probs, dtype=np.float32).reshape(-1)
-        if _flag(options, "binary_data", binary_default):
+        if tensors.flag(options, "binary_data", binary_default):
             entry.pop("data")
             entry["parameters"] = {"binary_data_size": len(raw)}
             chunks.append(raw)
