@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from eluserve.export.config import RECIPES, TrainConfig
+from eluserve.export.recipe import native_bf16
 from eluserve.export.train import build_classifier, seconds_per_image
 
 EPOCH_IMAGES = 50_000
@@ -50,18 +51,12 @@ def measure_setup(model_name: str, changes: dict[str, Any], steps: int, images: 
         model.net.to(memory_format=torch.channels_last)
     data = torch.from_numpy(pixels)
     labels = torch.from_numpy(rng.integers(0, 10, images))
-    slow = config.amp and not _native_bf16()
+    slow = config.amp and not native_bf16(torch.device("cpu"))
     warmup, timed = (1, SLOW_STEPS) if slow else (2, steps)
     per_image = seconds_per_image(
         model, data, labels, config, torch.device("cpu"), warmup, timed, compile_model=compile_model
     )
     return 1.0 / per_image
-
-
-def _native_bf16() -> bool:
-    from eluserve.export.recipe import native_bf16
-
-    return native_bf16(torch.device("cpu"))
 
 
 def run(
